@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs and the machine lacks:
+# - Debian packages: docker-registry (CNCF Distribution), skopeo, apache2-utils (htpasswd);
+# - the control-plane binaries (hack/envtest-assets.sh, cached under ~/.cache/regcred).
+# Safe to re-run: it installs nothing that is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v docker-registry >/dev/null 2>&1 || [[ -x /usr/bin/docker-registry ]] || need+=(docker-registry)
+command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
+command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)
+if [[ ${#need[@]} -gt 0 ]]; then
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "install-test-deps: missing ${need[*]} and no apt-get; install them with your package manager" >&2
+    exit 1
+  fi
+  sudo=""
+  [[ $(id -u) == 0 ]] || sudo="sudo"
+  echo "install-test-deps: installing ${need[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+hack/envtest-assets.sh >/dev/null

@@ -1,0 +1,253 @@
+//! The two kinds and the spec they share.
+
+// The printcolumn(...) lists repeat keys such as `type_`, which clippy takes
+// for duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{CredentialStatus, Duration, Provider};
+
+/// The spec shared by RegistryCredential and ClusterRegistryCredential.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialSpec {
+    /// Where the registry credential comes from. Set exactly one provider.
+    pub provider: Provider,
+    /// The `kubernetes.io/dockerconfigjson` Secret written in every target
+    /// namespace.
+    pub secret: SecretTemplate,
+    /// ServiceAccounts whose `imagePullSecrets` get the Secret. Entries are
+    /// merged, never replaced. Defaults to the `default` ServiceAccount.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_accounts: Option<ServiceAccountSelector>,
+    /// When the credential is refreshed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<RefreshPolicy>,
+    /// Log in to the registry with a new credential before publishing it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifyPolicy>,
+    /// What happens to the written Secrets and imagePullSecrets entries when
+    /// the credential is deleted. Defaults to `Delete`.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// The Secret regcred writes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretTemplate {
+    /// Name of the Secret in each target namespace (a DNS-1123 subdomain).
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub name: String,
+    /// Extra labels on the Secret. `app.kubernetes.io/managed-by` is reserved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 64, "x-kubernetes-validations" = [{
+        "rule": "!('app.kubernetes.io/managed-by' in self)",
+        "message": "the label app.kubernetes.io/managed-by is reserved for regcred"
+    }]))]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Extra annotations on the Secret. Keys under `regcred.dev/` are reserved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 64, "x-kubernetes-validations" = [{
+        "rule": "self.all(k, !k.startsWith('regcred.dev/'))",
+        "message": "annotations under regcred.dev/ are reserved for regcred"
+    }]))]
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+/// Which ServiceAccounts in each target namespace get the Secret in their
+/// `imagePullSecrets`. `names` and `selector` add up; `all` takes every
+/// ServiceAccount. Set `names: []` to patch none.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!(has(self.all) && self.all) || (!has(self.names) && !has(self.selector))",
+    "message": "all: true cannot be combined with names or selector"
+}]))]
+pub struct ServiceAccountSelector {
+    /// ServiceAccount names. Defaults to `[default]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 253)))]
+    pub names: Option<Vec<String>>,
+    /// ServiceAccounts whose labels match this selector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+    /// Every ServiceAccount in the namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all: Option<bool>,
+}
+
+/// Refresh timing.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RefreshPolicy {
+    /// Refresh this long before the credential expires. Defaults to a third
+    /// of the credential's lifetime (renewal at 2/3 of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_before: Option<Duration>,
+    /// Refresh period for credentials that do not expire (static ones).
+    /// Defaults to 1h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+}
+
+/// Registry login check before a new credential is published.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyPolicy {
+    /// Log in to the registry (`GET /v2/`, following the Basic or Bearer
+    /// challenge) before publishing a new credential; a credential the
+    /// registry rejects is not published.
+    #[serde(default)]
+    pub enabled: bool,
+    /// PEM CA certificates trusted for the registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 262144))]
+    pub ca_bundle: Option<String>,
+    /// Talk plain HTTP to the registry (only for registries without TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plain_http: Option<bool>,
+}
+
+/// What happens to written objects when the credential is deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Remove the Secrets and imagePullSecrets entries regcred wrote.
+    #[default]
+    Delete,
+    /// Leave them in place.
+    Orphan,
+}
+
+/// A namespaced registry credential: reads source Secrets from, and writes its
+/// pull Secret into, its own namespace only.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "regcred.dev",
+    version = "v1alpha1",
+    kind = "RegistryCredential",
+    doc = "RegistryCredential keeps an image pull Secret fresh in its own namespace. It reads source Secrets only from its own namespace and writes only there.",
+    namespaced,
+    shortname = "rcred",
+    category = "regcred",
+    status = "CredentialStatus",
+    printcolumn(
+        name = "Provider",
+        type_ = "string",
+        json_path = ".status.provider",
+        description = "The credential's provider"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether the pull Secret is current"
+    ),
+    printcolumn(
+        name = "Expires",
+        type_ = "date",
+        json_path = ".status.expiresAt",
+        description = "When the published credential expires"
+    ),
+    printcolumn(
+        name = "Namespaces",
+        type_ = "string",
+        json_path = ".status.targets.summary",
+        description = "Namespaces synced/desired"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryCredentialSpec {
+    #[serde(flatten)]
+    pub credential: CredentialSpec,
+}
+
+/// A cluster-wide registry credential: reads source Secrets from the
+/// operator's cluster resource namespace and writes its pull Secret into every
+/// selected namespace.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "regcred.dev",
+    version = "v1alpha1",
+    kind = "ClusterRegistryCredential",
+    doc = "ClusterRegistryCredential keeps an image pull Secret fresh in every selected namespace. Source Secrets live in the operator's cluster resource namespace.",
+    shortname = "crcred",
+    category = "regcred",
+    status = "CredentialStatus",
+    printcolumn(
+        name = "Provider",
+        type_ = "string",
+        json_path = ".status.provider",
+        description = "The credential's provider"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether the pull Secrets are current"
+    ),
+    printcolumn(
+        name = "Expires",
+        type_ = "date",
+        json_path = ".status.expiresAt",
+        description = "When the published credential expires"
+    ),
+    printcolumn(
+        name = "Namespaces",
+        type_ = "string",
+        json_path = ".status.targets.summary",
+        description = "Namespaces synced/desired"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.namespaceSelector) || (has(self.namespaces) && size(self.namespaces) > 0)",
+    "message": "select target namespaces with namespaceSelector or namespaces"
+}]))]
+pub struct ClusterRegistryCredentialSpec {
+    #[serde(flatten)]
+    pub credential: CredentialSpec,
+    /// Namespaces whose labels match this selector are targets. `{}` matches
+    /// every namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+    /// Namespaces targeted by name, in addition to the selector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(max = 1024),
+        inner(
+            length(min = 1, max = 63),
+            regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+        )
+    )]
+    pub namespaces: Option<Vec<String>>,
+    /// Namespaces never targeted, even when selected above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(max = 1024),
+        inner(
+            length(min = 1, max = 63),
+            regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+        )
+    )]
+    pub exclude_namespaces: Option<Vec<String>>,
+}

@@ -1,0 +1,57 @@
+//! The `regcred` command line. Every flag can also be set from the
+//! environment (`REGCRED_*`).
+
+use clap::{Parser, Subcommand};
+
+/// regcred keeps Kubernetes image pull secrets fresh.
+#[derive(Debug, Parser)]
+#[command(name = "regcred", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the controller (not implemented yet).
+    Run(RunArgs),
+    /// Print the CustomResourceDefinitions as YAML.
+    Crd(CrdArgs),
+    /// Mint a credential once outside the cluster and print a redacted
+    /// summary (not implemented yet).
+    Check(CheckArgs),
+    /// Print the version.
+    Version,
+}
+
+/// Options of `regcred run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Address serving /metrics, /healthz and /readyz.
+    #[arg(long, env = "REGCRED_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: String,
+    /// Namespace holding the source Secrets of ClusterRegistryCredentials.
+    /// Defaults to the operator's own namespace ($POD_NAMESPACE).
+    #[arg(long, env = "REGCRED_CLUSTER_RESOURCE_NAMESPACE")]
+    pub cluster_resource_namespace: Option<String>,
+}
+
+/// Options of `regcred check`.
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// A RegistryCredential or ClusterRegistryCredential manifest.
+    #[arg(short = 'f', long = "filename")]
+    pub file: std::path::PathBuf,
+    /// Also log in to the registry with the minted credential.
+    #[arg(long)]
+    pub verify: bool,
+}
+
+/// Options of `regcred crd`.
+#[derive(Debug, clap::Args)]
+pub struct CrdArgs {
+    /// Write one file per CRD into this directory instead of printing them.
+    #[arg(long)]
+    pub output_dir: Option<std::path::PathBuf>,
+}
