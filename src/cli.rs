@@ -14,7 +14,7 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the controller (not implemented yet).
+    /// Run the controller.
     Run(RunArgs),
     /// Print the CustomResourceDefinitions as YAML.
     Crd(CrdArgs),
@@ -30,11 +30,33 @@ pub enum Command {
 pub struct RunArgs {
     /// Address serving /metrics, /healthz and /readyz.
     #[arg(long, env = "REGCRED_METRICS_ADDR", default_value = "0.0.0.0:8080")]
-    pub metrics_addr: String,
+    pub metrics_addr: std::net::SocketAddr,
     /// Namespace holding the source Secrets of ClusterRegistryCredentials.
     /// Defaults to the operator's own namespace ($POD_NAMESPACE).
     #[arg(long, env = "REGCRED_CLUSTER_RESOURCE_NAMESPACE")]
     pub cluster_resource_namespace: Option<String>,
+    /// Kubeconfig to use; in-cluster configuration when unset.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// Credentials reconciled in parallel.
+    #[arg(long, env = "REGCRED_CONCURRENCY", default_value_t = 4)]
+    pub concurrency: u16,
+    /// Kubernetes writes in flight per credential during a fan-out.
+    #[arg(long, env = "REGCRED_WRITE_CONCURRENCY", default_value_t = 32)]
+    pub write_concurrency: usize,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// Logging options.
+#[derive(Debug, clap::Args)]
+pub struct LogArgs {
+    /// Log level or filter directives (`info`, `debug`, `regcred=debug,kube=warn`).
+    #[arg(long, env = "REGCRED_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// Log format.
+    #[arg(long, env = "REGCRED_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: crate::telemetry::LogFormat,
 }
 
 /// Options of `regcred check`.

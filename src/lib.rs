@@ -1,19 +1,39 @@
 //! regcred: a Kubernetes operator that keeps image pull secrets fresh.
 //!
-//! The crate is laid out by concern: [`api`] holds the CRD types,
-//! [`crdgen`] turns them into CustomResourceDefinitions, and [`cli`] is the
-//! command line of the `regcred` binary.
+//! Layout by concern:
+//! - [`api`]: the CRD types; [`crdgen`] turns them into CRDs.
+//! - [`provider`]: one module per credential provider behind one trait.
+//! - [`render`]: dockerconfigjson rendering and parsing.
+//! - [`targets`]: namespace and ServiceAccount selection.
+//! - [`schedule`]: when to refresh.
+//! - [`controller`]: caches, triggers and reconciliation.
+//! - [`metrics`]: Prometheus metrics and the probe server.
+//! - [`cli`] and [`telemetry`]: the binary's command line and logging.
 
 pub mod api;
 pub mod cli;
+pub mod controller;
 pub mod crdgen;
+pub mod metrics;
+pub mod provider;
+pub mod reasons;
+pub mod render;
+pub mod schedule;
+pub mod targets;
+pub mod telemetry;
 
-/// Errors of the regcred crate.
+/// Errors of a reconcile.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A Kubernetes API call failed.
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    /// Adding or removing the finalizer, or the cleanup behind it, failed.
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// Removing written objects failed; the finalizer stays until it works.
+    #[error("cleanup: {0}")]
+    Cleanup(String),
     /// A feature that later work will provide.
     #[error("{0} is not implemented yet")]
     NotImplemented(&'static str),
@@ -24,6 +44,8 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Kube(_) => "kube",
+            Error::Finalizer(_) => "finalizer",
+            Error::Cleanup(_) => "cleanup",
             Error::NotImplemented(_) => "not_implemented",
         }
     }

@@ -1,32 +1,81 @@
-use clap::Parser;
-use regcred::cli::{Cli, Command};
+use std::process::ExitCode;
+use std::sync::Arc;
 
-fn main() -> std::process::ExitCode {
+use anyhow::Context as _;
+use clap::Parser;
+use regcred::cli::{Cli, Command, RunArgs};
+use regcred::controller::{self, Settings};
+use regcred::metrics::{Metrics, RequestCounter};
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Crd(args) => match args.output_dir {
-            None => print!("{}", regcred::crdgen::render_yaml()),
-            Some(dir) => {
-                for (name, yaml) in regcred::crdgen::render_files() {
-                    let path = dir.join(name);
-                    if let Err(e) = std::fs::write(&path, yaml) {
-                        eprintln!("error: writing {}: {e}", path.display());
-                        return std::process::ExitCode::FAILURE;
-                    }
-                }
-            }
-        },
+    let result = match cli.command {
+        Command::Crd(args) => crd(args.output_dir),
         Command::Version => {
             println!("regcred {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
         }
-        Command::Run(_) | Command::Check(_) => {
-            let what = match cli.command {
-                Command::Run(_) => "regcred run",
-                _ => "regcred check",
-            };
-            eprintln!("error: {}", regcred::Error::NotImplemented(what));
-            return std::process::ExitCode::from(2);
+        Command::Run(args) => tokio::runtime::Runtime::new()
+            .map_err(Into::into)
+            .and_then(|rt| rt.block_on(run(args))),
+        Command::Check(_) => Err(regcred::Error::NotImplemented("regcred check").into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
     }
-    std::process::ExitCode::SUCCESS
+}
+
+fn crd(output_dir: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    match output_dir {
+        None => print!("{}", regcred::crdgen::render_yaml()),
+        Some(dir) => {
+            for (name, yaml) in regcred::crdgen::render_files() {
+                let path = dir.join(name);
+                std::fs::write(&path, yaml)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    regcred::telemetry::init(&args.log.log_level, args.log.log_format)?;
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no Kubernetes configuration found")?,
+    };
+    let metrics = Arc::new(Metrics::default());
+    let client = kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&RequestCounter(metrics.kube_requests.clone()))
+        .build();
+    let cluster_resource_namespace = args
+        .cluster_resource_namespace
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .filter(|s| !s.is_empty());
+    if cluster_resource_namespace.is_none() {
+        tracing::warn!(
+            "no cluster resource namespace (--cluster-resource-namespace or POD_NAMESPACE): ClusterRegistryCredentials cannot read source Secrets"
+        );
+    }
+    let settings = Settings {
+        cluster_resource_namespace,
+        concurrency: args.concurrency,
+        write_concurrency: args.write_concurrency,
+    };
+    let server = tokio::spawn(regcred::metrics::serve(args.metrics_addr, metrics.clone()));
+    tokio::select! {
+        r = controller::run(client, settings, metrics) => r,
+        r = server => Err(anyhow::anyhow!("metrics server stopped: {:?}", r)),
+    }
 }

@@ -40,6 +40,34 @@ impl Provider {
             Provider::Basic(_) => "basic",
         }
     }
+
+    /// Names of the source Secrets the provider reads.
+    pub fn secret_names(&self) -> Vec<&str> {
+        fn aws(auth: &Option<AwsAuth>) -> Option<&str> {
+            auth.as_ref()
+                .and_then(|a| a.secret_ref.as_ref())
+                .map(|r| r.name.as_str())
+        }
+        let refs = match self {
+            Provider::Ecr(p) => vec![aws(&p.auth)],
+            Provider::EcrPublic(p) => vec![aws(&p.auth)],
+            Provider::Google(p) => vec![
+                p.auth
+                    .as_ref()
+                    .and_then(|a| a.secret_ref.as_ref())
+                    .map(|r| r.name.as_str()),
+            ],
+            Provider::Acr(p) => vec![
+                p.auth
+                    .service_principal
+                    .as_ref()
+                    .map(|s| s.secret_ref.name.as_str()),
+            ],
+            Provider::Harbor(p) => vec![Some(p.auth.secret_ref.name.as_str())],
+            Provider::Basic(p) => vec![Some(p.secret_ref.name.as_str())],
+        };
+        refs.into_iter().flatten().collect()
+    }
 }
 
 /// Turns the `oneOf` schemars derives for an externally tagged enum into

@@ -17,6 +17,12 @@
 //! watchdog process does the same if the test process dies without
 //! unwinding (a killed test binary, or the never-dropped [`shared`]
 //! instance), so no process is left behind.
+//!
+//! [`operator`] runs `regcred run` against it and [`registry`] runs a real
+//! CNCF Distribution registry with a test image.
+
+pub mod operator;
+pub mod registry;
 
 use std::fs;
 use std::io::Read;
@@ -118,7 +124,8 @@ pub fn assets_dir() -> Result<PathBuf> {
         .map_err(|e| anyhow!(e))
 }
 
-fn free_port() -> Result<u16> {
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -457,6 +464,16 @@ impl ControlPlane {
         let mut cmd = Command::new(self.assets.join("kubectl"));
         cmd.arg(format!("--kubeconfig={}", self.kubeconfig.display()));
         cmd
+    }
+
+    /// The process group of the control plane. Helper processes that join it
+    /// (the operator, registries) are stopped with it, even when the test
+    /// process dies without unwinding.
+    pub fn process_group(&self) -> i32 {
+        self.processes
+            .first()
+            .map(|(_, c)| c.id() as i32)
+            .unwrap_or(0)
     }
 
     /// The directory holding the control-plane binaries.

@@ -1,0 +1,124 @@
+//! What differs between the two kinds: where they read sources from, which
+//! namespaces they write to, and how their API is addressed.
+
+use std::collections::BTreeSet;
+use std::fmt::Debug;
+
+use kube::api::Api;
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::Context;
+use crate::api::{ClusterRegistryCredential, CredentialSpec, CredentialStatus, RegistryCredential};
+use crate::provider::ProviderError;
+use crate::reasons;
+use crate::targets::{NamespaceInfo, cluster_target_set, cluster_targets};
+
+/// A RegistryCredential or a ClusterRegistryCredential.
+pub trait CredentialKind:
+    Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Serialize + Send + Sync + 'static
+{
+    /// The shared spec.
+    fn credential(&self) -> &CredentialSpec;
+    /// The current status.
+    fn status(&self) -> Option<&CredentialStatus>;
+    /// An API addressing this object (namespaced or cluster-wide).
+    fn api(&self, client: Client) -> Api<Self>;
+    /// The only namespace source Secrets and ServiceAccounts are read from.
+    fn source_namespace(&self, ctx: &Context) -> Result<String, ProviderError>;
+    /// The namespaces that should hold the pull Secret now.
+    fn target_namespaces(&self, ctx: &Context) -> BTreeSet<String>;
+    /// Whether `namespace` is a target now.
+    fn targets_namespace(&self, ctx: &Context, namespace: &str) -> bool;
+
+    /// The value of the owner annotation on written Secrets.
+    fn owner_key(&self) -> String {
+        match self.namespace() {
+            Some(ns) => format!("{}/{}/{}", Self::kind(&()), ns, self.name_any()),
+            None => format!("{}/{}", Self::kind(&()), self.name_any()),
+        }
+    }
+}
+
+impl CredentialKind for RegistryCredential {
+    fn credential(&self) -> &CredentialSpec {
+        &self.spec.credential
+    }
+
+    fn status(&self) -> Option<&CredentialStatus> {
+        self.status.as_ref()
+    }
+
+    fn api(&self, client: Client) -> Api<Self> {
+        Api::namespaced(client, &self.namespace().unwrap_or_default())
+    }
+
+    fn source_namespace(&self, _: &Context) -> Result<String, ProviderError> {
+        Ok(self.namespace().unwrap_or_default())
+    }
+
+    fn target_namespaces(&self, ctx: &Context) -> BTreeSet<String> {
+        let ns = self.namespace().unwrap_or_default();
+        if ctx.live_namespace_labels(&ns).is_some() {
+            BTreeSet::from([ns])
+        } else {
+            BTreeSet::new()
+        }
+    }
+
+    fn targets_namespace(&self, ctx: &Context, namespace: &str) -> bool {
+        self.namespace().as_deref() == Some(namespace)
+            && ctx.live_namespace_labels(namespace).is_some()
+    }
+}
+
+impl CredentialKind for ClusterRegistryCredential {
+    fn credential(&self) -> &CredentialSpec {
+        &self.spec.credential
+    }
+
+    fn status(&self) -> Option<&CredentialStatus> {
+        self.status.as_ref()
+    }
+
+    fn api(&self, client: Client) -> Api<Self> {
+        Api::all(client)
+    }
+
+    fn source_namespace(&self, ctx: &Context) -> Result<String, ProviderError> {
+        ctx.settings.cluster_resource_namespace.clone().ok_or_else(|| {
+            ProviderError::new(
+                reasons::NO_CLUSTER_RESOURCE_NAMESPACE,
+                "the operator has no cluster resource namespace: set --cluster-resource-namespace or POD_NAMESPACE",
+            )
+        })
+    }
+
+    fn target_namespaces(&self, ctx: &Context) -> BTreeSet<String> {
+        let all = ctx.namespaces.state();
+        let empty = Default::default();
+        cluster_target_set(
+            &self.spec,
+            all.iter().map(|ns| NamespaceInfo {
+                name: ns.metadata.name.as_deref().unwrap_or_default(),
+                labels: ns.metadata.labels.as_ref().unwrap_or(&empty),
+                terminating: ns.metadata.deletion_timestamp.is_some(),
+            }),
+        )
+    }
+
+    fn targets_namespace(&self, ctx: &Context, namespace: &str) -> bool {
+        match ctx.live_namespace_labels(namespace) {
+            Some(labels) => cluster_targets(
+                &self.spec,
+                &NamespaceInfo {
+                    name: namespace,
+                    labels: &labels,
+                    terminating: false,
+                },
+            ),
+            None => false,
+        }
+    }
+}

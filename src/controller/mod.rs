@@ -1,0 +1,462 @@
+//! The controller: caches, triggers and the two reconcile loops.
+//!
+//! One reconcile handles one credential and every namespace it targets, so a
+//! credential is minted once per refresh however far it fans out. Related
+//! objects are cached by watches (namespaces as metadata, ServiceAccounts,
+//! the Secrets regcred manages, and metadata of all Secrets), and their
+//! changes are routed back to the credentials they concern, so a new
+//! namespace, a new ServiceAccount or a deleted Secret is handled at once
+//! without polling.
+
+mod kinds;
+mod reconcile;
+mod status;
+mod sync;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::channel::mpsc::{UnboundedSender, unbounded};
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use kube::api::{Api, PartialObjectMeta};
+use kube::runtime::controller::{Action, Config as ControllerConfig};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::{Controller, WatchStreamExt};
+use kube::{Client, Resource, ResourceExt};
+
+use crate::api::{ClusterRegistryCredential, RegistryCredential};
+use crate::metrics::Metrics;
+use crate::provider::Minted;
+
+pub use kinds::CredentialKind;
+
+/// Field manager of every write regcred makes.
+pub const FIELD_MANAGER: &str = "regcred";
+/// Finalizer that removes written objects when a credential is deleted.
+pub const FINALIZER: &str = "regcred.dev/cleanup";
+/// Label on every Secret regcred writes.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Value of [`MANAGED_BY_LABEL`].
+pub const MANAGED_BY: &str = "regcred";
+/// Annotation naming the credential that owns a written Secret:
+/// `RegistryCredential/<namespace>/<name>` or `ClusterRegistryCredential/<name>`.
+pub const OWNER_ANNOTATION: &str = "regcred.dev/owner";
+
+/// Controller settings.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Where ClusterRegistryCredentials read source Secrets.
+    pub cluster_resource_namespace: Option<String>,
+    /// Credentials reconciled in parallel.
+    pub concurrency: u16,
+    /// Writes in flight per credential during a fan-out.
+    pub write_concurrency: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            cluster_resource_namespace: None,
+            concurrency: 4,
+            write_concurrency: 32,
+        }
+    }
+}
+
+/// What regcred remembers about a credential between reconciles.
+#[derive(Default)]
+struct CredentialState {
+    /// The last minted credential and what it was minted from.
+    minted: Option<MintedEntry>,
+    /// Consecutive failed attempts, for backoff.
+    failures: u32,
+}
+
+struct MintedEntry {
+    generation: Option<i64>,
+    /// `(name, resourceVersion)` of the source Secrets read.
+    fingerprint: Vec<(String, String)>,
+    minted: Minted,
+    minted_at: k8s_openapi::jiff::Timestamp,
+    /// Drawn once per mint, so the refresh time stays put between reconciles.
+    jitter: f64,
+}
+
+/// The resourceVersion regcred's own last write produced for an object, and
+/// for Secrets a hash of what it wrote. Caches lag behind writes; this keeps a
+/// reconcile that runs before the watch event arrives from writing the same
+/// thing again.
+#[derive(Clone, Copy, Debug)]
+struct Written {
+    content: u64,
+    resource_version: u64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+enum WrittenKey {
+    Secret(String, String),
+    ServiceAccount(String, String),
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub settings: Settings,
+    pub metrics: Arc<Metrics>,
+    recorder: Recorder,
+    namespaces: Store<PartialObjectMeta<Namespace>>,
+    service_accounts: Store<ServiceAccount>,
+    /// Full Secrets labelled as managed by regcred.
+    managed_secrets: Store<Secret>,
+    /// Metadata of every Secret (name, uid, resourceVersion, and only
+    /// regcred's own label and annotations), to see name clashes.
+    all_secrets: Store<PartialObjectMeta<Secret>>,
+    state: Mutex<HashMap<String, CredentialState>>,
+    written: Mutex<HashMap<WrittenKey, Written>>,
+}
+
+/// A change to a related object, reduced to what routing needs.
+enum Related {
+    Namespace,
+    ServiceAccount {
+        namespace: String,
+    },
+    Secret {
+        namespace: String,
+        name: String,
+        owner: Option<String>,
+    },
+}
+
+fn strip_managed_fields<K: Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
+}
+
+/// Keeps only regcred's own label and annotations, so caching every Secret's
+/// metadata stays small (no last-applied-configuration copies of data).
+fn slim_secret_meta(obj: &mut PartialObjectMeta<Secret>) {
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    if let Some(labels) = meta.labels.as_mut() {
+        labels.retain(|k, _| k == MANAGED_BY_LABEL);
+    }
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.retain(|k, _| k.starts_with("regcred.dev/"));
+    }
+}
+
+/// Runs a reflector and turns its events into [`Related`] changes.
+fn related_stream<K, F>(
+    stream: impl Stream<Item = Result<Event<K>, watcher::Error>> + Send + 'static,
+    writer: reflector::store::Writer<K>,
+    what: &'static str,
+    map: F,
+) -> impl Stream<Item = (Related, bool)> + Send
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+    F: Fn(&K) -> Related + Send + 'static,
+{
+    stream
+        .default_backoff()
+        .reflect(writer)
+        .filter_map(move |event| {
+            let out = match event {
+                Ok(Event::Apply(o)) | Ok(Event::InitApply(o)) => Some((map(&o), false)),
+                Ok(Event::Delete(o)) => Some((map(&o), true)),
+                Ok(Event::Init) | Ok(Event::InitDone) => None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "watching {what} failed; retrying");
+                    None
+                }
+            };
+            futures::future::ready(out)
+        })
+}
+
+/// Runs the controller until the process is asked to stop.
+pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+    let (ns_store, ns_writer) = reflector::store();
+    let (sa_store, sa_writer) = reflector::store();
+    let (managed_store, managed_writer) = reflector::store();
+    let (all_store, all_writer) = reflector::store();
+    let managed_cfg =
+        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+
+    let namespaces = related_stream(
+        watcher::watcher(
+            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .modify(strip_managed_fields),
+        ns_writer,
+        "namespaces",
+        |_| Related::Namespace,
+    );
+    let service_accounts = related_stream(
+        watcher::watcher(
+            Api::<ServiceAccount>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .modify(strip_managed_fields),
+        sa_writer,
+        "serviceaccounts",
+        |sa: &ServiceAccount| Related::ServiceAccount {
+            namespace: sa.namespace().unwrap_or_default(),
+        },
+    );
+    let managed = related_stream(
+        watcher::watcher(Api::<Secret>::all(client.clone()), managed_cfg)
+            .modify(strip_managed_fields),
+        managed_writer,
+        "managed secrets",
+        secret_related,
+    );
+    let all_secrets = related_stream(
+        watcher::watcher(
+            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .modify(slim_secret_meta),
+        all_writer,
+        "secrets",
+        secret_related,
+    );
+
+    let reporter = Reporter {
+        controller: "regcred".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        settings: settings.clone(),
+        metrics: metrics.clone(),
+        recorder: Recorder::new(client.clone(), reporter),
+        namespaces: ns_store,
+        service_accounts: sa_store,
+        managed_secrets: managed_store,
+        all_secrets: all_store,
+        state: Mutex::default(),
+        written: Mutex::default(),
+    });
+
+    let (rtx, rrx) = unbounded::<ObjectRef<RegistryCredential>>();
+    let (ctx_tx, ctx_rx) = unbounded::<ObjectRef<ClusterRegistryCredential>>();
+    let config = ControllerConfig::default().concurrency(settings.concurrency);
+    let rcreds = Controller::new(
+        Api::<RegistryCredential>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .with_config(config.clone())
+    .reconcile_on(rrx);
+    let crcreds = Controller::new(
+        Api::<ClusterRegistryCredential>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .with_config(config)
+    .reconcile_on(ctx_rx);
+    let router = Router {
+        ctx: ctx.clone(),
+        rcreds: rcreds.store(),
+        crcreds: crcreds.store(),
+        rtx,
+        ctx_tx,
+    };
+    let related = futures::stream::select_all([
+        namespaces.boxed(),
+        service_accounts.boxed(),
+        managed.boxed(),
+        all_secrets.boxed(),
+    ]);
+    tokio::spawn(related.for_each(move |(change, deleted)| {
+        router.route(change, deleted);
+        futures::future::ready(())
+    }));
+
+    // Reconciling before every cache is filled would see namespaces or
+    // Secrets as missing, and remove or rewrite what is in place.
+    tracing::info!("waiting for caches");
+    let wait = |what: &'static str, r: Result<(), reflector::store::WriterDropped>| {
+        r.map_err(|_| anyhow::anyhow!("the {what} watch stopped before its cache was filled"))
+    };
+    wait("namespace", ctx.namespaces.wait_until_ready().await)?;
+    wait(
+        "serviceaccount",
+        ctx.service_accounts.wait_until_ready().await,
+    )?;
+    wait(
+        "managed secret",
+        ctx.managed_secrets.wait_until_ready().await,
+    )?;
+    wait("secret", ctx.all_secrets.wait_until_ready().await)?;
+    metrics.set_ready();
+    tracing::info!("caches filled; reconciling");
+
+    let rcreds = rcreds
+        .shutdown_on_signal()
+        .run(
+            reconcile::reconcile::<RegistryCredential>,
+            reconcile::error_policy,
+            ctx.clone(),
+        )
+        .for_each(log_result);
+    let crcreds = crcreds
+        .shutdown_on_signal()
+        .run(
+            reconcile::reconcile::<ClusterRegistryCredential>,
+            reconcile::error_policy,
+            ctx.clone(),
+        )
+        .for_each(log_result);
+    futures::join!(rcreds, crcreds);
+    tracing::info!("controller stopped");
+    Ok(())
+}
+
+async fn log_result<K: Resource, E: std::fmt::Display>(r: Result<(ObjectRef<K>, Action), E>) {
+    if let Err(e) = r {
+        tracing::debug!(error = %e, "reconcile request failed");
+    }
+}
+
+fn secret_related<K: Resource>(s: &K) -> Related {
+    Related::Secret {
+        namespace: s.meta().namespace.clone().unwrap_or_default(),
+        name: s.meta().name.clone().unwrap_or_default(),
+        owner: owner_of(s.meta()),
+    }
+}
+
+/// The owner annotation of an object regcred manages.
+fn owner_of(meta: &kube::api::ObjectMeta) -> Option<String> {
+    let managed = meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(MANAGED_BY_LABEL))
+        .is_some_and(|v| v == MANAGED_BY);
+    if !managed {
+        return None;
+    }
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(OWNER_ANNOTATION))
+        .cloned()
+}
+
+/// Maps changes of related objects to the credentials they concern.
+struct Router {
+    ctx: Arc<Context>,
+    rcreds: Store<RegistryCredential>,
+    crcreds: Store<ClusterRegistryCredential>,
+    rtx: UnboundedSender<ObjectRef<RegistryCredential>>,
+    ctx_tx: UnboundedSender<ObjectRef<ClusterRegistryCredential>>,
+}
+
+impl Router {
+    fn route(&self, change: Related, deleted: bool) {
+        let ctx = &self.ctx;
+        match change {
+            // Selection depends on namespace labels and phase: every cluster
+            // credential re-evaluates (in memory, no API calls).
+            Related::Namespace => {
+                for c in self.crcreds.state() {
+                    self.send_cluster(&c);
+                }
+            }
+            Related::ServiceAccount { namespace } => {
+                for c in self.rcreds.state() {
+                    if c.namespace().as_deref() == Some(namespace.as_str()) {
+                        self.send_namespaced(&c);
+                    }
+                }
+                for c in self.crcreds.state() {
+                    if c.targets_namespace(ctx, &namespace) {
+                        self.send_cluster(&c);
+                    }
+                }
+            }
+            Related::Secret {
+                namespace,
+                name,
+                owner,
+            } => {
+                if deleted {
+                    ctx.forget_written(&WrittenKey::Secret(namespace.clone(), name.clone()));
+                }
+                let interested = |spec: &crate::api::CredentialSpec| {
+                    spec.secret.name == name
+                        || spec.provider.secret_names().contains(&name.as_str())
+                };
+                for c in self.rcreds.state() {
+                    let mine = owner.as_deref() == Some(c.owner_key().as_str());
+                    if mine
+                        || (c.namespace().as_deref() == Some(namespace.as_str())
+                            && interested(c.credential()))
+                    {
+                        self.send_namespaced(&c);
+                    }
+                }
+                let source_ns = ctx.settings.cluster_resource_namespace.as_deref();
+                for c in self.crcreds.state() {
+                    let spec = c.credential();
+                    let mine = owner.as_deref() == Some(c.owner_key().as_str());
+                    let source = source_ns == Some(namespace.as_str())
+                        && spec.provider.secret_names().contains(&name.as_str());
+                    let target = spec.secret.name == name && c.targets_namespace(ctx, &namespace);
+                    if mine || source || target {
+                        self.send_cluster(&c);
+                    }
+                }
+            }
+        }
+    }
+
+    fn send_namespaced(&self, c: &RegistryCredential) {
+        let _ = self.rtx.unbounded_send(ObjectRef::from_obj(c));
+    }
+
+    fn send_cluster(&self, c: &ClusterRegistryCredential) {
+        let _ = self.ctx_tx.unbounded_send(ObjectRef::from_obj(c));
+    }
+}
+
+impl Context {
+    fn forget_written(&self, key: &WrittenKey) {
+        self.written.lock().expect("not poisoned").remove(key);
+    }
+
+    fn remember_written(&self, key: WrittenKey, content: u64, resource_version: Option<&str>) {
+        let Some(rv) = resource_version.and_then(|v| v.parse().ok()) else {
+            return;
+        };
+        self.written.lock().expect("not poisoned").insert(
+            key,
+            Written {
+                content,
+                resource_version: rv,
+            },
+        );
+    }
+
+    fn written(&self, key: &WrittenKey) -> Option<Written> {
+        self.written.lock().expect("not poisoned").get(key).copied()
+    }
+
+    /// Labels of a namespace, or `None` if it does not exist or is terminating.
+    fn live_namespace_labels(&self, name: &str) -> Option<BTreeMap<String, String>> {
+        let ns = self.namespaces.get(&ObjectRef::new(name))?;
+        if ns.metadata.deletion_timestamp.is_some() {
+            return None;
+        }
+        Some(ns.metadata.labels.clone().unwrap_or_default())
+    }
+}
+
+/// Backoff after `failures` consecutive failures: 5s doubling to 5 minutes.
+fn backoff(failures: u32) -> Duration {
+    let secs = 5u64.saturating_mul(1u64 << failures.saturating_sub(1).min(10));
+    Duration::from_secs(secs.min(300))
+}

@@ -1,0 +1,340 @@
+//! Reconciling one credential: mint once, fan out, clean up, report.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::runtime::finalizer::{self, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use serde_json::json;
+
+use super::status::{self, MintOutcome};
+use super::sync::{self, DesiredSecret, Report};
+use super::{
+    Context, CredentialKind, CredentialState, FIELD_MANAGER, FINALIZER, MintedEntry, backoff,
+};
+use crate::api::DeletionPolicy;
+use crate::metrics::{CredentialLabels, ReasonLabels};
+use crate::provider::{self, Minted, ProviderError, Sources};
+use crate::schedule;
+use crate::{Error, Result};
+
+/// Reconciles a credential (both kinds), behind the cleanup finalizer.
+#[tracing::instrument(skip_all, fields(credential = %obj.owner_key()))]
+pub async fn reconcile<K: CredentialKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.metrics.reconciles.inc();
+    let api = obj.api(ctx.client.clone());
+    finalizer(&api, FINALIZER, obj, |event| async {
+        match event {
+            finalizer::Event::Apply(obj) => apply(obj, ctx.clone()).await,
+            finalizer::Event::Cleanup(obj) => cleanup(obj, ctx.clone()).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// Requeues failed reconciles with backoff.
+pub fn error_policy<K: CredentialKind>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(credential = %obj.owner_key(), error = %error, "reconcile failed");
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&ReasonLabels {
+            reason: error.metric_label().into(),
+        })
+        .inc();
+    let failures = {
+        let mut state = ctx.state.lock().expect("not poisoned");
+        let s = state.entry(obj.owner_key()).or_default();
+        s.failures += 1;
+        s.failures
+    };
+    Action::requeue(backoff(failures))
+}
+
+/// A minted credential with its timing.
+struct MintResult {
+    minted: Minted,
+    minted_at: Timestamp,
+    refresh_at: Timestamp,
+}
+
+/// Returns the cached credential while it is fresh and its inputs are
+/// unchanged, and otherwise calls the provider once.
+async fn mint<K: CredentialKind>(
+    obj: &K,
+    ctx: &Context,
+    now: Timestamp,
+) -> Result<MintResult, ProviderError> {
+    let key = obj.owner_key();
+    let spec = obj.credential();
+    let generation = obj.meta().generation;
+    let source_ns = obj.source_namespace(ctx)?;
+    {
+        let state = ctx.state.lock().expect("not poisoned");
+        if let Some(entry) = state.get(&key).and_then(|s| s.minted.as_ref()) {
+            let inputs_unchanged = entry.fingerprint.iter().all(|(name, rv)| {
+                ctx.all_secrets
+                    .get(&ObjectRef::new(name).within(&source_ns))
+                    .is_some_and(|s| s.metadata.resource_version.as_deref() == Some(rv.as_str()))
+            });
+            let refresh_at = refresh_at_of(entry, spec);
+            if entry.generation == generation && inputs_unchanged && now < refresh_at {
+                return Ok(MintResult {
+                    minted: entry.minted.clone(),
+                    minted_at: entry.minted_at,
+                    refresh_at,
+                });
+            }
+        }
+    }
+    let sources = Sources::new(ctx.client.clone(), source_ns);
+    let minted = provider::for_spec(&spec.provider).mint(&sources).await?;
+    let entry = MintedEntry {
+        generation,
+        fingerprint: sources.fingerprint(),
+        minted: minted.clone(),
+        minted_at: now,
+        jitter: rand::random::<f64>(),
+    };
+    let refresh_at = refresh_at_of(&entry, spec);
+    ctx.state
+        .lock()
+        .expect("not poisoned")
+        .entry(key)
+        .or_default()
+        .minted = Some(entry);
+    Ok(MintResult {
+        minted,
+        minted_at: now,
+        refresh_at,
+    })
+}
+
+fn refresh_at_of(entry: &MintedEntry, spec: &crate::api::CredentialSpec) -> Timestamp {
+    schedule::refresh_at(
+        entry.minted_at,
+        entry.minted.expires_at,
+        spec.refresh.as_ref(),
+        entry.jitter,
+    )
+}
+
+async fn apply<K: CredentialKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action> {
+    let owner = obj.owner_key();
+    let spec = obj.credential();
+    let now = schedule::whole_seconds(Timestamp::now());
+    let minted = mint(&*obj, &ctx, now).await;
+    let targets: BTreeSet<String> = obj.target_namespaces(&ctx);
+
+    let mut report = Report::default();
+    match &minted {
+        Ok(m) => {
+            let desired = DesiredSecret::new(spec, &owner, &m.minted);
+            sync::write_secrets(&ctx, &owner, &desired, &targets, &mut report).await;
+        }
+        // The provider failed: what is in place stays untouched.
+        Err(_) => sync::count_in_place(&ctx, &owner, &spec.secret.name, &targets, &mut report),
+    }
+    let name = spec.secret.name.as_str();
+    sync::remove_secrets(
+        &ctx,
+        &owner,
+        |ns, n| n == name && targets.contains(ns),
+        &mut report,
+    )
+    .await;
+    sync::sync_service_accounts(&ctx, spec, &mut report).await;
+
+    let failures = {
+        let mut state = ctx.state.lock().expect("not poisoned");
+        let s: &mut CredentialState = state.entry(owner.clone()).or_default();
+        if minted.is_ok() && !report.retry {
+            s.failures = 0
+        } else {
+            s.failures += 1
+        }
+        s.failures
+    };
+    let retry_in = backoff(failures);
+    let outcome = match &minted {
+        Ok(m) => MintOutcome {
+            error: None,
+            registries: m.minted.auths.iter().map(|a| a.registry.clone()).collect(),
+            expires_at: m.minted.expires_at,
+            minted_at: Some(m.minted_at),
+            next_refresh: Some(m.refresh_at),
+        },
+        Err(e) => MintOutcome {
+            error: Some(e),
+            registries: vec![],
+            expires_at: None,
+            minted_at: None,
+            next_refresh: Some(now + retry_in),
+        },
+    };
+    let new_status = status::build(
+        obj.status(),
+        obj.meta().generation,
+        spec.provider.name(),
+        &outcome,
+        targets.len(),
+        &report,
+        now,
+    );
+    publish_events(&*obj, &ctx, &new_status, &report, outcome.error).await;
+    if obj.status() != Some(&new_status) {
+        let api = obj.api(ctx.client.clone());
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        api.patch_status(
+            &obj.name_any(),
+            &params,
+            &Patch::Merge(json!({ "status": new_status })),
+        )
+        .await?;
+    }
+    let labels = credential_labels(&*obj);
+    ctx.metrics
+        .managed_secrets
+        .get_or_create(&labels)
+        .set(report.synced.len() as i64);
+    if let Some(e) = outcome.error {
+        ctx.metrics
+            .reconcile_errors
+            .get_or_create(&ReasonLabels {
+                reason: e.reason.into(),
+            })
+            .inc();
+    }
+
+    let action = match &minted {
+        Err(_) => Action::requeue(retry_in),
+        Ok(_) if report.retry => Action::requeue(retry_in.min(Duration::from_secs(5))),
+        Ok(m) => {
+            let wait = m.refresh_at.duration_since(Timestamp::now()).unsigned_abs();
+            Action::requeue(wait.max(Duration::from_secs(1)))
+        }
+    };
+    Ok(action)
+}
+
+fn credential_labels<K: CredentialKind>(obj: &K) -> CredentialLabels {
+    CredentialLabels {
+        kind: K::kind(&()).into_owned(),
+        namespace: obj.namespace().unwrap_or_default(),
+        name: obj.name_any(),
+    }
+}
+
+/// Events for what changed: writes, new failures, recovery. Nothing when
+/// nothing changed, so an idle operator publishes no Events.
+async fn publish_events<K: CredentialKind>(
+    obj: &K,
+    ctx: &Context,
+    new_status: &crate::api::CredentialStatus,
+    report: &Report,
+    mint_error: Option<&ProviderError>,
+) {
+    let secret = &obj.credential().secret.name;
+    let mut events = Vec::new();
+    if report.created + report.updated > 0 {
+        events.push((
+            EventType::Normal,
+            "SecretsWritten",
+            format!(
+                "Secret {secret}: created in {}, updated in {} namespace(s)",
+                report.created, report.updated
+            ),
+        ));
+    }
+    if report.deleted > 0 {
+        events.push((
+            EventType::Normal,
+            "SecretsRemoved",
+            format!(
+                "Secret {secret}: removed from {} namespace(s)",
+                report.deleted
+            ),
+        ));
+    }
+    let previously_failed: BTreeSet<&str> = obj
+        .status()
+        .and_then(|s| s.targets.as_ref())
+        .map(|t| t.failed.iter().map(|f| f.namespace.as_str()).collect())
+        .unwrap_or_default();
+    for f in &report.failed {
+        if !previously_failed.contains(f.namespace.as_str())
+            || f.reason == crate::reasons::WRITE_FAILED
+        {
+            events.push((
+                EventType::Warning,
+                failure_reason(&f.reason),
+                f.message.clone().unwrap_or_default(),
+            ));
+        }
+    }
+    if let Some(e) = mint_error {
+        events.push((EventType::Warning, e.reason, e.message.clone()));
+    }
+    let was_ready = status::ready_reason(obj.status()) == Some(crate::reasons::SYNCED);
+    let is_ready = status::ready_reason(Some(new_status)) == Some(crate::reasons::SYNCED);
+    if is_ready && !was_ready && obj.status().is_some() {
+        events.push((
+            EventType::Normal,
+            crate::reasons::SYNCED,
+            "Ready again: every target holds the current Secret".into(),
+        ));
+    }
+    let reference = obj.object_ref(&());
+    for (type_, reason, note) in events {
+        let event = KubeEvent {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+            tracing::warn!(error = %e, "publishing an Event failed");
+        }
+    }
+}
+
+/// Event reasons are `&'static str` from [`crate::reasons`]; failures in the
+/// report carry them as Strings.
+fn failure_reason(reason: &str) -> &'static str {
+    match reason {
+        crate::reasons::SECRET_CONFLICT => crate::reasons::SECRET_CONFLICT,
+        _ => crate::reasons::WRITE_FAILED,
+    }
+}
+
+async fn cleanup<K: CredentialKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action> {
+    let owner = obj.owner_key();
+    if obj.credential().deletion_policy == DeletionPolicy::Delete {
+        let mut report = Report::default();
+        sync::remove_secrets(&ctx, &owner, |_, _| false, &mut report).await;
+        if let Some(f) = report.failed.first() {
+            return Err(Error::Cleanup(f.message.clone().unwrap_or_default()));
+        }
+        tracing::info!(
+            removed = report.deleted,
+            "credential deleted; its Secrets were removed"
+        );
+    } else {
+        tracing::info!("credential deleted; its Secrets stay (deletionPolicy Orphan)");
+    }
+    ctx.state.lock().expect("not poisoned").remove(&owner);
+    ctx.metrics
+        .managed_secrets
+        .remove(&credential_labels(&*obj));
+    Ok(Action::await_change())
+}

@@ -1,0 +1,126 @@
+//! Building the status and Events from what a reconcile found.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+
+use super::sync::Report;
+use crate::api::{CredentialStatus, TargetStatus};
+use crate::provider::ProviderError;
+use crate::reasons;
+
+/// At most this many failed namespaces are listed in status.
+const MAX_FAILED_LISTED: usize = 50;
+
+/// The outcome of minting, as status needs it.
+pub struct MintOutcome<'a> {
+    pub error: Option<&'a ProviderError>,
+    pub registries: Vec<String>,
+    pub expires_at: Option<Timestamp>,
+    pub minted_at: Option<Timestamp>,
+    pub next_refresh: Option<Timestamp>,
+}
+
+/// The `Ready` condition's status, reason and message.
+pub fn ready(mint: &MintOutcome<'_>, desired: usize, report: &Report) -> (bool, String, String) {
+    if let Some(e) = mint.error {
+        let kept = report.synced.len();
+        let message = if kept > 0 {
+            format!(
+                "{}; the last good Secret stays in place in {kept} namespace(s)",
+                e.message
+            )
+        } else {
+            e.message.clone()
+        };
+        return (false, e.reason.to_string(), message);
+    }
+    if !report.failed.is_empty() {
+        let all_conflicts = report
+            .failed
+            .iter()
+            .all(|f| f.reason == reasons::SECRET_CONFLICT);
+        let reason = if all_conflicts {
+            reasons::SECRET_CONFLICT
+        } else {
+            reasons::WRITE_FAILED
+        };
+        let first = report.failed[0].message.clone().unwrap_or_default();
+        let message = format!(
+            "{} of {desired} namespace(s) failed; first: {first}",
+            report.failed.len()
+        );
+        return (false, reason.to_string(), message);
+    }
+    (
+        true,
+        reasons::SYNCED.to_string(),
+        format!(
+            "Secret synced to {} of {desired} namespace(s)",
+            report.synced.len()
+        ),
+    )
+}
+
+/// The new status. Fields that did not change keep their old values, so an
+/// unchanged world gives an equal status and no write.
+pub fn build(
+    previous: Option<&CredentialStatus>,
+    generation: Option<i64>,
+    provider: &str,
+    mint: &MintOutcome<'_>,
+    desired: usize,
+    report: &Report,
+    now: Timestamp,
+) -> CredentialStatus {
+    let previous = previous.cloned().unwrap_or_default();
+    let (ok, reason, message) = ready(mint, desired, report);
+    let status = if ok { "True" } else { "False" };
+    let old = previous.conditions.iter().find(|c| c.type_ == "Ready");
+    let transition = match old {
+        Some(c) if c.status == status => c.last_transition_time.clone(),
+        _ => Time(now),
+    };
+    let mut failed = report.failed.clone();
+    failed.sort_by(|a, b| a.namespace.cmp(&b.namespace));
+    failed.truncate(MAX_FAILED_LISTED);
+    let synced = report.synced.len() as i32;
+    CredentialStatus {
+        observed_generation: generation,
+        conditions: vec![Condition {
+            type_: "Ready".into(),
+            status: status.into(),
+            reason,
+            message,
+            last_transition_time: transition,
+            observed_generation: generation,
+        }],
+        provider: Some(provider.into()),
+        registries: if mint.error.is_none() {
+            mint.registries.clone()
+        } else {
+            previous.registries
+        },
+        expires_at: mint.expires_at.map(Time).or(if mint.error.is_some() {
+            previous.expires_at
+        } else {
+            None
+        }),
+        last_refresh_time: mint.minted_at.map(Time).or(previous.last_refresh_time),
+        next_refresh_time: mint.next_refresh.map(Time),
+        targets: Some(TargetStatus {
+            desired: desired as i32,
+            synced,
+            summary: Some(format!("{synced}/{desired}")),
+            failed,
+        }),
+    }
+}
+
+/// The Ready condition's reason in a status.
+pub fn ready_reason(status: Option<&CredentialStatus>) -> Option<&str> {
+    status?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.reason.as_str())
+}

@@ -1,0 +1,165 @@
+//! Prometheus metrics, the Kubernetes request counter, and the HTTP server
+//! for `/metrics`, `/healthz` and `/readyz`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context as TaskContext, Poll};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Labels of `regcred_kube_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerbLabels {
+    /// HTTP method: GET (reads and watches), POST, PUT, PATCH, DELETE.
+    pub method: String,
+}
+
+/// Labels carrying a reason (never a secret).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+/// Labels naming a credential.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CredentialLabels {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+/// All of regcred's metrics.
+pub struct Metrics {
+    pub registry: Registry,
+    pub kube_requests: Family<VerbLabels, Counter>,
+    pub reconciles: Counter,
+    pub reconcile_errors: Family<ReasonLabels, Counter>,
+    pub managed_secrets: Family<CredentialLabels, Gauge>,
+    ready: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("regcred");
+        let kube_requests = Family::<VerbLabels, Counter>::default();
+        registry.register(
+            "kube_requests",
+            "Requests regcred sent to the Kubernetes API, by HTTP method",
+            kube_requests.clone(),
+        );
+        let reconciles = Counter::default();
+        registry.register("reconciles", "Reconciliations run", reconciles.clone());
+        let reconcile_errors = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "reconcile_errors",
+            "Reconciliations that ended not Ready, by reason",
+            reconcile_errors.clone(),
+        );
+        let managed_secrets = Family::<CredentialLabels, Gauge>::default();
+        registry.register(
+            "managed_secrets",
+            "Pull Secrets holding a credential's current content",
+            managed_secrets.clone(),
+        );
+        Metrics {
+            registry,
+            kube_requests,
+            reconciles,
+            reconcile_errors,
+            managed_secrets,
+            ready: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Metrics {
+    /// Marks the operator ready (caches filled); `/readyz` answers 200 from then on.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    /// The exposition text.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until the process ends.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(|State(m): State<Arc<Metrics>>| async move { m.encode() }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(|State(m): State<Arc<Metrics>>| async move {
+                if m.ready.load(Ordering::Relaxed) {
+                    (StatusCode::OK, "ok")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "caches not synced")
+                }
+            }),
+        )
+        .with_state(metrics);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "serving metrics and probes");
+    axum::serve(listener, app).await
+}
+
+/// A tower layer counting the requests a kube client sends.
+#[derive(Clone)]
+pub struct RequestCounter(pub Family<VerbLabels, Counter>);
+
+impl<S> tower::Layer<S> for RequestCounter {
+    type Service = CountedService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CountedService {
+            inner,
+            counter: self.0.clone(),
+        }
+    }
+}
+
+/// See [`RequestCounter`].
+#[derive(Clone)]
+pub struct CountedService<S> {
+    inner: S,
+    counter: Family<VerbLabels, Counter>,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for CountedService<S>
+where
+    S: tower::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        self.counter
+            .get_or_create(&VerbLabels {
+                method: req.method().as_str().to_string(),
+            })
+            .inc();
+        self.inner.call(req)
+    }
+}

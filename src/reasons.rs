@@ -1,0 +1,22 @@
+//! The reasons regcred puts in the `Ready` condition, `status.targets.failed`
+//! and Events. One list, so docs and code agree (see docs/api.md).
+
+/// Every target holds the current credential.
+pub const SYNCED: &str = "Synced";
+/// A source Secret named in the spec does not exist.
+pub const SOURCE_SECRET_NOT_FOUND: &str = "SourceSecretNotFound";
+/// A source Secret exists but lacks the expected keys or format.
+pub const SOURCE_SECRET_INVALID: &str = "SourceSecretInvalid";
+/// The spec names a source object outside the namespace it may read from.
+pub const SOURCE_NAMESPACE_FORBIDDEN: &str = "SourceNamespaceForbidden";
+/// The cluster resource namespace is not configured.
+pub const NO_CLUSTER_RESOURCE_NAMESPACE: &str = "ClusterResourceNamespaceUnset";
+/// The provider exists in the API but not yet in this build.
+pub const PROVIDER_NOT_IMPLEMENTED: &str = "ProviderNotImplemented";
+/// A Secret with the target name exists and regcred does not manage it for
+/// this credential.
+pub const SECRET_CONFLICT: &str = "SecretConflict";
+/// Writing a Secret or patching a ServiceAccount failed.
+pub const WRITE_FAILED: &str = "WriteFailed";
+/// Reading from the Kubernetes API failed.
+pub const KUBE_API_ERROR: &str = "KubernetesAPIError";

@@ -1,0 +1,114 @@
+//! When to refresh: the one place that decides it.
+
+use std::time::Duration;
+
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+use crate::api::RefreshPolicy;
+
+/// Refresh period of credentials without expiry when `refresh.interval` is unset.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(3600);
+/// Never refresh sooner than this after minting, whatever the expiry says:
+/// an expiry in the past or absurdly close must not cause a hot loop.
+pub const MIN_REFRESH: Duration = Duration::from_secs(10);
+/// Share of the time to the refresh point that jitter may take off, so many
+/// credentials minted together do not refresh in the same second.
+pub const JITTER: f64 = 0.1;
+
+/// `t` without its fraction of a second. Kubernetes stores times with
+/// second precision; status built from whole seconds compares equal to what
+/// the apiserver returns, so an unchanged status is not written again.
+pub fn whole_seconds(t: Timestamp) -> Timestamp {
+    Timestamp::from_second(t.as_second()).unwrap_or(t)
+}
+
+/// When a credential minted at `minted_at` should be refreshed.
+///
+/// - Without expiry: after `refresh.interval` (default 1h).
+/// - With expiry: `refresh.renewBefore` before it, by default at 2/3 of the
+///   lifetime.
+///
+/// `jitter` in `[0, 1)` moves the point earlier by up to [`JITTER`] of the
+/// wait; the result is never earlier than [`MIN_REFRESH`] after minting.
+pub fn refresh_at(
+    minted_at: Timestamp,
+    expires_at: Option<Timestamp>,
+    policy: Option<&RefreshPolicy>,
+    jitter: f64,
+) -> Timestamp {
+    let wait = match expires_at {
+        None => policy
+            .and_then(|p| p.interval)
+            .map(|d| d.get())
+            .unwrap_or(DEFAULT_INTERVAL),
+        Some(exp) => {
+            let lifetime = exp
+                .duration_since(minted_at)
+                .max(SignedDuration::ZERO)
+                .unsigned_abs();
+            let before = policy
+                .and_then(|p| p.renew_before)
+                .map(|d| d.get())
+                .unwrap_or(lifetime / 3);
+            lifetime.saturating_sub(before)
+        }
+    };
+    let wait = wait
+        .mul_f64(1.0 - JITTER * jitter.clamp(0.0, 1.0))
+        .max(MIN_REFRESH);
+    let wait = SignedDuration::try_from(wait).unwrap_or(SignedDuration::MAX);
+    whole_seconds(minted_at.saturating_add(wait).unwrap_or(Timestamp::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + secs).unwrap()
+    }
+
+    fn policy(json: &str) -> RefreshPolicy {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn static_credentials_use_the_interval() {
+        assert_eq!(refresh_at(ts(0), None, None, 0.0), ts(3600));
+        assert_eq!(
+            refresh_at(ts(0), None, Some(&policy(r#"{"interval":"90s"}"#)), 0.0),
+            ts(90)
+        );
+    }
+
+    #[test]
+    fn expiring_credentials_renew_at_two_thirds_or_renew_before() {
+        assert_eq!(
+            refresh_at(ts(0), Some(ts(12 * 3600)), None, 0.0),
+            ts(8 * 3600)
+        );
+        let p = policy(r#"{"renewBefore":"1h"}"#);
+        assert_eq!(
+            refresh_at(ts(0), Some(ts(12 * 3600)), Some(&p), 0.0),
+            ts(11 * 3600)
+        );
+    }
+
+    #[test]
+    fn past_or_tiny_expiry_hits_the_floor() {
+        assert_eq!(refresh_at(ts(0), Some(ts(-3600)), None, 0.0), ts(10));
+        assert_eq!(refresh_at(ts(0), Some(ts(3)), None, 0.0), ts(10));
+        let p = policy(r#"{"renewBefore":"24h"}"#);
+        assert_eq!(refresh_at(ts(0), Some(ts(3600)), Some(&p), 0.0), ts(10));
+    }
+
+    #[test]
+    fn jitter_only_moves_earlier_and_within_bounds() {
+        let base = refresh_at(ts(0), Some(ts(3000)), None, 0.0);
+        for j in [0.0, 0.25, 0.5, 0.999] {
+            let t = refresh_at(ts(0), Some(ts(3000)), None, j);
+            assert!(t <= base);
+            assert!(t >= ts(2000 - 200), "{t} earlier than 10% of the wait");
+        }
+    }
+}

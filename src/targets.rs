@@ -1,0 +1,234 @@
+//! Which namespaces and ServiceAccounts a credential targets. Pure functions
+//! over labels; the controller feeds them from its caches.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+use crate::api::{ClusterRegistryCredentialSpec, ServiceAccountSelector};
+
+/// Whether `labels` match a Kubernetes label selector. An empty selector
+/// matches everything; an unknown operator matches nothing.
+pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let labels_ok = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let exprs_ok = selector.match_expressions.iter().flatten().all(|e| {
+        let value = labels.get(&e.key);
+        let values = e.values.as_deref().unwrap_or_default();
+        match e.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            _ => false,
+        }
+    });
+    labels_ok && exprs_ok
+}
+
+/// A namespace as the target selection sees it.
+pub struct NamespaceInfo<'a> {
+    pub name: &'a str,
+    pub labels: &'a BTreeMap<String, String>,
+    /// Being deleted: never a target.
+    pub terminating: bool,
+}
+
+/// Whether a ClusterRegistryCredential targets a namespace.
+pub fn cluster_targets(spec: &ClusterRegistryCredentialSpec, ns: &NamespaceInfo<'_>) -> bool {
+    if ns.terminating {
+        return false;
+    }
+    if spec
+        .exclude_namespaces
+        .iter()
+        .flatten()
+        .any(|n| n == ns.name)
+    {
+        return false;
+    }
+    let by_name = spec.namespaces.iter().flatten().any(|n| n == ns.name);
+    let by_selector = spec
+        .namespace_selector
+        .as_ref()
+        .is_some_and(|s| selector_matches(s, ns.labels));
+    by_name || by_selector
+}
+
+/// The target namespaces of a ClusterRegistryCredential among `namespaces`.
+pub fn cluster_target_set<'a>(
+    spec: &ClusterRegistryCredentialSpec,
+    namespaces: impl IntoIterator<Item = NamespaceInfo<'a>>,
+) -> BTreeSet<String> {
+    namespaces
+        .into_iter()
+        .filter(|ns| cluster_targets(spec, ns))
+        .map(|ns| ns.name.to_string())
+        .collect()
+}
+
+/// Whether a ServiceAccount gets the pull Secret. No selector at all means
+/// the `default` ServiceAccount.
+pub fn service_account_selected(
+    selector: Option<&ServiceAccountSelector>,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    let Some(sel) = selector else {
+        return name == "default";
+    };
+    if sel.all == Some(true) {
+        return true;
+    }
+    let by_name = match &sel.names {
+        Some(names) => names.iter().any(|n| n == name),
+        // `names` omitted: the default applies unless a selector is given.
+        None => sel.selector.is_none() && name == "default",
+    };
+    by_name
+        || sel
+            .selector
+            .as_ref()
+            .is_some_and(|s| selector_matches(s, labels))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn req(key: &str, op: &str, values: &[&str]) -> LabelSelectorRequirement {
+        LabelSelectorRequirement {
+            key: key.into(),
+            operator: op.into(),
+            values: Some(values.iter().map(|s| s.to_string()).collect()),
+        }
+    }
+
+    #[test]
+    fn selector_semantics_follow_kubernetes() {
+        let l = labels(&[("team", "a"), ("env", "prod")]);
+        assert!(
+            selector_matches(&LabelSelector::default(), &l),
+            "empty selector matches all"
+        );
+        let by_label = LabelSelector {
+            match_labels: Some(labels(&[("team", "a")])),
+            ..Default::default()
+        };
+        assert!(selector_matches(&by_label, &l));
+        assert!(!selector_matches(&by_label, &labels(&[("team", "b")])));
+        let exprs = |e: Vec<LabelSelectorRequirement>| LabelSelector {
+            match_expressions: Some(e),
+            ..Default::default()
+        };
+        assert!(selector_matches(
+            &exprs(vec![req("env", "In", &["prod", "dev"])]),
+            &l
+        ));
+        assert!(!selector_matches(
+            &exprs(vec![req("env", "NotIn", &["prod"])]),
+            &l
+        ));
+        assert!(selector_matches(
+            &exprs(vec![req("missing", "NotIn", &["x"])]),
+            &l
+        ));
+        assert!(selector_matches(
+            &exprs(vec![req("team", "Exists", &[])]),
+            &l
+        ));
+        assert!(selector_matches(
+            &exprs(vec![req("other", "DoesNotExist", &[])]),
+            &l
+        ));
+        assert!(!selector_matches(
+            &exprs(vec![req("team", "Bogus", &[])]),
+            &l
+        ));
+    }
+
+    fn spec(json: serde_json::Value) -> ClusterRegistryCredentialSpec {
+        let mut base = serde_json::json!({
+            "provider": {"basic": {"registry": "r", "secretRef": {"name": "s"}}},
+            "secret": {"name": "pull"}
+        });
+        base.as_object_mut()
+            .unwrap()
+            .extend(json.as_object().unwrap().clone());
+        serde_json::from_value(base).unwrap()
+    }
+
+    #[test]
+    fn cluster_selection_unions_names_and_selector_minus_excludes_and_terminating() {
+        let s = spec(serde_json::json!({
+            "namespaceSelector": {"matchLabels": {"pull": "yes"}},
+            "namespaces": ["explicit"],
+            "excludeNamespaces": ["blocked"]
+        }));
+        let yes = labels(&[("pull", "yes")]);
+        let none = labels(&[]);
+        let ns = |name, labels, terminating| NamespaceInfo {
+            name,
+            labels,
+            terminating,
+        };
+        let set = cluster_target_set(
+            &s,
+            [
+                ns("a", &yes, false),
+                ns("explicit", &none, false),
+                ns("blocked", &yes, false),
+                ns("dying", &yes, true),
+                ns("other", &none, false),
+            ],
+        );
+        assert_eq!(set.into_iter().collect::<Vec<_>>(), ["a", "explicit"]);
+    }
+
+    #[test]
+    fn service_account_selection() {
+        let none = labels(&[]);
+        let builder = labels(&[("role", "builder")]);
+        assert!(service_account_selected(None, "default", &none));
+        assert!(!service_account_selected(None, "other", &none));
+        let names = ServiceAccountSelector {
+            names: Some(vec!["a".into()]),
+            ..Default::default()
+        };
+        assert!(service_account_selected(Some(&names), "a", &none));
+        assert!(!service_account_selected(Some(&names), "default", &none));
+        let empty = ServiceAccountSelector {
+            names: Some(vec![]),
+            ..Default::default()
+        };
+        assert!(!service_account_selected(Some(&empty), "default", &none));
+        let sel = ServiceAccountSelector {
+            selector: Some(LabelSelector {
+                match_labels: Some(builder.clone()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(service_account_selected(Some(&sel), "x", &builder));
+        assert!(
+            !service_account_selected(Some(&sel), "default", &none),
+            "a selector replaces the default name"
+        );
+        let all = ServiceAccountSelector {
+            all: Some(true),
+            ..Default::default()
+        };
+        assert!(service_account_selected(Some(&all), "anything", &none));
+    }
+}
