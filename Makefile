@@ -1,12 +1,18 @@
 # regcred developer commands. `make test` is the one CI runs (.ci/run).
 CARGO ?= cargo
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+# Operator logs and the secret values tests used, for the leak check.
+TEST_LOG_DIR := $(TARGET_DIR)/test-logs
 
-.PHONY: test lint unit crds deps build
+.PHONY: test lint crds deps build demo
 
 ## Everything CI checks: formatting, clippy, and the whole test suite against
 ## a real control plane (installing and building what it needs first).
 test: deps lint
-	$(CARGO) test --workspace --all-targets
+	rm -rf $(TEST_LOG_DIR) && mkdir -p $(TEST_LOG_DIR)
+	REGCRED_TEST_LOG_DIR=$(abspath $(TEST_LOG_DIR)) $(CARGO) test --workspace --all-targets
+	hack/check-leaks.sh $(TEST_LOG_DIR)
+	$(MAKE) demo ARGS=--once
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -21,3 +27,11 @@ build:
 ## Regenerate crds/ from the Rust types.
 crds:
 	$(CARGO) run --quiet -- crd --output-dir crds
+
+## See regcred work on this machine: a local control plane and registry, a
+## ClusterRegistryCredential, the operator, and a pull with the written Secret.
+## `make demo ARGS=--once` exits after the last step.
+demo: deps
+	$(CARGO) build --quiet --bin regcred
+	$(CARGO) build --quiet -p regcred-testenv --bin regcred-demo
+	$(TARGET_DIR)/debug/regcred-demo --regcred $(TARGET_DIR)/debug/regcred $(ARGS)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs and the machine lacks:
-# - Debian packages: docker-registry (CNCF Distribution), skopeo, apache2-utils (htpasswd);
+# - Debian packages: docker-registry (CNCF Distribution), skopeo, apache2-utils (htpasswd),
+#   openssl (test CAs);
 # - the control-plane binaries (hack/envtest-assets.sh, cached under ~/.cache/regcred).
 # Safe to re-run: it installs nothing that is already there.
 set -euo pipefail
@@ -10,6 +11,7 @@ need=()
 command -v docker-registry >/dev/null 2>&1 || [[ -x /usr/bin/docker-registry ]] || need+=(docker-registry)
 command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
 command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [[ ${#need[@]} -gt 0 ]]; then
   if ! command -v apt-get >/dev/null 2>&1; then
     echo "install-test-deps: missing ${need[*]} and no apt-get; install them with your package manager" >&2

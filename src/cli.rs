@@ -18,8 +18,9 @@ pub enum Command {
     Run(RunArgs),
     /// Print the CustomResourceDefinitions as YAML.
     Crd(CrdArgs),
-    /// Mint a credential once outside the cluster and print a redacted
-    /// summary (not implemented yet).
+    /// Mint a credential once, outside the operator, and print a redacted
+    /// summary. Source Secrets come from the same file if it has any, else
+    /// from the cluster (kubeconfig).
     Check(CheckArgs),
     /// Print the version.
     Version,
@@ -68,6 +69,12 @@ pub struct CheckArgs {
     /// Also log in to the registry with the minted credential.
     #[arg(long)]
     pub verify: bool,
+    /// Namespace of a ClusterRegistryCredential's source Secrets.
+    #[arg(long, env = "REGCRED_CLUSTER_RESOURCE_NAMESPACE")]
+    pub cluster_resource_namespace: Option<String>,
+    /// Kubeconfig for reading source Secrets from a cluster.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<std::path::PathBuf>,
 }
 
 /// Options of `regcred crd`.

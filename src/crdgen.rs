@@ -14,11 +14,7 @@ use crate::api::{ClusterRegistryCredential, RegistryCredential};
 pub fn crds() -> Vec<CustomResourceDefinition> {
     let mut namespaced = RegistryCredential::crd();
     for version in &mut namespaced.spec.versions {
-        if let Some(schema) = version
-            .schema
-            .as_mut()
-            .and_then(|s| s.open_api_v3_schema.as_mut())
-        {
+        if let Some(schema) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) {
             forbid_foreign_namespace(schema, false);
         }
     }
@@ -38,11 +34,7 @@ pub fn render_files() -> Vec<(String, String)> {
 
 /// Both CRDs as one multi-document YAML stream.
 pub fn render_yaml() -> String {
-    render_files()
-        .into_iter()
-        .map(|(_, yaml)| yaml)
-        .collect::<Vec<_>>()
-        .join("")
+    render_files().into_iter().map(|(_, yaml)| yaml).collect::<Vec<_>>().join("")
 }
 
 fn to_yaml(crd: &CustomResourceDefinition) -> String {
@@ -55,12 +47,7 @@ fn to_yaml(crd: &CustomResourceDefinition) -> String {
 /// rule rejecting `namespace`, so a tenant cannot point the operator at
 /// another namespace (no confused deputy).
 fn forbid_foreign_namespace(schema: &mut JSONSchemaProps, in_ref: bool) {
-    if in_ref
-        && schema
-            .properties
-            .as_ref()
-            .is_some_and(|p| p.contains_key("namespace"))
-    {
+    if in_ref && schema.properties.as_ref().is_some_and(|p| p.contains_key("namespace")) {
         schema.x_kubernetes_validations.get_or_insert_with(Vec::new).push(ValidationRule {
             rule: "!has(self.__namespace__)".into(),
             message: Some(

@@ -7,10 +7,12 @@
 //! - [`targets`]: namespace and ServiceAccount selection.
 //! - [`schedule`]: when to refresh.
 //! - [`controller`]: caches, triggers and reconciliation.
+//! - [`verify`]: logging in to a registry before publishing.
 //! - [`metrics`]: Prometheus metrics and the probe server.
-//! - [`cli`] and [`telemetry`]: the binary's command line and logging.
+//! - [`cli`], [`check`] and [`telemetry`]: the binary's command line, `regcred check`, logging.
 
 pub mod api;
+pub mod check;
 pub mod cli;
 pub mod controller;
 pub mod crdgen;
@@ -21,6 +23,7 @@ pub mod render;
 pub mod schedule;
 pub mod targets;
 pub mod telemetry;
+pub mod verify;
 
 /// Errors of a reconcile.
 #[derive(Debug, thiserror::Error)]
@@ -34,9 +37,6 @@ pub enum Error {
     /// Removing written objects failed; the finalizer stays until it works.
     #[error("cleanup: {0}")]
     Cleanup(String),
-    /// A feature that later work will provide.
-    #[error("{0} is not implemented yet")]
-    NotImplemented(&'static str),
 }
 
 impl Error {
@@ -46,7 +46,6 @@ impl Error {
             Error::Kube(_) => "kube",
             Error::Finalizer(_) => "finalizer",
             Error::Cleanup(_) => "cleanup",
-            Error::NotImplemented(_) => "not_implemented",
         }
     }
 }

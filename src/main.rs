@@ -15,10 +15,15 @@ fn main() -> ExitCode {
             println!("regcred {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        Command::Run(args) => tokio::runtime::Runtime::new()
-            .map_err(Into::into)
-            .and_then(|rt| rt.block_on(run(args))),
-        Command::Check(_) => Err(regcred::Error::NotImplemented("regcred check").into()),
+        Command::Run(args) => tokio::runtime::Runtime::new().map_err(Into::into).and_then(|rt| rt.block_on(run(args))),
+        Command::Check(args) => tokio::runtime::Runtime::new().map_err(Into::into).and_then(|rt| {
+            rt.block_on(regcred::check::run(regcred::check::CheckOptions {
+                file: &args.file,
+                verify: args.verify,
+                cluster_resource_namespace: args.cluster_resource_namespace.clone(),
+                kubeconfig: args.kubeconfig.as_deref(),
+            }))
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -35,8 +40,7 @@ fn crd(output_dir: Option<std::path::PathBuf>) -> anyhow::Result<()> {
         Some(dir) => {
             for (name, yaml) in regcred::crdgen::render_files() {
                 let path = dir.join(name);
-                std::fs::write(&path, yaml)
-                    .with_context(|| format!("writing {}", path.display()))?;
+                std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
             }
         }
     }
@@ -51,18 +55,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("reading kubeconfig {}", path.display()))?;
             kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?
         }
-        None => kube::Config::infer()
-            .await
-            .context("no Kubernetes configuration found")?,
+        None => kube::Config::infer().await.context("no Kubernetes configuration found")?,
     };
     let metrics = Arc::new(Metrics::default());
     let client = kube::client::ClientBuilder::try_from(config)?
         .with_layer(&RequestCounter(metrics.kube_requests.clone()))
         .build();
-    let cluster_resource_namespace = args
-        .cluster_resource_namespace
-        .or_else(|| std::env::var("POD_NAMESPACE").ok())
-        .filter(|s| !s.is_empty());
+    let cluster_resource_namespace =
+        args.cluster_resource_namespace.or_else(|| std::env::var("POD_NAMESPACE").ok()).filter(|s| !s.is_empty());
     if cluster_resource_namespace.is_none() {
         tracing::warn!(
             "no cluster resource namespace (--cluster-resource-namespace or POD_NAMESPACE): ClusterRegistryCredentials cannot read source Secrets"

@@ -14,6 +14,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// Labels of `regcred_kube_requests_total`.
@@ -27,6 +28,20 @@ pub struct VerbLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
+}
+
+/// Labels of `regcred_refreshes_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefreshLabels {
+    pub provider: String,
+    /// `success`, `failure` or `verification_failed`.
+    pub result: String,
+}
+
+/// Labels naming a provider.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    pub provider: String,
 }
 
 /// Labels naming a credential.
@@ -44,6 +59,9 @@ pub struct Metrics {
     pub reconciles: Counter,
     pub reconcile_errors: Family<ReasonLabels, Counter>,
     pub managed_secrets: Family<CredentialLabels, Gauge>,
+    pub expiry: Family<CredentialLabels, Gauge>,
+    pub refreshes: Family<RefreshLabels, Counter>,
+    pub provider_duration: Family<ProviderLabels, Histogram, fn() -> Histogram>,
     ready: AtomicBool,
 }
 
@@ -70,15 +88,37 @@ impl Default for Metrics {
             "Pull Secrets holding a credential's current content",
             managed_secrets.clone(),
         );
+        let expiry = Family::<CredentialLabels, Gauge>::default();
+        registry.register(
+            "credential_expiry_timestamp_seconds",
+            "When the published credential expires (Unix time); absent for static credentials",
+            expiry.clone(),
+        );
+        let refreshes = Family::<RefreshLabels, Counter>::default();
+        registry.register("refreshes", "Credential refreshes (provider calls), by result", refreshes.clone());
+        let provider_duration =
+            Family::<ProviderLabels, Histogram, fn() -> Histogram>::new_with_constructor(duration_histogram);
+        registry.register(
+            "provider_request_duration_seconds",
+            "Time a provider took to mint a credential",
+            provider_duration.clone(),
+        );
         Metrics {
             registry,
             kube_requests,
             reconciles,
             reconcile_errors,
             managed_secrets,
+            expiry,
+            refreshes,
+            provider_duration,
             ready: AtomicBool::new(false),
         }
     }
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
 }
 
 impl Metrics {
@@ -90,8 +130,7 @@ impl Metrics {
     /// The exposition text.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
 }
@@ -99,10 +138,7 @@ impl Metrics {
 /// Serves `/metrics`, `/healthz` and `/readyz` until the process ends.
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
     let app = Router::new()
-        .route(
-            "/metrics",
-            get(|State(m): State<Arc<Metrics>>| async move { m.encode() }),
-        )
+        .route("/metrics", get(|State(m): State<Arc<Metrics>>| async move { m.encode() }))
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/readyz",
@@ -128,10 +164,7 @@ impl<S> tower::Layer<S> for RequestCounter {
     type Service = CountedService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        CountedService {
-            inner,
-            counter: self.0.clone(),
-        }
+        CountedService { inner, counter: self.0.clone() }
     }
 }
 
@@ -155,11 +188,7 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        self.counter
-            .get_or_create(&VerbLabels {
-                method: req.method().as_str().to_string(),
-            })
-            .inc();
+        self.counter.get_or_create(&VerbLabels { method: req.method().as_str().to_string() }).inc();
         self.inner.call(req)
     }
 }

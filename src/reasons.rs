@@ -20,3 +20,7 @@ pub const SECRET_CONFLICT: &str = "SecretConflict";
 pub const WRITE_FAILED: &str = "WriteFailed";
 /// Reading from the Kubernetes API failed.
 pub const KUBE_API_ERROR: &str = "KubernetesAPIError";
+/// Refreshing fails and the credential in place has expired: pulls fail.
+pub const CREDENTIAL_EXPIRED: &str = "CredentialExpired";
+/// The registry refused a newly minted credential; it was not published.
+pub const VERIFICATION_FAILED: &str = "VerificationFailed";

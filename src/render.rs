@@ -55,10 +55,7 @@ pub fn config_key(registry: &str) -> String {
 /// `https://Host:port/v1/` → `host:port`.
 fn normalize_host(key: &str) -> String {
     let s = key.trim();
-    let s = s
-        .strip_prefix("https://")
-        .or_else(|| s.strip_prefix("http://"))
-        .unwrap_or(s);
+    let s = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://")).unwrap_or(s);
     let s = s.split('/').next().unwrap_or(s);
     s.to_ascii_lowercase()
 }
@@ -120,12 +117,7 @@ pub enum ParseError {
 pub fn find_in_dockerconfigjson(bytes: &[u8], registry: &str) -> Result<RegistryAuth, ParseError> {
     let config: DockerConfig = serde_json::from_slice(bytes).map_err(|e| {
         // serde_json's messages quote no input, only positions and types.
-        ParseError::Malformed(format!(
-            "line {} column {}: {}",
-            e.line(),
-            e.column(),
-            classify(&e)
-        ))
+        ParseError::Malformed(format!("line {} column {}: {}", e.line(), e.column(), classify(&e)))
     })?;
     let entry = config
         .auths
@@ -148,11 +140,7 @@ pub fn find_in_dockerconfigjson(bytes: &[u8], registry: &str) -> Result<Registry
         }
         _ => return Err(ParseError::NoCredentials(registry.to_string())),
     };
-    Ok(RegistryAuth {
-        registry: registry.to_string(),
-        username,
-        password: password.into(),
-    })
+    Ok(RegistryAuth { registry: registry.to_string(), username, password: password.into() })
 }
 
 fn classify(e: &serde_json::Error) -> &'static str {
@@ -170,11 +158,7 @@ mod tests {
     use super::*;
 
     fn auth(registry: &str, user: &str, pass: &str) -> RegistryAuth {
-        RegistryAuth {
-            registry: registry.into(),
-            username: user.into(),
-            password: pass.to_string().into(),
-        }
+        RegistryAuth { registry: registry.into(), username: user.into(), password: pass.to_string().into() }
     }
 
     #[test]
@@ -203,39 +187,25 @@ mod tests {
 
     #[test]
     fn finds_entries_by_host_in_any_spelling() {
-        let cfg =
-            br#"{"auths":{"https://Registry.Example.com/v2/":{"username":"u","password":"p"}}}"#;
+        let cfg = br#"{"auths":{"https://Registry.Example.com/v2/":{"username":"u","password":"p"}}}"#;
         let a = find_in_dockerconfigjson(cfg, "registry.example.com").unwrap();
         assert_eq!(a, auth("registry.example.com", "u", "p"));
-        let hub = format!(
-            r#"{{"auths":{{"{DOCKER_HUB_KEY}":{{"auth":"{}"}}}}}}"#,
-            STANDARD.encode("me:tok")
-        );
-        assert_eq!(
-            find_in_dockerconfigjson(hub.as_bytes(), "docker.io").unwrap(),
-            auth("docker.io", "me", "tok")
-        );
+        let hub = format!(r#"{{"auths":{{"{DOCKER_HUB_KEY}":{{"auth":"{}"}}}}}}"#, STANDARD.encode("me:tok"));
+        assert_eq!(find_in_dockerconfigjson(hub.as_bytes(), "docker.io").unwrap(), auth("docker.io", "me", "tok"));
     }
 
     #[test]
     fn parse_errors_are_precise_and_quote_no_secret() {
-        assert!(matches!(
-            find_in_dockerconfigjson(b"{not json", "r"),
-            Err(ParseError::Malformed(_))
-        ));
+        assert!(matches!(find_in_dockerconfigjson(b"{not json", "r"), Err(ParseError::Malformed(_))));
         assert_eq!(
-            find_in_dockerconfigjson(
-                br#"{"auths":{"other":{"username":"u","password":"p"}}}"#,
-                "r"
-            ),
+            find_in_dockerconfigjson(br#"{"auths":{"other":{"username":"u","password":"p"}}}"#, "r"),
             Err(ParseError::NoEntry("r".into()))
         );
         assert_eq!(
             find_in_dockerconfigjson(br#"{"auths":{"r":{"auth":"!!notbase64"}}}"#, "r"),
             Err(ParseError::NoCredentials("r".into()))
         );
-        let e = find_in_dockerconfigjson(br#"{"auths":{"r":{"username":"hunter2"}}}"#, "r")
-            .unwrap_err();
+        let e = find_in_dockerconfigjson(br#"{"auths":{"r":{"username":"hunter2"}}}"#, "r").unwrap_err();
         assert!(!e.to_string().contains("hunter2"));
         let e = find_in_dockerconfigjson(br#"{"auths": "hunter2"}"#, "r").unwrap_err();
         assert!(!e.to_string().contains("hunter2"), "{e}");

@@ -8,9 +8,12 @@ use crate::api::RefreshPolicy;
 
 /// Refresh period of credentials without expiry when `refresh.interval` is unset.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(3600);
-/// Never refresh sooner than this after minting, whatever the expiry says:
-/// an expiry in the past or absurdly close must not cause a hot loop.
-pub const MIN_REFRESH: Duration = Duration::from_secs(10);
+/// Never refresh sooner than this after minting: a tiny interval or a
+/// lifetime of a second or two must not cause a hot loop.
+pub const MIN_REFRESH: Duration = Duration::from_secs(1);
+/// A provider that reports an expiry already in the past gets this long
+/// before the next attempt, instead of an immediate retry.
+pub const PAST_EXPIRY_RETRY: Duration = Duration::from_secs(60);
 /// Share of the time to the refresh point that jitter may take off, so many
 /// credentials minted together do not refresh in the same second.
 pub const JITTER: f64 = 0.1;
@@ -37,27 +40,19 @@ pub fn refresh_at(
     jitter: f64,
 ) -> Timestamp {
     let wait = match expires_at {
-        None => policy
-            .and_then(|p| p.interval)
-            .map(|d| d.get())
-            .unwrap_or(DEFAULT_INTERVAL),
+        None => policy.and_then(|p| p.interval).map(|d| d.get()).unwrap_or(DEFAULT_INTERVAL),
+        Some(exp) if exp <= minted_at => PAST_EXPIRY_RETRY,
         Some(exp) => {
-            let lifetime = exp
-                .duration_since(minted_at)
-                .max(SignedDuration::ZERO)
-                .unsigned_abs();
-            let before = policy
-                .and_then(|p| p.renew_before)
-                .map(|d| d.get())
-                .unwrap_or(lifetime / 3);
+            let lifetime = exp.duration_since(minted_at).unsigned_abs();
+            let before = policy.and_then(|p| p.renew_before).map(|d| d.get()).unwrap_or(lifetime / 3);
             lifetime.saturating_sub(before)
         }
     };
-    let wait = wait
-        .mul_f64(1.0 - JITTER * jitter.clamp(0.0, 1.0))
-        .max(MIN_REFRESH);
-    let wait = SignedDuration::try_from(wait).unwrap_or(SignedDuration::MAX);
-    whole_seconds(minted_at.saturating_add(wait).unwrap_or(Timestamp::MAX))
+    let wait = wait.mul_f64(1.0 - JITTER * jitter.clamp(0.0, 1.0));
+    // Whole seconds (rounded up), as Kubernetes stores times.
+    let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(MIN_REFRESH.as_secs());
+    let wait = SignedDuration::from_secs(i64::try_from(secs).unwrap_or(i64::MAX));
+    whole_seconds(minted_at).saturating_add(wait).unwrap_or(Timestamp::MAX)
 }
 
 #[cfg(test)]
@@ -75,31 +70,26 @@ mod tests {
     #[test]
     fn static_credentials_use_the_interval() {
         assert_eq!(refresh_at(ts(0), None, None, 0.0), ts(3600));
-        assert_eq!(
-            refresh_at(ts(0), None, Some(&policy(r#"{"interval":"90s"}"#)), 0.0),
-            ts(90)
-        );
+        assert_eq!(refresh_at(ts(0), None, Some(&policy(r#"{"interval":"90s"}"#)), 0.0), ts(90));
     }
 
     #[test]
     fn expiring_credentials_renew_at_two_thirds_or_renew_before() {
-        assert_eq!(
-            refresh_at(ts(0), Some(ts(12 * 3600)), None, 0.0),
-            ts(8 * 3600)
-        );
+        assert_eq!(refresh_at(ts(0), Some(ts(12 * 3600)), None, 0.0), ts(8 * 3600));
         let p = policy(r#"{"renewBefore":"1h"}"#);
-        assert_eq!(
-            refresh_at(ts(0), Some(ts(12 * 3600)), Some(&p), 0.0),
-            ts(11 * 3600)
-        );
+        assert_eq!(refresh_at(ts(0), Some(ts(12 * 3600)), Some(&p), 0.0), ts(11 * 3600));
     }
 
     #[test]
-    fn past_or_tiny_expiry_hits_the_floor() {
-        assert_eq!(refresh_at(ts(0), Some(ts(-3600)), None, 0.0), ts(10));
-        assert_eq!(refresh_at(ts(0), Some(ts(3)), None, 0.0), ts(10));
+    fn past_or_tiny_expiry_does_not_hot_loop() {
+        assert_eq!(refresh_at(ts(0), Some(ts(-3600)), None, 0.0), ts(60), "past expiry waits");
+        assert_eq!(refresh_at(ts(0), Some(ts(0)), None, 0.5), ts(57), "expiry at mint time is past");
+        assert_eq!(refresh_at(ts(0), Some(ts(3)), None, 0.0), ts(2), "3s lifetime renews at 2/3");
+        assert_eq!(refresh_at(ts(0), Some(ts(1)), None, 0.0), ts(1), "floor of 1s");
         let p = policy(r#"{"renewBefore":"24h"}"#);
-        assert_eq!(refresh_at(ts(0), Some(ts(3600)), Some(&p), 0.0), ts(10));
+        assert_eq!(refresh_at(ts(0), Some(ts(3600)), Some(&p), 0.0), ts(1), "renewBefore beyond the lifetime");
+        let tiny = policy(r#"{"interval":"1ms"}"#);
+        assert_eq!(refresh_at(ts(0), None, Some(&tiny), 0.0), ts(1), "tiny interval");
     }
 
     #[test]

@@ -10,11 +10,7 @@ use crate::api::{ClusterRegistryCredentialSpec, ServiceAccountSelector};
 /// Whether `labels` match a Kubernetes label selector. An empty selector
 /// matches everything; an unknown operator matches nothing.
 pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let labels_ok = selector
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
+    let labels_ok = selector.match_labels.iter().flatten().all(|(k, v)| labels.get(k) == Some(v));
     let exprs_ok = selector.match_expressions.iter().flatten().all(|e| {
         let value = labels.get(&e.key);
         let values = e.values.as_deref().unwrap_or_default();
@@ -42,19 +38,11 @@ pub fn cluster_targets(spec: &ClusterRegistryCredentialSpec, ns: &NamespaceInfo<
     if ns.terminating {
         return false;
     }
-    if spec
-        .exclude_namespaces
-        .iter()
-        .flatten()
-        .any(|n| n == ns.name)
-    {
+    if spec.exclude_namespaces.iter().flatten().any(|n| n == ns.name) {
         return false;
     }
     let by_name = spec.namespaces.iter().flatten().any(|n| n == ns.name);
-    let by_selector = spec
-        .namespace_selector
-        .as_ref()
-        .is_some_and(|s| selector_matches(s, ns.labels));
+    let by_selector = spec.namespace_selector.as_ref().is_some_and(|s| selector_matches(s, ns.labels));
     by_name || by_selector
 }
 
@@ -63,11 +51,7 @@ pub fn cluster_target_set<'a>(
     spec: &ClusterRegistryCredentialSpec,
     namespaces: impl IntoIterator<Item = NamespaceInfo<'a>>,
 ) -> BTreeSet<String> {
-    namespaces
-        .into_iter()
-        .filter(|ns| cluster_targets(spec, ns))
-        .map(|ns| ns.name.to_string())
-        .collect()
+    namespaces.into_iter().filter(|ns| cluster_targets(spec, ns)).map(|ns| ns.name.to_string()).collect()
 }
 
 /// Whether a ServiceAccount gets the pull Secret. No selector at all means
@@ -88,11 +72,7 @@ pub fn service_account_selected(
         // `names` omitted: the default applies unless a selector is given.
         None => sel.selector.is_none() && name == "default",
     };
-    by_name
-        || sel
-            .selector
-            .as_ref()
-            .is_some_and(|s| selector_matches(s, labels))
+    by_name || sel.selector.as_ref().is_some_and(|s| selector_matches(s, labels))
 }
 
 #[cfg(test)]
@@ -101,10 +81,7 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     fn req(key: &str, op: &str, values: &[&str]) -> LabelSelectorRequirement {
@@ -118,44 +95,18 @@ mod tests {
     #[test]
     fn selector_semantics_follow_kubernetes() {
         let l = labels(&[("team", "a"), ("env", "prod")]);
-        assert!(
-            selector_matches(&LabelSelector::default(), &l),
-            "empty selector matches all"
-        );
-        let by_label = LabelSelector {
-            match_labels: Some(labels(&[("team", "a")])),
-            ..Default::default()
-        };
+        assert!(selector_matches(&LabelSelector::default(), &l), "empty selector matches all");
+        let by_label = LabelSelector { match_labels: Some(labels(&[("team", "a")])), ..Default::default() };
         assert!(selector_matches(&by_label, &l));
         assert!(!selector_matches(&by_label, &labels(&[("team", "b")])));
-        let exprs = |e: Vec<LabelSelectorRequirement>| LabelSelector {
-            match_expressions: Some(e),
-            ..Default::default()
-        };
-        assert!(selector_matches(
-            &exprs(vec![req("env", "In", &["prod", "dev"])]),
-            &l
-        ));
-        assert!(!selector_matches(
-            &exprs(vec![req("env", "NotIn", &["prod"])]),
-            &l
-        ));
-        assert!(selector_matches(
-            &exprs(vec![req("missing", "NotIn", &["x"])]),
-            &l
-        ));
-        assert!(selector_matches(
-            &exprs(vec![req("team", "Exists", &[])]),
-            &l
-        ));
-        assert!(selector_matches(
-            &exprs(vec![req("other", "DoesNotExist", &[])]),
-            &l
-        ));
-        assert!(!selector_matches(
-            &exprs(vec![req("team", "Bogus", &[])]),
-            &l
-        ));
+        let exprs =
+            |e: Vec<LabelSelectorRequirement>| LabelSelector { match_expressions: Some(e), ..Default::default() };
+        assert!(selector_matches(&exprs(vec![req("env", "In", &["prod", "dev"])]), &l));
+        assert!(!selector_matches(&exprs(vec![req("env", "NotIn", &["prod"])]), &l));
+        assert!(selector_matches(&exprs(vec![req("missing", "NotIn", &["x"])]), &l));
+        assert!(selector_matches(&exprs(vec![req("team", "Exists", &[])]), &l));
+        assert!(selector_matches(&exprs(vec![req("other", "DoesNotExist", &[])]), &l));
+        assert!(!selector_matches(&exprs(vec![req("team", "Bogus", &[])]), &l));
     }
 
     fn spec(json: serde_json::Value) -> ClusterRegistryCredentialSpec {
@@ -163,9 +114,7 @@ mod tests {
             "provider": {"basic": {"registry": "r", "secretRef": {"name": "s"}}},
             "secret": {"name": "pull"}
         });
-        base.as_object_mut()
-            .unwrap()
-            .extend(json.as_object().unwrap().clone());
+        base.as_object_mut().unwrap().extend(json.as_object().unwrap().clone());
         serde_json::from_value(base).unwrap()
     }
 
@@ -178,11 +127,7 @@ mod tests {
         }));
         let yes = labels(&[("pull", "yes")]);
         let none = labels(&[]);
-        let ns = |name, labels, terminating| NamespaceInfo {
-            name,
-            labels,
-            terminating,
-        };
+        let ns = |name, labels, terminating| NamespaceInfo { name, labels, terminating };
         let set = cluster_target_set(
             &s,
             [
@@ -202,33 +147,18 @@ mod tests {
         let builder = labels(&[("role", "builder")]);
         assert!(service_account_selected(None, "default", &none));
         assert!(!service_account_selected(None, "other", &none));
-        let names = ServiceAccountSelector {
-            names: Some(vec!["a".into()]),
-            ..Default::default()
-        };
+        let names = ServiceAccountSelector { names: Some(vec!["a".into()]), ..Default::default() };
         assert!(service_account_selected(Some(&names), "a", &none));
         assert!(!service_account_selected(Some(&names), "default", &none));
-        let empty = ServiceAccountSelector {
-            names: Some(vec![]),
-            ..Default::default()
-        };
+        let empty = ServiceAccountSelector { names: Some(vec![]), ..Default::default() };
         assert!(!service_account_selected(Some(&empty), "default", &none));
         let sel = ServiceAccountSelector {
-            selector: Some(LabelSelector {
-                match_labels: Some(builder.clone()),
-                ..Default::default()
-            }),
+            selector: Some(LabelSelector { match_labels: Some(builder.clone()), ..Default::default() }),
             ..Default::default()
         };
         assert!(service_account_selected(Some(&sel), "x", &builder));
-        assert!(
-            !service_account_selected(Some(&sel), "default", &none),
-            "a selector replaces the default name"
-        );
-        let all = ServiceAccountSelector {
-            all: Some(true),
-            ..Default::default()
-        };
+        assert!(!service_account_selected(Some(&sel), "default", &none), "a selector replaces the default name");
+        let all = ServiceAccountSelector { all: Some(true), ..Default::default() };
         assert!(service_account_selected(Some(&all), "anything", &none));
     }
 }

@@ -8,24 +8,17 @@ use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
 use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
-    PatchParams, PostParams,
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
 };
 use serde_json::{Value, json};
 
 async fn admin() -> Client {
-    regcred_testenv::shared()
-        .client()
-        .await
-        .expect("admin client")
+    regcred_testenv::shared().client().await.expect("admin client")
 }
 
 async fn create_namespace(client: &Client, name: &str) {
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .expect("create namespace");
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("create namespace");
 }
 
 fn resource(kind: &str) -> ApiResource {
@@ -34,11 +27,7 @@ fn resource(kind: &str) -> ApiResource {
 
 /// Server-side apply with strict field validation, as `kubectl apply
 /// --server-side` does.
-async fn apply(
-    client: &Client,
-    ns: Option<&str>,
-    obj: &Value,
-) -> Result<DynamicObject, kube::Error> {
+async fn apply(client: &Client, ns: Option<&str>, obj: &Value) -> Result<DynamicObject, kube::Error> {
     let kind = obj["kind"].as_str().unwrap();
     let ar = resource(kind);
     let api: Api<DynamicObject> = match ns {
@@ -46,12 +35,7 @@ async fn apply(
         None => Api::all_with(client.clone(), &ar),
     };
     let name = obj["metadata"]["name"].as_str().unwrap();
-    api.patch(
-        name,
-        &PatchParams::apply("regcred-test").validation_strict(),
-        &Patch::Apply(obj),
-    )
-    .await
+    api.patch(name, &PatchParams::apply("regcred-test").validation_strict(), &Patch::Apply(obj)).await
 }
 
 #[test]
@@ -65,11 +49,7 @@ fn crds_under_crds_dir_match_regcred_crd_output() {
         );
     }
     let files = std::fs::read_dir(&dir).unwrap().count();
-    assert_eq!(
-        files,
-        regcred::crdgen::render_files().len(),
-        "crds/ holds files `regcred crd` does not generate"
-    );
+    assert_eq!(files, regcred::crdgen::render_files().len(), "crds/ holds files `regcred crd` does not generate");
 }
 
 #[tokio::test]
@@ -78,42 +58,21 @@ async fn both_crds_are_established_with_status_and_printer_columns() {
     let crds: Api<CustomResourceDefinition> = Api::all(client);
     for (name, scope, short) in [
         ("registrycredentials.regcred.dev", "Namespaced", "rcred"),
-        (
-            "clusterregistrycredentials.regcred.dev",
-            "Cluster",
-            "crcred",
-        ),
+        ("clusterregistrycredentials.regcred.dev", "Cluster", "crcred"),
     ] {
         let crd = crds.get(name).await.unwrap();
         let established = crd
             .status
             .as_ref()
             .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|c| {
-                c.iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-            });
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Established" && c.status == "True"));
         assert!(established, "{name} is not Established");
         assert_eq!(crd.spec.scope, scope);
-        assert_eq!(
-            crd.spec.names.short_names.as_deref(),
-            Some(&[short.to_string()][..])
-        );
+        assert_eq!(crd.spec.names.short_names.as_deref(), Some(&[short.to_string()][..]));
         let v = &crd.spec.versions[0];
         assert_eq!(v.name, "v1alpha1");
-        assert!(
-            v.subresources
-                .as_ref()
-                .and_then(|s| s.status.as_ref())
-                .is_some(),
-            "{name}: no status subresource"
-        );
-        let cols: Vec<&str> = v
-            .additional_printer_columns
-            .iter()
-            .flatten()
-            .map(|c| c.name.as_str())
-            .collect();
+        assert!(v.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(), "{name}: no status subresource");
+        let cols: Vec<&str> = v.additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
         assert_eq!(cols, ["Provider", "Ready", "Expires", "Namespaces", "Age"]);
     }
 }
@@ -132,34 +91,16 @@ async fn examples_are_accepted() {
         }
         let out = cp
             .kubectl()
-            .args([
-                "apply",
-                "--server-side",
-                "--field-manager=regcred-test",
-                "-f",
-            ])
+            .args(["apply", "--server-side", "--field-manager=regcred-test", "-f"])
             .arg(&path)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{} rejected: {}",
-            path.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{} rejected: {}", path.display(), String::from_utf8_lossy(&out.stderr));
         applied += 1;
     }
     assert!(applied >= 2, "no examples found in {}", dir.display());
-    let rcreds: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), "default", &resource("RegistryCredential"));
-    assert!(
-        !rcreds
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .is_empty()
-    );
+    let rcreds: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &resource("RegistryCredential"));
+    assert!(!rcreds.list(&ListParams::default()).await.unwrap().items.is_empty());
 }
 
 fn basic_spec() -> Value {
@@ -172,11 +113,7 @@ fn basic_spec() -> Value {
 fn with(mut base: Value, path: &[&str], value: Value) -> Value {
     let mut cur = &mut base;
     for key in &path[..path.len() - 1] {
-        cur = cur
-            .as_object_mut()
-            .unwrap()
-            .entry(key.to_string())
-            .or_insert(json!({}));
+        cur = cur.as_object_mut().unwrap().entry(key.to_string()).or_insert(json!({}));
     }
     cur[path[path.len() - 1]] = value;
     base
@@ -204,83 +141,46 @@ async fn invalid_objects_are_rejected_with_a_message_naming_the_problem() {
     let client = admin().await;
     let ns = "invalid";
     create_namespace(&client, ns).await;
-    let cluster_ok = with(
-        basic_spec(),
-        &["namespaceSelector"],
-        json!({"matchLabels": {"team": "a"}}),
-    );
+    let cluster_ok = with(basic_spec(), &["namespaceSelector"], json!({"matchLabels": {"team": "a"}}));
     let cases: Vec<(&str, Value, &[&str])> = vec![
-        (
-            "no provider",
-            rcred("no-provider", with(basic_spec(), &["provider"], json!({}))),
-            &["exactly one provider"],
-        ),
+        ("no provider", rcred("no-provider", with(basic_spec(), &["provider"], json!({}))), &["exactly one provider"]),
         (
             "two providers",
-            rcred(
-                "two-providers",
-                with(
-                    basic_spec(),
-                    &["provider", "ecr"],
-                    json!({"region": "eu-west-1"}),
-                ),
-            ),
+            rcred("two-providers", with(basic_spec(), &["provider", "ecr"], json!({"region": "eu-west-1"}))),
             &["exactly one provider"],
         ),
         (
             "secret name not a DNS-1123 subdomain",
-            rcred(
-                "bad-secret-name",
-                with(basic_spec(), &["secret", "name"], json!("Pull_Secret")),
-            ),
+            rcred("bad-secret-name", with(basic_spec(), &["secret", "name"], json!("Pull_Secret"))),
             &["spec.secret.name"],
         ),
         (
             "empty secret name",
-            rcred(
-                "empty-secret-name",
-                with(basic_spec(), &["secret", "name"], json!("")),
-            ),
+            rcred("empty-secret-name", with(basic_spec(), &["secret", "name"], json!(""))),
             &["spec.secret.name"],
         ),
         (
             "negative interval",
-            rcred(
-                "negative-interval",
-                with(basic_spec(), &["refresh", "interval"], json!("-5m")),
-            ),
+            rcred("negative-interval", with(basic_spec(), &["refresh", "interval"], json!("-5m"))),
             &["spec.refresh.interval"],
         ),
         (
             "zero renewBefore",
-            rcred(
-                "zero-renew",
-                with(basic_spec(), &["refresh", "renewBefore"], json!("0s")),
-            ),
+            rcred("zero-renew", with(basic_spec(), &["refresh", "renewBefore"], json!("0s"))),
             &["spec.refresh.renewBefore", "positive duration"],
         ),
         (
             "malformed duration",
-            rcred(
-                "bad-duration",
-                with(basic_spec(), &["refresh", "interval"], json!("ten minutes")),
-            ),
+            rcred("bad-duration", with(basic_spec(), &["refresh", "interval"], json!("ten minutes"))),
             &["spec.refresh.interval"],
         ),
         (
             "namespaced source Secret in another namespace",
             rcred(
                 "foreign-secret",
-                with(
-                    basic_spec(),
-                    &["provider", "basic", "secretRef", "namespace"],
-                    json!("kube-system"),
-                ),
+                with(basic_spec(), &["provider", "basic", "secretRef", "namespace"], json!("kube-system")),
             ),
-            &[
-                "spec.provider.basic.secretRef",
-                "reads only from its own namespace",
-            ],
+            &["spec.provider.basic.secretRef", "reads only from its own namespace"],
         ),
         (
             "namespaced ServiceAccount in another namespace",
@@ -295,10 +195,7 @@ async fn invalid_objects_are_rejected_with_a_message_naming_the_problem() {
         ),
         (
             "cluster-only field on the namespaced kind",
-            rcred(
-                "cluster-field",
-                with(basic_spec(), &["namespaceSelector"], json!({})),
-            ),
+            rcred("cluster-field", with(basic_spec(), &["namespaceSelector"], json!({}))),
             &["spec.namespaceSelector", "not declared in schema"],
         ),
         (
@@ -310,11 +207,7 @@ async fn invalid_objects_are_rejected_with_a_message_naming_the_problem() {
             "bad registry host",
             rcred(
                 "bad-registry",
-                with(
-                    basic_spec(),
-                    &["provider", "basic", "registry"],
-                    json!("https://registry.example.com/"),
-                ),
+                with(basic_spec(), &["provider", "basic", "registry"], json!("https://registry.example.com/")),
             ),
             &["spec.provider.basic.registry"],
         ),
@@ -322,11 +215,7 @@ async fn invalid_objects_are_rejected_with_a_message_naming_the_problem() {
             "reserved managed-by label",
             rcred(
                 "reserved-label",
-                with(
-                    basic_spec(),
-                    &["secret", "labels"],
-                    json!({"app.kubernetes.io/managed-by": "me"}),
-                ),
+                with(basic_spec(), &["secret", "labels"], json!({"app.kubernetes.io/managed-by": "me"})),
             ),
             &["app.kubernetes.io/managed-by is reserved"],
         ),
@@ -354,22 +243,12 @@ async fn invalid_objects_are_rejected_with_a_message_naming_the_problem() {
         ),
         (
             "ServiceAccount all with names",
-            rcred(
-                "sa-all-and-names",
-                with(
-                    basic_spec(),
-                    &["serviceAccounts"],
-                    json!({"all": true, "names": ["x"]}),
-                ),
-            ),
+            rcred("sa-all-and-names", with(basic_spec(), &["serviceAccounts"], json!({"all": true, "names": ["x"]}))),
             &["all: true cannot be combined"],
         ),
         (
             "unknown deletion policy",
-            rcred(
-                "bad-policy",
-                with(basic_spec(), &["deletionPolicy"], json!("Keep")),
-            ),
+            rcred("bad-policy", with(basic_spec(), &["deletionPolicy"], json!("Keep"))),
             &["spec.deletionPolicy", "Unsupported value"],
         ),
         (
@@ -379,14 +258,7 @@ async fn invalid_objects_are_rejected_with_a_message_naming_the_problem() {
         ),
         (
             "bad namespace name in cluster list",
-            crcred(
-                "bad-ns-list",
-                with(
-                    cluster_ok.clone(),
-                    &["excludeNamespaces"],
-                    json!(["Kube_System"]),
-                ),
-            ),
+            crcred("bad-ns-list", with(cluster_ok.clone(), &["excludeNamespaces"], json!(["Kube_System"]))),
             &["spec.excludeNamespaces"],
         ),
         (
@@ -421,19 +293,13 @@ async fn invalid_objects_are_rejected_with_a_message_naming_the_problem() {
 
     // The same objects made valid are accepted, so the rejections above are
     // about the named problem and nothing else.
-    apply(&client, Some(ns), &rcred("valid", basic_spec()))
-        .await
-        .expect("valid RegistryCredential");
+    apply(&client, Some(ns), &rcred("valid", basic_spec())).await.expect("valid RegistryCredential");
     apply(
         &client,
         None,
         &crcred(
             "valid-cluster",
-            with(
-                cluster_ok,
-                &["provider", "basic", "secretRef", "namespace"],
-                json!("regcred-system"),
-            ),
+            with(cluster_ok, &["provider", "basic", "secretRef", "namespace"], json!("regcred-system")),
         ),
     )
     .await
@@ -443,45 +309,23 @@ async fn invalid_objects_are_rejected_with_a_message_naming_the_problem() {
 #[test]
 fn kubectl_explain_prints_the_field_docs() {
     let cp = regcred_testenv::shared();
-    let out = cp
-        .kubectl()
-        .args(["explain", "registrycredential.spec.provider"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "kubectl explain failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for needle in [
-        "Set exactly one provider",
-        "ecr",
-        "ecrPublic",
-        "google",
-        "acr",
-        "harbor",
-        "basic",
-        "Amazon ECR",
-    ] {
-        assert!(
-            text.contains(needle),
-            "kubectl explain output lacks {needle:?}:\n{text}"
-        );
+    // The apiserver publishes a new CRD's OpenAPI schema shortly after the
+    // CRD is Established.
+    let mut out = cp.kubectl().args(["explain", "registrycredential.spec.provider"]).output().unwrap();
+    for _ in 0..60 {
+        if out.status.success() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        out = cp.kubectl().args(["explain", "registrycredential.spec.provider"]).output().unwrap();
     }
-    let out = cp
-        .kubectl()
-        .args([
-            "explain",
-            "clusterregistrycredential.spec.namespaceSelector",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("matches"),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "kubectl explain failed: {}", String::from_utf8_lossy(&out.stderr));
+    for needle in ["Set exactly one provider", "ecr", "ecrPublic", "google", "acr", "harbor", "basic", "Amazon ECR"] {
+        assert!(text.contains(needle), "kubectl explain output lacks {needle:?}:\n{text}");
+    }
+    let out = cp.kubectl().args(["explain", "clusterregistrycredential.spec.namespaceSelector"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("matches"), "{}", String::from_utf8_lossy(&out.stdout));
 }
 
 #[tokio::test]
@@ -489,12 +333,8 @@ async fn rbac_is_enforced_for_service_account_clients() {
     let cp = regcred_testenv::shared();
     let client = cp.client().await.unwrap();
     create_namespace(&client, "rbac").await;
-    let sa: ServiceAccount =
-        serde_json::from_value(json!({"metadata": {"name": "tenant"}})).unwrap();
-    Api::<ServiceAccount>::namespaced(client.clone(), "rbac")
-        .create(&PostParams::default(), &sa)
-        .await
-        .unwrap();
+    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "tenant"}})).unwrap();
+    Api::<ServiceAccount>::namespaced(client.clone(), "rbac").create(&PostParams::default(), &sa).await.unwrap();
     let tenant = cp.service_account_client("rbac", "tenant").await.unwrap();
     let secrets: Api<Secret> = Api::namespaced(tenant.clone(), "rbac");
     match secrets.list(&ListParams::default()).await {
@@ -514,14 +354,9 @@ async fn rbac_is_enforced_for_service_account_clients() {
     });
     let pp = PatchParams::apply("regcred-test");
     let roles: Api<k8s_openapi::api::rbac::v1::Role> = Api::namespaced(client.clone(), "rbac");
-    roles
-        .patch("read-secrets", &pp, &Patch::Apply(&role))
-        .await
-        .unwrap();
+    roles.patch("read-secrets", &pp, &Patch::Apply(&role)).await.unwrap();
     let rbs: Api<k8s_openapi::api::rbac::v1::RoleBinding> = Api::namespaced(client.clone(), "rbac");
-    rbs.patch("read-secrets", &pp, &Patch::Apply(&binding))
-        .await
-        .unwrap();
+    rbs.patch("read-secrets", &pp, &Patch::Apply(&binding)).await.unwrap();
     // RBAC changes propagate through the authorizer's cache.
     let mut ok = false;
     for _ in 0..50 {
@@ -533,10 +368,7 @@ async fn rbac_is_enforced_for_service_account_clients() {
     }
     assert!(ok, "the RoleBinding did not grant list secrets");
     let other: Api<Secret> = Api::namespaced(tenant, "default");
-    assert!(
-        other.list(&ListParams::default()).await.is_err(),
-        "the Role leaked outside its namespace"
-    );
+    assert!(other.list(&ListParams::default()).await.is_err(), "the Role leaked outside its namespace");
 }
 
 #[tokio::test]
@@ -552,15 +384,9 @@ async fn controller_manager_creates_default_service_accounts_and_finishes_namesp
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert!(
-        found,
-        "no default ServiceAccount appeared: is kube-controller-manager running?"
-    );
+    assert!(found, "no default ServiceAccount appeared: is kube-controller-manager running?");
     let namespaces: Api<Namespace> = Api::all(client);
-    namespaces
-        .delete("kcm", &DeleteParams::default())
-        .await
-        .unwrap();
+    namespaces.delete("kcm", &DeleteParams::default()).await.unwrap();
     let mut gone = false;
     for _ in 0..300 {
         if namespaces.get_opt("kcm").await.unwrap().is_none() {
@@ -575,16 +401,7 @@ async fn controller_manager_creates_default_service_accounts_and_finishes_namesp
 #[test]
 fn envtest_assets_script_prints_a_directory_with_all_binaries() {
     let dir = regcred_testenv::assets_dir().unwrap();
-    for b in [
-        "kube-apiserver",
-        "etcd",
-        "kubectl",
-        "kube-controller-manager",
-    ] {
-        assert!(
-            Path::new(&dir).join(b).exists(),
-            "{b} missing in {}",
-            dir.display()
-        );
+    for b in ["kube-apiserver", "etcd", "kubectl", "kube-controller-manager"] {
+        assert!(Path::new(&dir).join(b).exists(), "{b} missing in {}", dir.display());
     }
 }

@@ -16,14 +16,7 @@ use serde_json::json;
 async fn a_converged_operator_makes_no_writes() {
     let client = setup().await;
     let op = operator();
-    put_login(
-        &client,
-        CLUSTER_NS,
-        "idle-login",
-        "idle-user",
-        "idle-secret-pw",
-    )
-    .await;
+    put_login(&client, CLUSTER_NS, "idle-login", "idle-user", "idle-secret-pw").await;
     for i in 0..5 {
         create_namespace(&client, &format!("idle-{i}"), &[("idle", "yes")]).await;
     }
@@ -32,13 +25,7 @@ async fn a_converged_operator_makes_no_writes() {
     spec["serviceAccounts"] = json!({"all": true});
     apply_crcred(&client, "idle", spec).await;
     put_login(&client, "idle-0", "own-login", "own-user", "own-secret-pw").await;
-    apply_rcred(
-        &client,
-        "idle-0",
-        "own",
-        basic_spec("other.example.com", "own-login", "own-pull"),
-    )
-    .await;
+    apply_rcred(&client, "idle-0", "own", basic_spec("other.example.com", "own-login", "own-pull")).await;
 
     let crcreds: Api<ClusterRegistryCredential> = Api::all(client.clone());
     wait_for_reason(&crcreds, "idle", "Synced").await;
@@ -60,23 +47,12 @@ async fn a_converged_operator_makes_no_writes() {
     label_namespace(&client, "idle-1", json!({"unrelated": "change"})).await;
     tokio::time::sleep(Duration::from_secs(20)).await;
     let after = op.write_requests().unwrap();
-    assert!(
-        reconciles(op) > reconciles_before,
-        "the namespace change did not trigger a reconcile"
-    );
-    assert_eq!(
-        after,
-        before,
-        "writes while idle:\n{}",
-        op.metrics().unwrap()
-    );
+    assert!(reconciles(op) > reconciles_before, "the namespace change did not trigger a reconcile");
+    assert_eq!(after, before, "writes while idle:\n{}", op.metrics().unwrap());
 
     let log = op.log_text();
     for secret in ["idle-secret-pw", "own-secret-pw"] {
-        assert!(
-            !log.contains(secret),
-            "the operator log contains a password"
-        );
+        assert!(!log.contains(secret), "the operator log contains a password");
     }
 }
 

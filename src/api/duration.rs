@@ -48,9 +48,7 @@ impl FromStr for Duration {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let d: kube::core::Duration = s
-            .parse()
-            .map_err(|e| format!("invalid duration {s:?}: {e}"))?;
+        let d: kube::core::Duration = s.parse().map_err(|e| format!("invalid duration {s:?}: {e}"))?;
         d.try_into()
     }
 }

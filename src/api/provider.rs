@@ -44,25 +44,13 @@ impl Provider {
     /// Names of the source Secrets the provider reads.
     pub fn secret_names(&self) -> Vec<&str> {
         fn aws(auth: &Option<AwsAuth>) -> Option<&str> {
-            auth.as_ref()
-                .and_then(|a| a.secret_ref.as_ref())
-                .map(|r| r.name.as_str())
+            auth.as_ref().and_then(|a| a.secret_ref.as_ref()).map(|r| r.name.as_str())
         }
         let refs = match self {
             Provider::Ecr(p) => vec![aws(&p.auth)],
             Provider::EcrPublic(p) => vec![aws(&p.auth)],
-            Provider::Google(p) => vec![
-                p.auth
-                    .as_ref()
-                    .and_then(|a| a.secret_ref.as_ref())
-                    .map(|r| r.name.as_str()),
-            ],
-            Provider::Acr(p) => vec![
-                p.auth
-                    .service_principal
-                    .as_ref()
-                    .map(|s| s.secret_ref.name.as_str()),
-            ],
+            Provider::Google(p) => vec![p.auth.as_ref().and_then(|a| a.secret_ref.as_ref()).map(|r| r.name.as_str())],
+            Provider::Acr(p) => vec![p.auth.service_principal.as_ref().map(|s| s.secret_ref.name.as_str())],
             Provider::Harbor(p) => vec![Some(p.auth.secret_ref.name.as_str())],
             Provider::Basic(p) => vec![Some(p.secret_ref.name.as_str())],
         };
@@ -177,10 +165,7 @@ pub struct AwsAuth {
 #[serde(rename_all = "camelCase")]
 pub struct AssumeRole {
     /// ARN of the role, for example `arn:aws:iam::123456789012:role/ecr-pull`.
-    #[schemars(
-        regex(pattern = r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/.+$"),
-        length(max = 2048)
-    )]
+    #[schemars(regex(pattern = r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/.+$"), length(max = 2048))]
     pub role_arn: String,
     /// External ID required by the role's trust policy, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -292,10 +277,7 @@ pub struct GoogleProvider {
     /// `europe-docker.pkg.dev`.
     #[schemars(
         length(min = 1, max = 64),
-        inner(
-            regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?(:[0-9]{1,5})?$"),
-            length(max = 253)
-        )
+        inner(regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?(:[0-9]{1,5})?$"), length(max = 253))
     )]
     pub registries: Vec<String>,
     /// Identity used to get the access token.
@@ -375,10 +357,7 @@ pub enum AzureCloud {
 #[serde(rename_all = "camelCase")]
 pub struct AcrProvider {
     /// Login server of the registry, for example `myregistry.azurecr.io`.
-    #[schemars(
-        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?(:[0-9]{1,5})?$"),
-        length(max = 253)
-    )]
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?(:[0-9]{1,5})?$"), length(max = 253))]
     pub registry: String,
     /// Microsoft Entra tenant ID.
     #[schemars(length(min = 1, max = 64))]
@@ -405,10 +384,7 @@ pub struct AcrProvider {
 pub struct HarborRobot {
     /// Prefix of the robot names regcred creates. Defaults to `regcred`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(
-        regex(pattern = r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$"),
-        length(max = 64)
-    )]
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$"), length(max = 64))]
     pub name_prefix: Option<String>,
     /// Lifetime of a robot secret in days. Defaults to 30.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -453,10 +429,7 @@ pub struct HarborProvider {
 pub struct BasicProvider {
     /// Registry host, with an optional port: `docker.io`, `ghcr.io`,
     /// `quay.io`, `registry.example.com:5000`.
-    #[schemars(
-        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?(:[0-9]{1,5})?$"),
-        length(max = 253)
-    )]
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?(:[0-9]{1,5})?$"), length(max = 253))]
     pub registry: String,
     /// A Secret with keys `username` and `password` (or `token`), or an
     /// existing `kubernetes.io/dockerconfigjson` Secret with an entry for

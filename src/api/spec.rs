@@ -114,7 +114,7 @@ pub struct VerifyPolicy {
     #[schemars(length(max = 262144))]
     pub ca_bundle: Option<String>,
     /// Talk plain HTTP to the registry (only for registries without TLS).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, rename = "plainHTTP", skip_serializing_if = "Option::is_none")]
     pub plain_http: Option<bool>,
 }
 
@@ -164,11 +164,7 @@ pub enum DeletionPolicy {
         json_path = ".status.targets.summary",
         description = "Namespaces synced/desired"
     ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RegistryCredentialSpec {
@@ -212,11 +208,7 @@ pub struct RegistryCredentialSpec {
         json_path = ".status.targets.summary",
         description = "Namespaces synced/desired"
     ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [{
@@ -234,20 +226,14 @@ pub struct ClusterRegistryCredentialSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(max = 1024),
-        inner(
-            length(min = 1, max = 63),
-            regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-        )
+        inner(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))
     )]
     pub namespaces: Option<Vec<String>>,
     /// Namespaces never targeted, even when selected above.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(max = 1024),
-        inner(
-            length(min = 1, max = 63),
-            regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-        )
+        inner(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))
     )]
     pub exclude_namespaces: Option<Vec<String>>,
 }

@@ -60,16 +60,11 @@ impl CredentialKind for RegistryCredential {
 
     fn target_namespaces(&self, ctx: &Context) -> BTreeSet<String> {
         let ns = self.namespace().unwrap_or_default();
-        if ctx.live_namespace_labels(&ns).is_some() {
-            BTreeSet::from([ns])
-        } else {
-            BTreeSet::new()
-        }
+        if ctx.live_namespace_labels(&ns).is_some() { BTreeSet::from([ns]) } else { BTreeSet::new() }
     }
 
     fn targets_namespace(&self, ctx: &Context, namespace: &str) -> bool {
-        self.namespace().as_deref() == Some(namespace)
-            && ctx.live_namespace_labels(namespace).is_some()
+        self.namespace().as_deref() == Some(namespace) && ctx.live_namespace_labels(namespace).is_some()
     }
 }
 
@@ -110,14 +105,9 @@ impl CredentialKind for ClusterRegistryCredential {
 
     fn targets_namespace(&self, ctx: &Context, namespace: &str) -> bool {
         match ctx.live_namespace_labels(namespace) {
-            Some(labels) => cluster_targets(
-                &self.spec,
-                &NamespaceInfo {
-                    name: namespace,
-                    labels: &labels,
-                    terminating: false,
-                },
-            ),
+            Some(labels) => {
+                cluster_targets(&self.spec, &NamespaceInfo { name: namespace, labels: &labels, terminating: false })
+            }
             None => false,
         }
     }

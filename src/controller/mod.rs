@@ -59,11 +59,7 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings {
-            cluster_resource_namespace: None,
-            concurrency: 4,
-            write_concurrency: 32,
-        }
+        Settings { cluster_resource_namespace: None, concurrency: 4, write_concurrency: 32 }
     }
 }
 
@@ -122,14 +118,8 @@ pub struct Context {
 /// A change to a related object, reduced to what routing needs.
 enum Related {
     Namespace,
-    ServiceAccount {
-        namespace: String,
-    },
-    Secret {
-        namespace: String,
-        name: String,
-        owner: Option<String>,
-    },
+    ServiceAccount { namespace: String },
+    Secret { namespace: String, name: String, owner: Option<String> },
 }
 
 fn strip_managed_fields<K: Resource>(obj: &mut K) {
@@ -160,21 +150,18 @@ where
     K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
     F: Fn(&K) -> Related + Send + 'static,
 {
-    stream
-        .default_backoff()
-        .reflect(writer)
-        .filter_map(move |event| {
-            let out = match event {
-                Ok(Event::Apply(o)) | Ok(Event::InitApply(o)) => Some((map(&o), false)),
-                Ok(Event::Delete(o)) => Some((map(&o), true)),
-                Ok(Event::Init) | Ok(Event::InitDone) => None,
-                Err(e) => {
-                    tracing::warn!(error = %e, "watching {what} failed; retrying");
-                    None
-                }
-            };
-            futures::future::ready(out)
-        })
+    stream.default_backoff().reflect(writer).filter_map(move |event| {
+        let out = match event {
+            Ok(Event::Apply(o)) | Ok(Event::InitApply(o)) => Some((map(&o), false)),
+            Ok(Event::Delete(o)) => Some((map(&o), true)),
+            Ok(Event::Init) | Ok(Event::InitDone) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "watching {what} failed; retrying");
+                None
+            }
+        };
+        futures::future::ready(out)
+    })
 }
 
 /// Runs the controller until the process is asked to stop.
@@ -183,53 +170,37 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
     let (sa_store, sa_writer) = reflector::store();
     let (managed_store, managed_writer) = reflector::store();
     let (all_store, all_writer) = reflector::store();
-    let managed_cfg =
-        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+    let managed_cfg = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
 
     let namespaces = related_stream(
-        watcher::watcher(
-            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .modify(strip_managed_fields),
+        watcher::watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watcher::Config::default())
+            .modify(strip_managed_fields),
         ns_writer,
         "namespaces",
         |_| Related::Namespace,
     );
     let service_accounts = related_stream(
-        watcher::watcher(
-            Api::<ServiceAccount>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .modify(strip_managed_fields),
+        watcher::watcher(Api::<ServiceAccount>::all(client.clone()), watcher::Config::default())
+            .modify(strip_managed_fields),
         sa_writer,
         "serviceaccounts",
-        |sa: &ServiceAccount| Related::ServiceAccount {
-            namespace: sa.namespace().unwrap_or_default(),
-        },
+        |sa: &ServiceAccount| Related::ServiceAccount { namespace: sa.namespace().unwrap_or_default() },
     );
     let managed = related_stream(
-        watcher::watcher(Api::<Secret>::all(client.clone()), managed_cfg)
-            .modify(strip_managed_fields),
+        watcher::watcher(Api::<Secret>::all(client.clone()), managed_cfg).modify(strip_managed_fields),
         managed_writer,
         "managed secrets",
         secret_related,
     );
     let all_secrets = related_stream(
-        watcher::watcher(
-            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .modify(slim_secret_meta),
+        watcher::watcher(Api::<PartialObjectMeta<Secret>>::all(client.clone()), watcher::Config::default())
+            .modify(slim_secret_meta),
         all_writer,
         "secrets",
         secret_related,
     );
 
-    let reporter = Reporter {
-        controller: "regcred".into(),
-        instance: std::env::var("POD_NAME").ok(),
-    };
+    let reporter = Reporter { controller: "regcred".into(), instance: std::env::var("POD_NAME").ok() };
     let ctx = Arc::new(Context {
         client: client.clone(),
         settings: settings.clone(),
@@ -246,25 +217,13 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
     let (rtx, rrx) = unbounded::<ObjectRef<RegistryCredential>>();
     let (ctx_tx, ctx_rx) = unbounded::<ObjectRef<ClusterRegistryCredential>>();
     let config = ControllerConfig::default().concurrency(settings.concurrency);
-    let rcreds = Controller::new(
-        Api::<RegistryCredential>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .with_config(config.clone())
-    .reconcile_on(rrx);
-    let crcreds = Controller::new(
-        Api::<ClusterRegistryCredential>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .with_config(config)
-    .reconcile_on(ctx_rx);
-    let router = Router {
-        ctx: ctx.clone(),
-        rcreds: rcreds.store(),
-        crcreds: crcreds.store(),
-        rtx,
-        ctx_tx,
-    };
+    let rcreds = Controller::new(Api::<RegistryCredential>::all(client.clone()), watcher::Config::default())
+        .with_config(config.clone())
+        .reconcile_on(rrx);
+    let crcreds = Controller::new(Api::<ClusterRegistryCredential>::all(client.clone()), watcher::Config::default())
+        .with_config(config)
+        .reconcile_on(ctx_rx);
+    let router = Router { ctx: ctx.clone(), rcreds: rcreds.store(), crcreds: crcreds.store(), rtx, ctx_tx };
     let related = futures::stream::select_all([
         namespaces.boxed(),
         service_accounts.boxed(),
@@ -283,33 +242,19 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
         r.map_err(|_| anyhow::anyhow!("the {what} watch stopped before its cache was filled"))
     };
     wait("namespace", ctx.namespaces.wait_until_ready().await)?;
-    wait(
-        "serviceaccount",
-        ctx.service_accounts.wait_until_ready().await,
-    )?;
-    wait(
-        "managed secret",
-        ctx.managed_secrets.wait_until_ready().await,
-    )?;
+    wait("serviceaccount", ctx.service_accounts.wait_until_ready().await)?;
+    wait("managed secret", ctx.managed_secrets.wait_until_ready().await)?;
     wait("secret", ctx.all_secrets.wait_until_ready().await)?;
     metrics.set_ready();
     tracing::info!("caches filled; reconciling");
 
     let rcreds = rcreds
         .shutdown_on_signal()
-        .run(
-            reconcile::reconcile::<RegistryCredential>,
-            reconcile::error_policy,
-            ctx.clone(),
-        )
+        .run(reconcile::reconcile::<RegistryCredential>, reconcile::error_policy, ctx.clone())
         .for_each(log_result);
     let crcreds = crcreds
         .shutdown_on_signal()
-        .run(
-            reconcile::reconcile::<ClusterRegistryCredential>,
-            reconcile::error_policy,
-            ctx.clone(),
-        )
+        .run(reconcile::reconcile::<ClusterRegistryCredential>, reconcile::error_policy, ctx.clone())
         .for_each(log_result);
     futures::join!(rcreds, crcreds);
     tracing::info!("controller stopped");
@@ -332,18 +277,11 @@ fn secret_related<K: Resource>(s: &K) -> Related {
 
 /// The owner annotation of an object regcred manages.
 fn owner_of(meta: &kube::api::ObjectMeta) -> Option<String> {
-    let managed = meta
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(MANAGED_BY_LABEL))
-        .is_some_and(|v| v == MANAGED_BY);
+    let managed = meta.labels.as_ref().and_then(|l| l.get(MANAGED_BY_LABEL)).is_some_and(|v| v == MANAGED_BY);
     if !managed {
         return None;
     }
-    meta.annotations
-        .as_ref()
-        .and_then(|a| a.get(OWNER_ANNOTATION))
-        .cloned()
+    meta.annotations.as_ref().and_then(|a| a.get(OWNER_ANNOTATION)).cloned()
 }
 
 /// Maps changes of related objects to the credentials they concern.
@@ -378,24 +316,16 @@ impl Router {
                     }
                 }
             }
-            Related::Secret {
-                namespace,
-                name,
-                owner,
-            } => {
+            Related::Secret { namespace, name, owner } => {
                 if deleted {
                     ctx.forget_written(&WrittenKey::Secret(namespace.clone(), name.clone()));
                 }
                 let interested = |spec: &crate::api::CredentialSpec| {
-                    spec.secret.name == name
-                        || spec.provider.secret_names().contains(&name.as_str())
+                    spec.secret.name == name || spec.provider.secret_names().contains(&name.as_str())
                 };
                 for c in self.rcreds.state() {
                     let mine = owner.as_deref() == Some(c.owner_key().as_str());
-                    if mine
-                        || (c.namespace().as_deref() == Some(namespace.as_str())
-                            && interested(c.credential()))
-                    {
+                    if mine || (c.namespace().as_deref() == Some(namespace.as_str()) && interested(c.credential())) {
                         self.send_namespaced(&c);
                     }
                 }
@@ -403,8 +333,8 @@ impl Router {
                 for c in self.crcreds.state() {
                     let spec = c.credential();
                     let mine = owner.as_deref() == Some(c.owner_key().as_str());
-                    let source = source_ns == Some(namespace.as_str())
-                        && spec.provider.secret_names().contains(&name.as_str());
+                    let source =
+                        source_ns == Some(namespace.as_str()) && spec.provider.secret_names().contains(&name.as_str());
                     let target = spec.secret.name == name && c.targets_namespace(ctx, &namespace);
                     if mine || source || target {
                         self.send_cluster(&c);
@@ -432,13 +362,7 @@ impl Context {
         let Some(rv) = resource_version.and_then(|v| v.parse().ok()) else {
             return;
         };
-        self.written.lock().expect("not poisoned").insert(
-            key,
-            Written {
-                content,
-                resource_version: rv,
-            },
-        );
+        self.written.lock().expect("not poisoned").insert(key, Written { content, resource_version: rv });
     }
 
     fn written(&self, key: &WrittenKey) -> Option<Written> {
@@ -459,4 +383,17 @@ impl Context {
 fn backoff(failures: u32) -> Duration {
     let secs = 5u64.saturating_mul(1u64 << failures.saturating_sub(1).min(10));
     Duration::from_secs(secs.min(300))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_5s_and_is_capped_at_5_minutes() {
+        let secs: Vec<u64> = (1..=8).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(secs, [5, 10, 20, 40, 80, 160, 300, 300]);
+        assert_eq!(backoff(0).as_secs(), 5);
+        assert_eq!(backoff(u32::MAX).as_secs(), 300, "no overflow");
+    }
 }

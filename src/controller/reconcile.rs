@@ -15,13 +15,12 @@ use serde_json::json;
 
 use super::status::{self, MintOutcome};
 use super::sync::{self, DesiredSecret, Report};
-use super::{
-    Context, CredentialKind, CredentialState, FIELD_MANAGER, FINALIZER, MintedEntry, backoff,
-};
+use super::{Context, CredentialKind, CredentialState, FIELD_MANAGER, FINALIZER, MintedEntry, backoff};
 use crate::api::DeletionPolicy;
-use crate::metrics::{CredentialLabels, ReasonLabels};
+use crate::metrics::{CredentialLabels, ProviderLabels, ReasonLabels, RefreshLabels};
 use crate::provider::{self, Minted, ProviderError, Sources};
 use crate::schedule;
+use crate::verify::{VerifyOptions, verify};
 use crate::{Error, Result};
 
 /// Reconciles a credential (both kinds), behind the cleanup finalizer.
@@ -42,12 +41,7 @@ pub async fn reconcile<K: CredentialKind>(obj: Arc<K>, ctx: Arc<Context>) -> Res
 /// Requeues failed reconciles with backoff.
 pub fn error_policy<K: CredentialKind>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(credential = %obj.owner_key(), error = %error, "reconcile failed");
-    ctx.metrics
-        .reconcile_errors
-        .get_or_create(&ReasonLabels {
-            reason: error.metric_label().into(),
-        })
-        .inc();
+    ctx.metrics.reconcile_errors.get_or_create(&ReasonLabels { reason: error.metric_label().into() }).inc();
     let failures = {
         let mut state = ctx.state.lock().expect("not poisoned");
         let s = state.entry(obj.owner_key()).or_default();
@@ -66,11 +60,7 @@ struct MintResult {
 
 /// Returns the cached credential while it is fresh and its inputs are
 /// unchanged, and otherwise calls the provider once.
-async fn mint<K: CredentialKind>(
-    obj: &K,
-    ctx: &Context,
-    now: Timestamp,
-) -> Result<MintResult, ProviderError> {
+async fn mint<K: CredentialKind>(obj: &K, ctx: &Context, now: Timestamp) -> Result<MintResult, ProviderError> {
     let key = obj.owner_key();
     let spec = obj.credential();
     let generation = obj.meta().generation;
@@ -85,16 +75,31 @@ async fn mint<K: CredentialKind>(
             });
             let refresh_at = refresh_at_of(entry, spec);
             if entry.generation == generation && inputs_unchanged && now < refresh_at {
-                return Ok(MintResult {
-                    minted: entry.minted.clone(),
-                    minted_at: entry.minted_at,
-                    refresh_at,
-                });
+                return Ok(MintResult { minted: entry.minted.clone(), minted_at: entry.minted_at, refresh_at });
             }
         }
     }
     let sources = Sources::new(ctx.client.clone(), source_ns);
-    let minted = provider::for_spec(&spec.provider).mint(&sources).await?;
+    let provider_name = spec.provider.name();
+    let started = std::time::Instant::now();
+    let result = provider::for_spec(&spec.provider).mint(&sources).await;
+    ctx.metrics
+        .provider_duration
+        .get_or_create(&ProviderLabels { provider: provider_name.into() })
+        .observe(started.elapsed().as_secs_f64());
+    let result = match result {
+        Ok(minted) => verify_before_publishing(spec, minted).await,
+        Err(e) => Err((e, "failure")),
+    };
+    let result_label = match &result {
+        Ok(_) => "success",
+        Err((_, label)) => label,
+    };
+    ctx.metrics
+        .refreshes
+        .get_or_create(&RefreshLabels { provider: provider_name.into(), result: (*result_label).into() })
+        .inc();
+    let minted = result.map_err(|(e, _)| e)?;
     let entry = MintedEntry {
         generation,
         fingerprint: sources.fingerprint(),
@@ -103,33 +108,59 @@ async fn mint<K: CredentialKind>(
         jitter: rand::random::<f64>(),
     };
     let refresh_at = refresh_at_of(&entry, spec);
-    ctx.state
-        .lock()
-        .expect("not poisoned")
-        .entry(key)
-        .or_default()
-        .minted = Some(entry);
-    Ok(MintResult {
-        minted,
-        minted_at: now,
-        refresh_at,
-    })
+    ctx.state.lock().expect("not poisoned").entry(key).or_default().minted = Some(entry);
+    Ok(MintResult { minted, minted_at: now, refresh_at })
+}
+
+/// With `verify.enabled`, logs in to every registry with the new credential;
+/// a credential the registry refuses is not published.
+async fn verify_before_publishing(
+    spec: &crate::api::CredentialSpec,
+    minted: Minted,
+) -> Result<Minted, (ProviderError, &'static str)> {
+    let Some(policy) = spec.verify.as_ref().filter(|v| v.enabled) else { return Ok(minted) };
+    let options = VerifyOptions::from_policy(policy);
+    for auth in &minted.auths {
+        if let Err(e) = verify(auth, &options).await {
+            let error = ProviderError::new(
+                crate::reasons::VERIFICATION_FAILED,
+                format!("the new credential was not published: registry {}: {e}", auth.registry),
+            );
+            return Err((error, "verification_failed"));
+        }
+    }
+    Ok(minted)
+}
+
+/// When the credential now in place expires, if it does.
+fn last_expiry<K: CredentialKind>(obj: &K, ctx: &Context) -> Option<Timestamp> {
+    let state = ctx.state.lock().expect("not poisoned");
+    let cached = state.get(&obj.owner_key()).and_then(|s| s.minted.as_ref()).and_then(|m| m.minted.expires_at);
+    cached.or_else(|| obj.status().and_then(|s| s.expires_at.as_ref()).map(|t| t.0))
+}
+
+/// A failure while the published credential has already expired is
+/// reported as such: pulls are failing now, not just refreshes.
+fn expired_while_failing(e: ProviderError, expiry: Option<Timestamp>, now: Timestamp) -> ProviderError {
+    match expiry {
+        Some(at) if at <= now => ProviderError::new(
+            crate::reasons::CREDENTIAL_EXPIRED,
+            format!("the published credential expired at {at} and refreshing it fails: {}: {}", e.reason, e.message),
+        ),
+        _ => e,
+    }
 }
 
 fn refresh_at_of(entry: &MintedEntry, spec: &crate::api::CredentialSpec) -> Timestamp {
-    schedule::refresh_at(
-        entry.minted_at,
-        entry.minted.expires_at,
-        spec.refresh.as_ref(),
-        entry.jitter,
-    )
+    schedule::refresh_at(entry.minted_at, entry.minted.expires_at, spec.refresh.as_ref(), entry.jitter)
 }
 
 async fn apply<K: CredentialKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action> {
     let owner = obj.owner_key();
     let spec = obj.credential();
     let now = schedule::whole_seconds(Timestamp::now());
-    let minted = mint(&*obj, &ctx, now).await;
+    let last_expiry = last_expiry(&*obj, &ctx);
+    let minted = mint(&*obj, &ctx, now).await.map_err(|e| expired_while_failing(e, last_expiry, now));
     let targets: BTreeSet<String> = obj.target_namespaces(&ctx);
 
     let mut report = Report::default();
@@ -142,13 +173,7 @@ async fn apply<K: CredentialKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Acti
         Err(_) => sync::count_in_place(&ctx, &owner, &spec.secret.name, &targets, &mut report),
     }
     let name = spec.secret.name.as_str();
-    sync::remove_secrets(
-        &ctx,
-        &owner,
-        |ns, n| n == name && targets.contains(ns),
-        &mut report,
-    )
-    .await;
+    sync::remove_secrets(&ctx, &owner, |ns, n| n == name && targets.contains(ns), &mut report).await;
     sync::sync_service_accounts(&ctx, spec, &mut report).await;
 
     let failures = {
@@ -178,41 +203,18 @@ async fn apply<K: CredentialKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Acti
             next_refresh: Some(now + retry_in),
         },
     };
-    let new_status = status::build(
-        obj.status(),
-        obj.meta().generation,
-        spec.provider.name(),
-        &outcome,
-        targets.len(),
-        &report,
-        now,
-    );
+    let new_status =
+        status::build(obj.status(), obj.meta().generation, spec.provider.name(), &outcome, targets.len(), &report, now);
     publish_events(&*obj, &ctx, &new_status, &report, outcome.error).await;
     if obj.status() != Some(&new_status) {
         let api = obj.api(ctx.client.clone());
-        let params = PatchParams {
-            field_manager: Some(FIELD_MANAGER.into()),
-            ..Default::default()
-        };
-        api.patch_status(
-            &obj.name_any(),
-            &params,
-            &Patch::Merge(json!({ "status": new_status })),
-        )
-        .await?;
+        let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+        api.patch_status(&obj.name_any(), &params, &Patch::Merge(json!({ "status": new_status }))).await?;
     }
     let labels = credential_labels(&*obj);
-    ctx.metrics
-        .managed_secrets
-        .get_or_create(&labels)
-        .set(report.synced.len() as i64);
+    ctx.metrics.managed_secrets.get_or_create(&labels).set(report.synced.len() as i64);
     if let Some(e) = outcome.error {
-        ctx.metrics
-            .reconcile_errors
-            .get_or_create(&ReasonLabels {
-                reason: e.reason.into(),
-            })
-            .inc();
+        ctx.metrics.reconcile_errors.get_or_create(&ReasonLabels { reason: e.reason.into() }).inc();
     }
 
     let action = match &minted {
@@ -249,20 +251,14 @@ async fn publish_events<K: CredentialKind>(
         events.push((
             EventType::Normal,
             "SecretsWritten",
-            format!(
-                "Secret {secret}: created in {}, updated in {} namespace(s)",
-                report.created, report.updated
-            ),
+            format!("Secret {secret}: created in {}, updated in {} namespace(s)", report.created, report.updated),
         ));
     }
     if report.deleted > 0 {
         events.push((
             EventType::Normal,
             "SecretsRemoved",
-            format!(
-                "Secret {secret}: removed from {} namespace(s)",
-                report.deleted
-            ),
+            format!("Secret {secret}: removed from {} namespace(s)", report.deleted),
         ));
     }
     let previously_failed: BTreeSet<&str> = obj
@@ -271,14 +267,8 @@ async fn publish_events<K: CredentialKind>(
         .map(|t| t.failed.iter().map(|f| f.namespace.as_str()).collect())
         .unwrap_or_default();
     for f in &report.failed {
-        if !previously_failed.contains(f.namespace.as_str())
-            || f.reason == crate::reasons::WRITE_FAILED
-        {
-            events.push((
-                EventType::Warning,
-                failure_reason(&f.reason),
-                f.message.clone().unwrap_or_default(),
-            ));
+        if !previously_failed.contains(f.namespace.as_str()) || f.reason == crate::reasons::WRITE_FAILED {
+            events.push((EventType::Warning, failure_reason(&f.reason), f.message.clone().unwrap_or_default()));
         }
     }
     if let Some(e) = mint_error {
@@ -295,13 +285,8 @@ async fn publish_events<K: CredentialKind>(
     }
     let reference = obj.object_ref(&());
     for (type_, reason, note) in events {
-        let event = KubeEvent {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
+        let event =
+            KubeEvent { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
         if let Err(e) = ctx.recorder.publish(&event, &reference).await {
             tracing::warn!(error = %e, "publishing an Event failed");
         }
@@ -325,16 +310,29 @@ async fn cleanup<K: CredentialKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Ac
         if let Some(f) = report.failed.first() {
             return Err(Error::Cleanup(f.message.clone().unwrap_or_default()));
         }
-        tracing::info!(
-            removed = report.deleted,
-            "credential deleted; its Secrets were removed"
-        );
+        tracing::info!(removed = report.deleted, "credential deleted; its Secrets were removed");
     } else {
         tracing::info!("credential deleted; its Secrets stay (deletionPolicy Orphan)");
     }
     ctx.state.lock().expect("not poisoned").remove(&owner);
-    ctx.metrics
-        .managed_secrets
-        .remove(&credential_labels(&*obj));
+    ctx.metrics.managed_secrets.remove(&credential_labels(&*obj));
     Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::SignedDuration;
+
+    #[test]
+    fn a_failure_after_expiry_says_the_credential_expired() {
+        let now = Timestamp::from_second(2_000_000_000).unwrap();
+        let e = ProviderError::new(crate::reasons::SOURCE_SECRET_NOT_FOUND, "Secret a/b not found");
+        let before = expired_while_failing(e.clone(), Some(now + SignedDuration::from_secs(60)), now);
+        assert_eq!(before, e, "not expired yet: the original reason stays");
+        assert_eq!(expired_while_failing(e.clone(), None, now), e, "static credentials never expire");
+        let after = expired_while_failing(e, Some(now - SignedDuration::from_secs(1)), now);
+        assert_eq!(after.reason, crate::reasons::CREDENTIAL_EXPIRED);
+        assert!(after.message.contains("SourceSecretNotFound") && after.message.contains("Secret a/b not found"));
+    }
 }

@@ -25,40 +25,20 @@ pub fn ready(mint: &MintOutcome<'_>, desired: usize, report: &Report) -> (bool, 
     if let Some(e) = mint.error {
         let kept = report.synced.len();
         let message = if kept > 0 {
-            format!(
-                "{}; the last good Secret stays in place in {kept} namespace(s)",
-                e.message
-            )
+            format!("{}; the last good Secret stays in place in {kept} namespace(s)", e.message)
         } else {
             e.message.clone()
         };
         return (false, e.reason.to_string(), message);
     }
     if !report.failed.is_empty() {
-        let all_conflicts = report
-            .failed
-            .iter()
-            .all(|f| f.reason == reasons::SECRET_CONFLICT);
-        let reason = if all_conflicts {
-            reasons::SECRET_CONFLICT
-        } else {
-            reasons::WRITE_FAILED
-        };
+        let all_conflicts = report.failed.iter().all(|f| f.reason == reasons::SECRET_CONFLICT);
+        let reason = if all_conflicts { reasons::SECRET_CONFLICT } else { reasons::WRITE_FAILED };
         let first = report.failed[0].message.clone().unwrap_or_default();
-        let message = format!(
-            "{} of {desired} namespace(s) failed; first: {first}",
-            report.failed.len()
-        );
+        let message = format!("{} of {desired} namespace(s) failed; first: {first}", report.failed.len());
         return (false, reason.to_string(), message);
     }
-    (
-        true,
-        reasons::SYNCED.to_string(),
-        format!(
-            "Secret synced to {} of {desired} namespace(s)",
-            report.synced.len()
-        ),
-    )
+    (true, reasons::SYNCED.to_string(), format!("Secret synced to {} of {desired} namespace(s)", report.synced.len()))
 }
 
 /// The new status. Fields that did not change keep their old values, so an
@@ -95,16 +75,8 @@ pub fn build(
             observed_generation: generation,
         }],
         provider: Some(provider.into()),
-        registries: if mint.error.is_none() {
-            mint.registries.clone()
-        } else {
-            previous.registries
-        },
-        expires_at: mint.expires_at.map(Time).or(if mint.error.is_some() {
-            previous.expires_at
-        } else {
-            None
-        }),
+        registries: if mint.error.is_none() { mint.registries.clone() } else { previous.registries },
+        expires_at: mint.expires_at.map(Time).or(if mint.error.is_some() { previous.expires_at } else { None }),
         last_refresh_time: mint.minted_at.map(Time).or(previous.last_refresh_time),
         next_refresh_time: mint.next_refresh.map(Time),
         targets: Some(TargetStatus {
@@ -118,9 +90,5 @@ pub fn build(
 
 /// The Ready condition's reason in a status.
 pub fn ready_reason(status: Option<&CredentialStatus>) -> Option<&str> {
-    status?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .map(|c| c.reason.as_str())
+    status?.conditions.iter().find(|c| c.type_ == "Ready").map(|c| c.reason.as_str())
 }

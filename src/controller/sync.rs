@@ -15,9 +15,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::{
-    Context, FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL, OWNER_ANNOTATION, WrittenKey, owner_of,
-};
+use super::{Context, FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL, OWNER_ANNOTATION, WrittenKey, owner_of};
 use crate::api::{CredentialSpec, TargetFailure};
 use crate::provider::Minted;
 use crate::reasons;
@@ -53,27 +51,17 @@ impl DesiredSecret {
             h.update([0]);
         }
         let hash = u64::from_be_bytes(h.finalize()[..8].try_into().expect("sha256 is 32 bytes"));
-        DesiredSecret {
-            name: spec.secret.name.clone(),
-            data,
-            labels,
-            annotations,
-            hash,
-        }
+        DesiredSecret { name: spec.secret.name.clone(), data, labels, annotations, hash }
     }
 
     /// Whether an existing Secret already holds this content. Labels and
     /// annotations others added are left alone and do not count.
     fn matches(&self, s: &Secret) -> bool {
         let subset = |want: &BTreeMap<String, String>, have: Option<&BTreeMap<String, String>>| {
-            want.iter()
-                .all(|(k, v)| have.and_then(|h| h.get(k)) == Some(v))
+            want.iter().all(|(k, v)| have.and_then(|h| h.get(k)) == Some(v))
         };
         s.type_.as_deref() == Some(SECRET_TYPE)
-            && s.data
-                .as_ref()
-                .and_then(|d| d.get(DATA_KEY))
-                .is_some_and(|b| b.0 == self.data)
+            && s.data.as_ref().and_then(|d| d.get(DATA_KEY)).is_some_and(|b| b.0 == self.data)
             && subset(&self.labels, s.metadata.labels.as_ref())
             && subset(&self.annotations, s.metadata.annotations.as_ref())
     }
@@ -88,10 +76,7 @@ impl DesiredSecret {
                 ..Default::default()
             },
             type_: Some(SECRET_TYPE.into()),
-            data: Some(BTreeMap::from([(
-                DATA_KEY.to_string(),
-                ByteString(self.data.clone()),
-            )])),
+            data: Some(BTreeMap::from([(DATA_KEY.to_string(), ByteString(self.data.clone()))])),
             ..Default::default()
         }
     }
@@ -113,11 +98,7 @@ pub struct Report {
 
 impl Report {
     fn fail(&mut self, namespace: &str, reason: &str, message: String) {
-        self.failed.push(TargetFailure {
-            namespace: namespace.into(),
-            reason: reason.into(),
-            message: Some(message),
-        });
+        self.failed.push(TargetFailure { namespace: namespace.into(), reason: reason.into(), message: Some(message) });
     }
 }
 
@@ -133,25 +114,17 @@ enum Plan {
 
 fn plan_secret(ctx: &Context, owner: &str, desired: &DesiredSecret, namespace: &str) -> Plan {
     let key = ObjectRef::<Secret>::new(&desired.name).within(namespace);
-    let meta_key =
-        ObjectRef::<kube::api::PartialObjectMeta<Secret>>::new(&desired.name).within(namespace);
+    let meta_key = ObjectRef::<kube::api::PartialObjectMeta<Secret>>::new(&desired.name).within(namespace);
     let written = ctx.written(&WrittenKey::Secret(namespace.into(), desired.name.clone()));
     let ours_in_flight = written.is_some_and(|w| w.content == desired.hash);
     let Some(meta) = ctx.all_secrets.get(&meta_key) else {
         // Not in the cache: absent, or just written by us and not seen yet.
-        return if ours_in_flight {
-            Plan::InSync
-        } else {
-            Plan::Write { exists: false }
-        };
+        return if ours_in_flight { Plan::InSync } else { Plan::Write { exists: false } };
     };
     match owner_of(&meta.metadata) {
         Some(o) if o == owner => {}
         Some(other) => {
-            return Plan::Conflict(format!(
-                "Secret {namespace}/{} is managed by regcred for {other}",
-                desired.name
-            ));
+            return Plan::Conflict(format!("Secret {namespace}/{} is managed by regcred for {other}", desired.name));
         }
         None => {
             return Plan::Conflict(format!(
@@ -163,10 +136,7 @@ fn plan_secret(ctx: &Context, owner: &str, desired: &DesiredSecret, namespace: &
     match ctx.managed_secrets.get(&key) {
         Some(actual) if desired.matches(&actual) => Plan::InSync,
         // The cache still shows an older version than our own last write.
-        Some(actual)
-            if ours_in_flight
-                && written.is_some_and(|w| Some(w.resource_version) > rv_number(&*actual)) =>
-        {
+        Some(actual) if ours_in_flight && written.is_some_and(|w| Some(w.resource_version) > rv_number(&*actual)) => {
             Plan::InSync
         }
         None if ours_in_flight => Plan::InSync,
@@ -227,37 +197,21 @@ pub async fn write_secrets(
     }
 }
 
-async fn apply_secret(
-    ctx: &Context,
-    desired: &DesiredSecret,
-    namespace: &str,
-    exists: bool,
-) -> Outcome {
+async fn apply_secret(ctx: &Context, desired: &DesiredSecret, namespace: &str, exists: bool) -> Outcome {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     // Force only over a Secret that is ours (someone edited it: take it
     // back). Creating without force makes an apply over a Secret someone
     // else just created fail with a conflict instead of taking it over.
     let mut params = PatchParams::apply(FIELD_MANAGER);
     params.force = exists;
-    match api
-        .patch(
-            &desired.name,
-            &params,
-            &Patch::Apply(desired.object(namespace)),
-        )
-        .await
-    {
+    match api.patch(&desired.name, &params, &Patch::Apply(desired.object(namespace))).await {
         Ok(written) => {
             ctx.remember_written(
                 WrittenKey::Secret(namespace.into(), desired.name.clone()),
                 desired.hash,
                 written.metadata.resource_version.as_deref(),
             );
-            if exists {
-                Outcome::Updated
-            } else {
-                Outcome::Created
-            }
+            if exists { Outcome::Updated } else { Outcome::Created }
         }
         Err(kube::Error::Api(e)) if e.code == 409 => Outcome::Conflict(format!(
             "Secret {namespace}/{} exists and is owned by another field manager; it is left alone",
@@ -268,8 +222,7 @@ async fn apply_secret(
             desired.name
         )),
         Err(kube::Error::Api(e))
-            if (e.code == 403 || e.code == 404)
-                && ctx.live_namespace_labels(namespace).is_none() =>
+            if (e.code == 403 || e.code == 404) && ctx.live_namespace_labels(namespace).is_none() =>
         {
             Outcome::Gone
         }
@@ -279,20 +232,10 @@ async fn apply_secret(
 
 /// Counts where the Secret is already current, without writing (used while
 /// the provider fails: what is in place stays).
-pub fn count_in_place(
-    ctx: &Context,
-    owner: &str,
-    name: &str,
-    targets: &BTreeSet<String>,
-    report: &mut Report,
-) {
+pub fn count_in_place(ctx: &Context, owner: &str, name: &str, targets: &BTreeSet<String>, report: &mut Report) {
     for namespace in targets {
         let key = ObjectRef::new(name).within(namespace);
-        if ctx
-            .managed_secrets
-            .get(&key)
-            .is_some_and(|s| owner_of(&s.metadata).as_deref() == Some(owner))
-        {
+        if ctx.managed_secrets.get(&key).is_some_and(|s| owner_of(&s.metadata).as_deref() == Some(owner)) {
             report.synced.insert(namespace.clone());
         }
     }
@@ -301,12 +244,7 @@ pub fn count_in_place(
 /// Secrets this credential wrote that are no longer wanted: the namespace left
 /// the selection, or the Secret name changed. `keep` returns whether a
 /// `(namespace, name)` is still wanted.
-pub async fn remove_secrets(
-    ctx: &Arc<Context>,
-    owner: &str,
-    keep: impl Fn(&str, &str) -> bool,
-    report: &mut Report,
-) {
+pub async fn remove_secrets(ctx: &Arc<Context>, owner: &str, keep: impl Fn(&str, &str) -> bool, report: &mut Report) {
     let stale: Vec<Arc<Secret>> = ctx
         .managed_secrets
         .state()
@@ -314,10 +252,7 @@ pub async fn remove_secrets(
         .filter(|s| owner_of(&s.metadata).as_deref() == Some(owner))
         .filter(|s| !keep(&s.namespace().unwrap_or_default(), &s.name_any()))
         // A terminating namespace takes its Secrets with it.
-        .filter(|s| {
-            ctx.live_namespace_labels(&s.namespace().unwrap_or_default())
-                .is_some()
-        })
+        .filter(|s| ctx.live_namespace_labels(&s.namespace().unwrap_or_default()).is_some())
         .collect();
     let results: Vec<(String, Result<(), String>)> = futures::stream::iter(stale)
         .map(|secret| async move {
@@ -344,18 +279,13 @@ async fn remove_secret(ctx: &Context, secret: &Secret, ns: &str, name: &str) -> 
     // missing Secret.
     for sa in service_accounts_in(ctx, ns) {
         if has_entry(&sa, name) {
-            patch_entry(ctx, &sa, name, false)
-                .await
-                .map_err(|e| e.to_string())?;
+            patch_entry(ctx, &sa, name, false).await.map_err(|e| e.to_string())?;
         }
     }
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let params = DeleteParams {
         // Never delete a Secret that replaced ours in the meantime.
-        preconditions: Some(Preconditions {
-            uid: secret.metadata.uid.clone(),
-            resource_version: None,
-        }),
+        preconditions: Some(Preconditions { uid: secret.metadata.uid.clone(), resource_version: None }),
         ..Default::default()
     };
     match api.delete(name, &params).await {
@@ -368,34 +298,20 @@ async fn remove_secret(ctx: &Context, secret: &Secret, ns: &str, name: &str) -> 
 }
 
 fn service_accounts_in(ctx: &Context, namespace: &str) -> Vec<Arc<ServiceAccount>> {
-    ctx.service_accounts
-        .state()
-        .into_iter()
-        .filter(|sa| sa.namespace().as_deref() == Some(namespace))
-        .collect()
+    ctx.service_accounts.state().into_iter().filter(|sa| sa.namespace().as_deref() == Some(namespace)).collect()
 }
 
 fn has_entry(sa: &ServiceAccount, secret: &str) -> bool {
-    sa.image_pull_secrets
-        .iter()
-        .flatten()
-        .any(|r| r.name == secret)
+    sa.image_pull_secrets.iter().flatten().any(|r| r.name == secret)
 }
 
 /// Adds or removes one `imagePullSecrets` entry, leaving the others as they
 /// are. The patch carries the resourceVersion it was computed from, so a
 /// concurrent change makes it fail (409) instead of dropping someone's entry.
-async fn patch_entry(
-    ctx: &Context,
-    sa: &ServiceAccount,
-    secret: &str,
-    add: bool,
-) -> Result<(), kube::Error> {
+async fn patch_entry(ctx: &Context, sa: &ServiceAccount, secret: &str, add: bool) -> Result<(), kube::Error> {
     let mut entries: Vec<LocalObjectReference> = sa.image_pull_secrets.clone().unwrap_or_default();
     if add {
-        entries.push(LocalObjectReference {
-            name: secret.into(),
-        });
+        entries.push(LocalObjectReference { name: secret.into() });
     } else {
         entries.retain(|r| r.name != secret);
     }
@@ -405,13 +321,8 @@ async fn patch_entry(
         "metadata": {"resourceVersion": sa.metadata.resource_version},
         "imagePullSecrets": entries,
     });
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..Default::default()
-    };
-    let written = api
-        .patch(&sa.name_any(), &params, &Patch::Merge(&patch))
-        .await?;
+    let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+    let written = api.patch(&sa.name_any(), &params, &Patch::Merge(&patch)).await?;
     ctx.remember_written(
         WrittenKey::ServiceAccount(ns, sa.name_any()),
         0,
@@ -437,19 +348,13 @@ pub async fn sync_service_accounts(ctx: &Arc<Context>, spec: &CredentialSpec, re
         .flatten()
         .filter_map(|sa| {
             let empty = BTreeMap::new();
-            let want = service_account_selected(
-                selector,
-                &sa.name_any(),
-                sa.metadata.labels.as_ref().unwrap_or(&empty),
-            );
+            let want =
+                service_account_selected(selector, &sa.name_any(), sa.metadata.labels.as_ref().unwrap_or(&empty));
             if want == has_entry(&sa, secret) {
                 return None;
             }
             // The cache may not show our last patch yet.
-            let written = ctx.written(&WrittenKey::ServiceAccount(
-                sa.namespace().unwrap_or_default(),
-                sa.name_any(),
-            ));
+            let written = ctx.written(&WrittenKey::ServiceAccount(sa.namespace().unwrap_or_default(), sa.name_any()));
             if written.is_some_and(|w| Some(w.resource_version) > rv_number(&*sa)) {
                 return None;
             }
@@ -472,11 +377,7 @@ pub async fn sync_service_accounts(ctx: &Arc<Context>, spec: &CredentialSpec, re
             Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => report.retry = true,
             Err(e) => {
                 report.retry = true;
-                report.fail(
-                    &ns,
-                    reasons::WRITE_FAILED,
-                    format!("patching ServiceAccount {ns}/{name}: {e}"),
-                );
+                report.fail(&ns, reasons::WRITE_FAILED, format!("patching ServiceAccount {ns}/{name}: {e}"));
             }
         }
     }

@@ -26,31 +26,20 @@ impl CredentialProvider for Basic {
     async fn mint(&self, sources: &Sources) -> Result<Minted, ProviderError> {
         let secret = sources.secret(&self.spec.secret_ref).await?;
         let name = format!("{}/{}", sources.namespace(), self.spec.secret_ref.name);
-        let invalid = |detail: String| {
-            ProviderError::new(
-                reasons::SOURCE_SECRET_INVALID,
-                format!("Secret {name} {detail}"),
-            )
-        };
+        let invalid =
+            |detail: String| ProviderError::new(reasons::SOURCE_SECRET_INVALID, format!("Secret {name} {detail}"));
         let registry = &self.spec.registry;
 
-        let auth = if let Some(config) = secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(DOCKERCONFIGJSON_KEY))
-        {
+        let auth = if let Some(config) = secret.data.as_ref().and_then(|d| d.get(DOCKERCONFIGJSON_KEY)) {
             find_in_dockerconfigjson(&config.0, registry)
                 .map_err(|e| invalid(format!("key {DOCKERCONFIGJSON_KEY} {e}")))?
         } else {
             let username = secret_text(&secret, "username");
-            let password =
-                secret_text(&secret, "password").or_else(|| secret_text(&secret, "token"));
+            let password = secret_text(&secret, "password").or_else(|| secret_text(&secret, "token"));
             match (username, password) {
-                (Some(username), Some(password)) => RegistryAuth {
-                    registry: registry.clone(),
-                    username,
-                    password: password.into(),
-                },
+                (Some(username), Some(password)) => {
+                    RegistryAuth { registry: registry.clone(), username, password: password.into() }
+                }
                 (None, _) => {
                     return Err(invalid(format!(
                         "has no key username (expected username and password or token, or {DOCKERCONFIGJSON_KEY})"
@@ -59,9 +48,6 @@ impl CredentialProvider for Basic {
                 (Some(_), None) => return Err(invalid("has no key password or token".into())),
             }
         };
-        Ok(Minted {
-            auths: vec![auth],
-            expires_at: None,
-        })
+        Ok(Minted { auths: vec![auth], expires_at: None })
     }
 }

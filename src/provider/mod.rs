@@ -36,10 +36,7 @@ pub struct ProviderError {
 
 impl ProviderError {
     pub fn new(reason: &'static str, message: impl Into<String>) -> Self {
-        ProviderError {
-            reason,
-            message: message.into(),
-        }
+        ProviderError { reason, message: message.into() }
     }
 }
 
@@ -67,10 +64,7 @@ impl CredentialProvider for NotImplemented {
     async fn mint(&self, _: &Sources) -> Result<Minted, ProviderError> {
         Err(ProviderError::new(
             reasons::PROVIDER_NOT_IMPLEMENTED,
-            format!(
-                "provider {} is not implemented in this version of regcred",
-                self.0
-            ),
+            format!("provider {} is not implemented in this version of regcred", self.0),
         ))
     }
 }
@@ -81,18 +75,28 @@ impl CredentialProvider for NotImplemented {
 /// read through this and nothing else, so a tenant cannot make the operator
 /// read another namespace.
 pub struct Sources {
-    client: Client,
+    backend: Backend,
     namespace: String,
     seen: Mutex<Vec<(String, String)>>,
 }
 
+enum Backend {
+    /// Read from the Kubernetes API.
+    Kube(Client),
+    /// Secrets given up front (`regcred check -f`).
+    Local(Vec<Secret>),
+}
+
 impl Sources {
+    /// Sources read from the cluster, in `namespace` only.
     pub fn new(client: Client, namespace: impl Into<String>) -> Self {
-        Sources {
-            client,
-            namespace: namespace.into(),
-            seen: Mutex::default(),
-        }
+        Sources { backend: Backend::Kube(client), namespace: namespace.into(), seen: Mutex::default() }
+    }
+
+    /// Sources taken from the given Secrets (those in `namespace`, or
+    /// without a namespace).
+    pub fn local(secrets: Vec<Secret>, namespace: impl Into<String>) -> Self {
+        Sources { backend: Backend::Local(secrets), namespace: namespace.into(), seen: Mutex::default() }
     }
 
     /// The namespace sources are read from.
@@ -104,10 +108,7 @@ impl Sources {
         match requested {
             Some(ns) if ns != self.namespace => Err(ProviderError::new(
                 reasons::SOURCE_NAMESPACE_FORBIDDEN,
-                format!(
-                    "{what} must be in namespace {} (the credential's source namespace), not {ns}",
-                    self.namespace
-                ),
+                format!("{what} must be in namespace {} (the credential's source namespace), not {ns}", self.namespace),
             )),
             _ => Ok(()),
         }
@@ -116,27 +117,32 @@ impl Sources {
     /// Reads a source Secret.
     pub async fn secret(&self, r: &SecretRef) -> Result<Secret, ProviderError> {
         self.check_namespace(r.namespace.as_deref(), &format!("Secret {}", r.name))?;
-        let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
-        let secret = api
-            .get_opt(&r.name)
-            .await
-            .map_err(|e| {
-                ProviderError::new(
-                    reasons::KUBE_API_ERROR,
-                    format!("reading Secret {}/{}: {e}", self.namespace, r.name),
-                )
-            })?
-            .ok_or_else(|| {
-                ProviderError::new(
-                    reasons::SOURCE_SECRET_NOT_FOUND,
-                    format!("Secret {}/{} not found", self.namespace, r.name),
-                )
-            })?;
+        let found = match &self.backend {
+            Backend::Kube(client) => {
+                let api: Api<Secret> = Api::namespaced(client.clone(), &self.namespace);
+                api.get_opt(&r.name).await.map_err(|e| {
+                    ProviderError::new(
+                        reasons::KUBE_API_ERROR,
+                        format!("reading Secret {}/{}: {e}", self.namespace, r.name),
+                    )
+                })?
+            }
+            Backend::Local(secrets) => secrets
+                .iter()
+                .find(|s| {
+                    s.metadata.name.as_deref() == Some(r.name.as_str())
+                        && s.metadata.namespace.as_deref().is_none_or(|ns| ns == self.namespace)
+                })
+                .cloned(),
+        };
+        let secret = found.ok_or_else(|| {
+            ProviderError::new(
+                reasons::SOURCE_SECRET_NOT_FOUND,
+                format!("Secret {}/{} not found", self.namespace, r.name),
+            )
+        })?;
         let rv = secret.metadata.resource_version.clone().unwrap_or_default();
-        self.seen
-            .lock()
-            .expect("not poisoned")
-            .push((r.name.clone(), rv));
+        self.seen.lock().expect("not poisoned").push((r.name.clone(), rv));
         Ok(secret)
     }
 
@@ -152,20 +158,7 @@ impl Sources {
 /// The value of a key in a Secret, as UTF-8 text (trailing newline
 /// trimmed, as `kubectl create secret --from-file` tends to add one).
 pub fn secret_text(secret: &Secret, key: &str) -> Option<String> {
-    let from_data = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(key))
-        .map(|b| String::from_utf8_lossy(&b.0).into_owned());
-    let from_string = || {
-        secret
-            .string_data
-            .as_ref()
-            .and_then(|d| d.get(key))
-            .cloned()
-    };
-    from_data
-        .or_else(from_string)
-        .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
-        .filter(|s| !s.is_empty())
+    let from_data = secret.data.as_ref().and_then(|d| d.get(key)).map(|b| String::from_utf8_lossy(&b.0).into_owned());
+    let from_string = || secret.string_data.as_ref().and_then(|d| d.get(key)).cloned();
+    from_data.or_else(from_string).map(|s| s.trim_end_matches(['\n', '\r']).to_string()).filter(|s| !s.is_empty())
 }

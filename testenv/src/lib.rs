@@ -23,6 +23,7 @@
 
 pub mod operator;
 pub mod registry;
+pub mod tokenauth;
 
 use std::fs;
 use std::io::Read;
@@ -46,10 +47,7 @@ use serde::Deserialize as _;
 
 /// Directory of the workspace (the regcred repository).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("testenv lives inside the repository")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("testenv lives inside the repository").to_path_buf()
 }
 
 /// What to start.
@@ -64,10 +62,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options {
-            crd_dir: Some(repo_root().join("crds")),
-            controller_manager: true,
-        }
+        Options { crd_dir: Some(repo_root().join("crds")), controller_manager: true }
     }
 }
 
@@ -92,8 +87,7 @@ static SHARED: OnceLock<ControlPlane> = OnceLock::new();
 /// [`Options`] and stopped by the watchdog when the binary exits. Tests that
 /// share it use their own namespaces and object names.
 pub fn shared() -> &'static ControlPlane {
-    SHARED
-        .get_or_init(|| ControlPlane::start(Options::default()).unwrap_or_else(|e| panic!("{e:#}")))
+    SHARED.get_or_init(|| ControlPlane::start(Options::default()).unwrap_or_else(|e| panic!("{e:#}")))
 }
 
 /// The directory with `kube-apiserver`, `etcd`, `kubectl` and
@@ -145,21 +139,16 @@ struct Pki {
 
 fn make_pki() -> Result<Pki> {
     use rcgen::{
-        BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-        IsCa, Issuer, KeyPair, KeyUsagePurpose,
+        BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+        KeyUsagePurpose,
     };
     let ca_key = KeyPair::generate()?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.distinguished_name = DistinguishedName::new();
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "regcred-testenv-ca");
+    ca_params.distinguished_name.push(DnType::CommonName, "regcred-testenv-ca");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    ca_params.key_usages =
+        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     let ca_cert = ca_params.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca_params, &ca_key);
 
@@ -171,21 +160,15 @@ fn make_pki() -> Result<Pki> {
         "kubernetes.default".into(),
         "kubernetes.default.svc".into(),
     ])?;
-    serving
-        .distinguished_name
-        .push(DnType::CommonName, "kube-apiserver");
+    serving.distinguished_name.push(DnType::CommonName, "kube-apiserver");
     serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let serving_cert = serving.signed_by(&serving_key, &issuer)?;
 
     let admin_key = KeyPair::generate()?;
     let mut admin = CertificateParams::new(Vec::<String>::new())?;
     admin.distinguished_name = DistinguishedName::new();
-    admin
-        .distinguished_name
-        .push(DnType::CommonName, "regcred-testenv-admin");
-    admin
-        .distinguished_name
-        .push(DnType::OrganizationName, "system:masters");
+    admin.distinguished_name.push(DnType::CommonName, "regcred-testenv-admin");
+    admin.distinguished_name.push(DnType::OrganizationName, "system:masters");
     admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     let admin_cert = admin.signed_by(&admin_key, &issuer)?;
 
@@ -216,9 +199,7 @@ impl ControlPlane {
     /// CRDs are Established. Safe to call from inside an async runtime.
     pub fn start(options: Options) -> Result<ControlPlane> {
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             rt.block_on(Self::start_inner(options))
         })
         .join()
@@ -227,11 +208,7 @@ impl ControlPlane {
 
     async fn start_inner(options: Options) -> Result<ControlPlane> {
         let assets = assets_dir()?;
-        let dir = std::env::temp_dir().join(format!(
-            "regcred-envtest-{}-{}",
-            std::process::id(),
-            free_port()?
-        ));
+        let dir = std::env::temp_dir().join(format!("regcred-envtest-{}-{}", std::process::id(), free_port()?));
         fs::create_dir_all(&dir)?;
         let pki = make_pki()?;
         let write = |name: &str, body: &str| -> Result<PathBuf> {
@@ -258,10 +235,7 @@ impl ControlPlane {
             admin_key_pem: pki.admin_key_pem.clone(),
             kubeconfig: dir.join("admin.kubeconfig"),
         };
-        fs::write(
-            &cp.kubeconfig,
-            cp.kubeconfig_yaml("admin", &cp.admin_user_yaml()),
-        )?;
+        fs::write(&cp.kubeconfig, cp.kubeconfig_yaml("admin", &cp.admin_user_yaml()))?;
 
         let etcd_port = free_port()?;
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
@@ -273,10 +247,7 @@ impl ControlPlane {
                 format!("--listen-client-urls={etcd_url}"),
                 format!("--advertise-client-urls={etcd_url}"),
                 format!("--listen-peer-urls=http://127.0.0.1:{}", free_port()?),
-                format!(
-                    "--initial-advertise-peer-urls=http://127.0.0.1:{}",
-                    free_port()?
-                ),
+                format!("--initial-advertise-peer-urls=http://127.0.0.1:{}", free_port()?),
                 "--unsafe-no-fsync=true".into(),
                 "--log-level=warn".into(),
             ],
@@ -331,21 +302,12 @@ impl ControlPlane {
     fn spawn(&mut self, name: &'static str, args: &[String]) -> Result<()> {
         let log = fs::File::create(self.dir.join(format!("{name}.log")))?;
         let mut cmd = Command::new(self.assets.join(name));
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
+        cmd.args(args).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
         // Every process joins the first one's process group, so one signal
         // stops them all.
-        let pgid = self
-            .processes
-            .first()
-            .map(|(_, c)| c.id() as i32)
-            .unwrap_or(0);
+        let pgid = self.processes.first().map(|(_, c)| c.id() as i32).unwrap_or(0);
         cmd.process_group(pgid);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {name} from {}", self.assets.display()))?;
+        let child = cmd.spawn().with_context(|| format!("starting {name} from {}", self.assets.display()))?;
         self.processes.push((name, child));
         Ok(())
     }
@@ -388,10 +350,7 @@ impl ControlPlane {
                 }
             }
             if Instant::now() > deadline {
-                bail!(
-                    "kube-apiserver not ready after 120s:\n{}",
-                    log_tail(&self.dir.join("kube-apiserver.log"))
-                );
+                bail!("kube-apiserver not ready after 120s:\n{}", log_tail(&self.dir.join("kube-apiserver.log")));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -436,20 +395,14 @@ impl ControlPlane {
         let admin = self.client().await?;
         let sas: Api<ServiceAccount> = Api::namespaced(admin, namespace);
         let req = TokenRequest {
-            spec: TokenRequestSpec {
-                expiration_seconds: Some(3600),
-                ..Default::default()
-            },
+            spec: TokenRequestSpec { expiration_seconds: Some(3600), ..Default::default() },
             ..Default::default()
         };
         let resp = sas
             .create_token_request(name, &PostParams::default(), &req)
             .await
             .with_context(|| format!("TokenRequest for {namespace}/{name}"))?;
-        let token = resp
-            .status
-            .map(|s| s.token)
-            .ok_or_else(|| anyhow!("TokenRequest returned no token"))?;
+        let token = resp.status.map(|s| s.token).ok_or_else(|| anyhow!("TokenRequest returned no token"))?;
         Ok(self.kubeconfig_yaml(&format!("{namespace}-{name}"), &format!("token: {token}")))
     }
 
@@ -470,10 +423,7 @@ impl ControlPlane {
     /// (the operator, registries) are stopped with it, even when the test
     /// process dies without unwinding.
     pub fn process_group(&self) -> i32 {
-        self.processes
-            .first()
-            .map(|(_, c)| c.id() as i32)
-            .unwrap_or(0)
+        self.processes.first().map(|(_, c)| c.id() as i32).unwrap_or(0)
     }
 
     /// The directory holding the control-plane binaries.
@@ -522,20 +472,12 @@ pub async fn install_crds(client: &Client, dir: &Path) -> Result<()> {
             if value.is_null() {
                 continue;
             }
-            let crd: CustomResourceDefinition = serde_yaml::from_value(value)
-                .with_context(|| format!("parsing {}", path.display()))?;
-            let name = crd
-                .metadata
-                .name
-                .clone()
-                .ok_or_else(|| anyhow!("CRD without a name in {}", path.display()))?;
-            api.patch(
-                &name,
-                &PatchParams::apply("regcred-testenv").force(),
-                &Patch::Apply(&crd),
-            )
-            .await
-            .with_context(|| format!("applying CRD {name}"))?;
+            let crd: CustomResourceDefinition =
+                serde_yaml::from_value(value).with_context(|| format!("parsing {}", path.display()))?;
+            let name = crd.metadata.name.clone().ok_or_else(|| anyhow!("CRD without a name in {}", path.display()))?;
+            api.patch(&name, &PatchParams::apply("regcred-testenv").force(), &Patch::Apply(&crd))
+                .await
+                .with_context(|| format!("applying CRD {name}"))?;
             names.push(name);
         }
     }

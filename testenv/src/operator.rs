@@ -28,31 +28,25 @@ impl Operator {
         extra_args: &[&str],
     ) -> Result<Operator> {
         let port = free_port()?;
-        let log = cp.dir().join(format!("regcred-{port}.log"));
+        let log = match log_dir() {
+            Some(dir) => dir.join(format!("regcred-{}-{port}.log", std::process::id())),
+            None => cp.dir().join(format!("regcred-{port}.log")),
+        };
         let out = fs::File::create(&log)?;
         let child = Command::new(binary)
             .arg("run")
             .arg(format!("--kubeconfig={}", cp.kubeconfig_path().display()))
             .arg(format!("--metrics-addr=127.0.0.1:{port}"))
-            .arg(format!(
-                "--cluster-resource-namespace={cluster_resource_namespace}"
-            ))
+            .arg(format!("--cluster-resource-namespace={cluster_resource_namespace}"))
             .args(extra_args)
-            .env(
-                "REGCRED_LOG_LEVEL",
-                std::env::var("REGCRED_TEST_LOG_LEVEL").unwrap_or_else(|_| "debug".into()),
-            )
+            .env("REGCRED_LOG_LEVEL", std::env::var("REGCRED_TEST_LOG_LEVEL").unwrap_or_else(|_| "debug".into()))
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
             .process_group(cp.process_group())
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
-        let mut op = Operator {
-            child,
-            metrics_url: format!("http://127.0.0.1:{port}"),
-            log,
-        };
+        let mut op = Operator { child, metrics_url: format!("http://127.0.0.1:{port}"), log };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = op.child.try_wait()? {
@@ -93,9 +87,7 @@ impl Operator {
         let text = self.metrics()?;
         Ok(text
             .lines()
-            .filter(|l| {
-                l.starts_with("regcred_kube_requests_total{") && !l.contains("method=\"GET\"")
-            })
+            .filter(|l| l.starts_with("regcred_kube_requests_total{") && !l.contains("method=\"GET\""))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>() as u64)
     }
@@ -115,37 +107,41 @@ impl Drop for Operator {
 
 use std::os::unix::process::CommandExt;
 
+/// `$REGCRED_TEST_LOG_DIR`, where the test suite collects operator logs and
+/// the secret values it used, for the suite-wide leak check
+/// (`hack/check-leaks.sh`).
+pub fn log_dir() -> Option<PathBuf> {
+    let dir = PathBuf::from(std::env::var_os("REGCRED_TEST_LOG_DIR")?);
+    fs::create_dir_all(&dir).ok()?;
+    Some(dir)
+}
+
+/// Records a secret value a test hands to the operator, so the leak check
+/// can search every operator log for it.
+pub fn record_secret(value: &str) {
+    use std::io::Write;
+    if let Some(dir) = log_dir()
+        && let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(dir.join("secret-values.txt"))
+    {
+        let _ = writeln!(f, "{value}");
+    }
+}
+
 /// A minimal HTTP/1.1 GET on loopback: `(status, body)`.
 pub fn http_get(url: &str) -> Result<(u16, String)> {
     use std::io::{Read, Write};
     let rest = url.strip_prefix("http://").context("only http:// URLs")?;
-    let (host, path) = rest
-        .split_once('/')
-        .map(|(h, p)| (h, format!("/{p}")))
-        .unwrap_or((rest, "/".into()));
+    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
     let mut stream = std::net::TcpStream::connect(host)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("no HTTP status")?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).context("no HTTP status")?;
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
     Ok((code, body))
 }
 

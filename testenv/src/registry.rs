@@ -15,11 +15,7 @@ use crate::operator::http_get;
 
 /// Fails with a message saying how to install `tool` when it is missing.
 pub fn require_tool(tool: &str, package: &str) -> Result<PathBuf> {
-    for dir in std::env::var("PATH")
-        .unwrap_or_default()
-        .split(':')
-        .chain(["/usr/sbin", "/usr/bin"])
-    {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(["/usr/sbin", "/usr/bin"]) {
         let p = Path::new(dir).join(tool);
         if p.is_file() {
             return Ok(p);
@@ -48,14 +44,12 @@ impl Registry {
         let htpasswd = require_tool("htpasswd", "apache2-utils")?;
         require_tool("skopeo", "skopeo")?;
         let port = free_port()?;
-        let dir =
-            std::env::temp_dir().join(format!("regcred-registry-{}-{port}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("regcred-registry-{}-{port}", std::process::id()));
         fs::create_dir_all(dir.join("data"))?;
         let mut lines = String::new();
         for (user, pass) in users {
-            let out = Command::new(&htpasswd)
-                .args(["-Bbn", user, pass])
-                .output()?;
+            crate::operator::record_secret(pass);
+            let out = Command::new(&htpasswd).args(["-Bbn", user, pass]).output()?;
             if !out.status.success() {
                 bail!("htpasswd failed: {}", String::from_utf8_lossy(&out.stderr));
             }
@@ -78,11 +72,7 @@ impl Registry {
             .stderr(log)
             .process_group(process_group)
             .spawn()?;
-        let mut registry = Registry {
-            child,
-            dir,
-            host: format!("127.0.0.1:{port}"),
-        };
+        let mut registry = Registry { child, dir, host: format!("127.0.0.1:{port}") };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = registry.child.try_wait()? {
@@ -92,8 +82,7 @@ impl Registry {
                 );
             }
             // 401 means it is up and asking for credentials.
-            if http_get(&format!("http://{}/v2/", registry.host)).is_ok_and(|(code, _)| code == 401)
-            {
+            if http_get(&format!("http://{}/v2/", registry.host)).is_ok_and(|(code, _)| code == 401) {
                 break;
             }
             if Instant::now() > deadline {
@@ -115,10 +104,7 @@ impl Registry {
         let layout = self.dir.join("oci");
         write_oci_layout(&layout)?;
         let policy = self.dir.join("policy.json");
-        fs::write(
-            &policy,
-            r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
-        )?;
+        fs::write(&policy, r#"{"default":[{"type":"insecureAcceptAnything"}]}"#)?;
         let out = Command::new("skopeo")
             .arg(format!("--policy={}", policy.display()))
             .args(["copy", "--dest-tls-verify=false", "--dest-creds"])
@@ -127,10 +113,7 @@ impl Registry {
             .arg(format!("docker://{}", self.test_image()))
             .output()?;
         if !out.status.success() {
-            bail!(
-                "pushing the test image failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            bail!("pushing the test image failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         Ok(())
     }
@@ -154,10 +137,7 @@ pub fn skopeo_inspect(authfile: &Path, image: &str) -> Result<Output> {
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Writes an OCI image layout with one tiny layer, tagged `v1`.

@@ -29,33 +29,20 @@ pub fn operator() -> &'static Operator {
     OPERATOR.get_or_init(|| {
         let cp = control_plane();
         std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(async {
-                    let client = cp.client().await.unwrap();
-                    let ns: Namespace =
-                        serde_json::from_value(json!({"metadata": {"name": CLUSTER_NS}})).unwrap();
-                    match Api::<Namespace>::all(client)
-                        .create(&PostParams::default(), &ns)
-                        .await
-                    {
-                        Ok(_) => {}
-                        Err(kube::Error::Api(e)) if e.code == 409 => {}
-                        Err(e) => panic!("creating {CLUSTER_NS}: {e}"),
-                    }
-                })
+            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+                let client = cp.client().await.unwrap();
+                let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": CLUSTER_NS}})).unwrap();
+                match Api::<Namespace>::all(client).create(&PostParams::default(), &ns).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 409 => {}
+                    Err(e) => panic!("creating {CLUSTER_NS}: {e}"),
+                }
+            })
         })
         .join()
         .unwrap();
-        Operator::start(
-            cp,
-            Path::new(env!("CARGO_BIN_EXE_regcred")),
-            CLUSTER_NS,
-            &[],
-        )
-        .unwrap_or_else(|e| panic!("{e:#}"))
+        Operator::start(cp, Path::new(env!("CARGO_BIN_EXE_regcred")), CLUSTER_NS, &[])
+            .unwrap_or_else(|e| panic!("{e:#}"))
     })
 }
 
@@ -93,38 +80,27 @@ pub const WAIT: Duration = Duration::from_secs(30);
 
 pub async fn create_namespace(client: &Client, name: &str, labels: &[(&str, &str)]) {
     let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
-    let ns: Namespace =
-        serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .expect("create namespace");
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap();
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("create namespace");
 }
 
 pub async fn label_namespace(client: &Client, name: &str, labels: Value) {
     Api::<Namespace>::all(client.clone())
-        .patch(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": labels}})),
-        )
+        .patch(name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": labels}})))
         .await
         .expect("label namespace");
 }
 
 /// A source Secret with `username` and `password`.
 pub async fn put_login(client: &Client, ns: &str, name: &str, username: &str, password: &str) {
+    regcred_testenv::operator::record_secret(password);
     let s: Secret = serde_json::from_value(json!({
         "metadata": {"name": name, "namespace": ns},
         "stringData": {"username": username, "password": password}
     }))
     .unwrap();
     Api::<Secret>::namespaced(client.clone(), ns)
-        .patch(
-            name,
-            &PatchParams::apply("regcred-test").force(),
-            &Patch::Apply(&s),
-        )
+        .patch(name, &PatchParams::apply("regcred-test").force(), &Patch::Apply(&s))
         .await
         .expect("write source secret");
 }
@@ -133,11 +109,7 @@ pub async fn apply_rcred(client: &Client, ns: &str, name: &str, spec: Value) -> 
     let obj = json!({"apiVersion": "regcred.dev/v1alpha1", "kind": "RegistryCredential",
         "metadata": {"name": name, "namespace": ns}, "spec": spec});
     Api::<RegistryCredential>::namespaced(client.clone(), ns)
-        .patch(
-            name,
-            &PatchParams::apply("regcred-test").force(),
-            &Patch::Apply(&obj),
-        )
+        .patch(name, &PatchParams::apply("regcred-test").force(), &Patch::Apply(&obj))
         .await
         .expect("apply RegistryCredential")
 }
@@ -146,11 +118,7 @@ pub async fn apply_crcred(client: &Client, name: &str, spec: Value) -> ClusterRe
     let obj = json!({"apiVersion": "regcred.dev/v1alpha1", "kind": "ClusterRegistryCredential",
         "metadata": {"name": name}, "spec": spec});
     Api::<ClusterRegistryCredential>::all(client.clone())
-        .patch(
-            name,
-            &PatchParams::apply("regcred-test").force(),
-            &Patch::Apply(&obj),
-        )
+        .patch(name, &PatchParams::apply("regcred-test").force(), &Patch::Apply(&obj))
         .await
         .expect("apply ClusterRegistryCredential")
 }
@@ -163,10 +131,7 @@ pub fn basic_spec(registry: &str, secret_ref: &str, pull_secret: &str) -> Value 
 }
 
 pub async fn get_secret(client: &Client, ns: &str, name: &str) -> Option<Secret> {
-    Api::<Secret>::namespaced(client.clone(), ns)
-        .get_opt(name)
-        .await
-        .unwrap()
+    Api::<Secret>::namespaced(client.clone(), ns).get_opt(name).await.unwrap()
 }
 
 /// The username and password in a pull Secret for `registry`.
@@ -174,10 +139,7 @@ pub fn login_in(secret: &Secret, registry: &str) -> Option<(String, String)> {
     let data = secret.data.as_ref()?.get(".dockerconfigjson")?;
     let v: Value = serde_json::from_slice(&data.0).ok()?;
     let e = &v["auths"][registry];
-    Some((
-        e["username"].as_str()?.to_string(),
-        e["password"].as_str()?.to_string(),
-    ))
+    Some((e["username"].as_str()?.to_string(), e["password"].as_str()?.to_string()))
 }
 
 /// Waits until `ns/name` holds `username`/`password` for `registry`.
@@ -189,14 +151,10 @@ pub async fn wait_for_login(
     username: &str,
     password: &str,
 ) -> Secret {
-    wait_for(
-        &format!("Secret {ns}/{name} with {username}'s login"),
-        WAIT,
-        || async {
-            let s = get_secret(client, ns, name).await?;
-            (login_in(&s, registry) == Some((username.into(), password.into()))).then_some(s)
-        },
-    )
+    wait_for(&format!("Secret {ns}/{name} with {username}'s login"), WAIT, || async {
+        let s = get_secret(client, ns, name).await?;
+        (login_in(&s, registry) == Some((username.into(), password.into()))).then_some(s)
+    })
     .await
 }
 
@@ -219,56 +177,27 @@ pub async fn pull_secret_names(client: &Client, ns: &str, sa: &str) -> Vec<Strin
         .collect()
 }
 
-pub async fn wait_for_pull_secret(
-    client: &Client,
-    ns: &str,
-    sa: &str,
-    secret: &str,
-    present: bool,
-) {
+pub async fn wait_for_pull_secret(client: &Client, ns: &str, sa: &str, secret: &str, present: bool) {
     wait_for(
-        &format!(
-            "ServiceAccount {ns}/{sa} {} {secret}",
-            if present { "to list" } else { "not to list" }
-        ),
+        &format!("ServiceAccount {ns}/{sa} {} {secret}", if present { "to list" } else { "not to list" }),
         WAIT,
-        || async {
-            (pull_secret_names(client, ns, sa)
-                .await
-                .iter()
-                .any(|n| n == secret)
-                == present)
-                .then_some(())
-        },
+        || async { (pull_secret_names(client, ns, sa).await.iter().any(|n| n == secret) == present).then_some(()) },
     )
     .await
 }
 
 /// Waits for the credential's Ready condition to have `reason`, and returns
 /// its status.
-pub async fn wait_for_reason<K>(
-    api: &Api<K>,
-    name: &str,
-    reason: &str,
-) -> regcred::api::CredentialStatus
+pub async fn wait_for_reason<K>(api: &Api<K>, name: &str, reason: &str) -> regcred::api::CredentialStatus
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + StatusOf,
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + StatusOf,
 {
-    wait_for(
-        &format!("{name} to be Ready with reason {reason}"),
-        WAIT,
-        || async {
-            let obj = api.get_opt(name).await.unwrap()?;
-            let status = obj.status_of()?.clone();
-            let ready = status.conditions.iter().find(|c| c.type_ == "Ready")?;
-            (ready.reason == reason && status.observed_generation == obj.meta().generation)
-                .then_some(status)
-        },
-    )
+    wait_for(&format!("{name} to be Ready with reason {reason}"), WAIT, || async {
+        let obj = api.get_opt(name).await.unwrap()?;
+        let status = obj.status_of()?.clone();
+        let ready = status.conditions.iter().find(|c| c.type_ == "Ready")?;
+        (ready.reason == reason && status.observed_generation == obj.meta().generation).then_some(status)
+    })
     .await
 }
 
@@ -289,10 +218,7 @@ impl StatusOf for ClusterRegistryCredential {
 }
 
 pub async fn delete_namespace(client: &Client, name: &str) {
-    Api::<Namespace>::all(client.clone())
-        .delete(name, &DeleteParams::default())
-        .await
-        .expect("delete namespace");
+    Api::<Namespace>::all(client.clone()).delete(name, &DeleteParams::default()).await.expect("delete namespace");
 }
 
 /// Events about an object, as `(type, reason, note)`.
@@ -305,12 +231,6 @@ pub async fn events_for(client: &Client, ns: &str, name: &str) -> Vec<(String, S
         .items
         .into_iter()
         .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-        .map(|e| {
-            (
-                e.type_.unwrap_or_default(),
-                e.reason.unwrap_or_default(),
-                e.note.unwrap_or_default(),
-            )
-        })
+        .map(|e| (e.type_.unwrap_or_default(), e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
         .collect()
 }
