@@ -45,6 +45,11 @@ pub struct RunArgs {
     /// Kubernetes writes in flight per credential during a fan-out.
     #[arg(long, env = "REGCRED_WRITE_CONCURRENCY", default_value_t = 32)]
     pub write_concurrency: usize,
+    /// Let namespaced RegistryCredentials use the operator's own cloud
+    /// identity (IRSA, GKE workload identity, managed identity). Off by
+    /// default: a tenant should get only its own ServiceAccount's permissions.
+    #[arg(long, env = "REGCRED_ALLOW_NAMESPACED_AMBIENT_IDENTITY")]
+    pub allow_namespaced_ambient_identity: bool,
     #[command(flatten)]
     pub log: LogArgs,
 }

@@ -16,6 +16,7 @@ pub mod check;
 pub mod cli;
 pub mod controller;
 pub mod crdgen;
+pub mod http;
 pub mod metrics;
 pub mod provider;
 pub mod reasons;

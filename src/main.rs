@@ -72,6 +72,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         cluster_resource_namespace,
         concurrency: args.concurrency,
         write_concurrency: args.write_concurrency,
+        allow_namespaced_ambient_identity: args.allow_namespaced_ambient_identity,
     };
     let server = tokio::spawn(regcred::metrics::serve(args.metrics_addr, metrics.clone()));
     tokio::select! {

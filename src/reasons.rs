@@ -24,3 +24,17 @@ pub const KUBE_API_ERROR: &str = "KubernetesAPIError";
 pub const CREDENTIAL_EXPIRED: &str = "CredentialExpired";
 /// The registry refused a newly minted credential; it was not published.
 pub const VERIFICATION_FAILED: &str = "VerificationFailed";
+/// A namespaced credential asked for the operator's own cloud identity.
+pub const AMBIENT_IDENTITY_FORBIDDEN: &str = "AmbientIdentityForbidden";
+/// A ServiceAccount named in `serviceAccountRef` does not exist.
+pub const SERVICE_ACCOUNT_NOT_FOUND: &str = "ServiceAccountNotFound";
+/// The cloud provider refused the identity (bad keys, no permission).
+pub const PROVIDER_AUTH_FAILED: &str = "ProviderAuthFailed";
+/// The provider's API answered with an error or could not be reached.
+pub const PROVIDER_ERROR: &str = "ProviderError";
+/// The provider's API throttled the request.
+pub const PROVIDER_THROTTLED: &str = "ProviderThrottled";
+/// The provider's answer could not be understood.
+pub const PROVIDER_RESPONSE_INVALID: &str = "ProviderResponseInvalid";
+/// The spec is valid for the schema but not usable (for example a bad region).
+pub const INVALID_SPEC: &str = "InvalidSpec";

@@ -18,12 +18,9 @@
 //! or `Debug` output, and response bodies are never echoed.
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::{StatusCode, Url, header};
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::api::VerifyPolicy;
@@ -474,43 +471,10 @@ fn build_client(opts: &VerifyOptions) -> Result<reqwest::Client, VerifyError> {
 
 /// rustls with the `ring` provider, the platform's roots and the CA bundle.
 fn tls_config(opts: &VerifyOptions) -> Result<rustls::ClientConfig, VerifyError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let extra = match opts.ca_bundle.as_deref() {
-        Some(pem) if !pem.trim().is_empty() => parse_ca_bundle(pem)?,
-        _ => Vec::new(),
-    };
-    let has_extra = !extra.is_empty();
-    let verifier = if has_extra {
-        rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider.clone())
-    } else {
-        rustls_platform_verifier::Verifier::new(provider.clone())
-    };
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| VerifyError::TlsSetup(e.to_string()))?;
-    let mut config = match verifier {
-        Ok(verifier) => builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth(),
-        Err(e) if has_extra => return Err(VerifyError::InvalidCaBundle(e.to_string())),
-        // Without roots a plain HTTP registry still works; TLS would fail.
-        Err(_) if opts.plain_http => {
-            builder.with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth()
-        }
-        Err(e) => {
-            return Err(VerifyError::TlsSetup(format!("{e}; install CA certificates or set verify.caBundle")));
-        }
-    };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
-}
-
-fn parse_ca_bundle(pem: &str) -> Result<Vec<CertificateDer<'static>>, VerifyError> {
-    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| VerifyError::InvalidCaBundle(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(VerifyError::InvalidCaBundle("no CERTIFICATE block found".into()));
-    }
-    Ok(certs)
+    crate::http::tls_config(opts.ca_bundle.as_deref(), opts.plain_http).map_err(|e| match e {
+        crate::http::SetupError::InvalidCaBundle(m) => VerifyError::InvalidCaBundle(m),
+        crate::http::SetupError::Tls(m) => VerifyError::TlsSetup(m),
+    })
 }
 
 /// An authentication challenge of a `WWW-Authenticate` header.
@@ -1043,9 +1007,10 @@ mod tests {
 
     #[test]
     fn ca_bundle_must_be_pem_certificates() {
-        assert!(matches!(parse_ca_bundle("not a certificate"), Err(VerifyError::InvalidCaBundle(_))));
+        let with = |pem: &str| VerifyOptions { ca_bundle: Some(pem.into()), ..VerifyOptions::default() };
+        assert!(matches!(tls_config(&with("not a certificate")), Err(VerifyError::InvalidCaBundle(_))));
         assert!(matches!(
-            parse_ca_bundle("-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n"),
+            tls_config(&with("-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n")),
             Err(VerifyError::InvalidCaBundle(_))
         ));
     }

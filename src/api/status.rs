@@ -33,6 +33,19 @@ pub struct CredentialStatus {
     /// Where the Secret is written and how that went.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub targets: Option<TargetStatus>,
+    /// State the provider keeps between refreshes, such as the ids of the
+    /// Harbor robot accounts regcred created. Never secret material.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_object")]
+    pub provider_state: Option<serde_json::Value>,
+}
+
+fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "nullable": true,
+        "x-kubernetes-preserve-unknown-fields": true
+    })
 }
 
 /// Fan-out state.

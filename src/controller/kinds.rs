@@ -31,6 +31,8 @@ pub trait CredentialKind:
     fn target_namespaces(&self, ctx: &Context) -> BTreeSet<String>;
     /// Whether `namespace` is a target now.
     fn targets_namespace(&self, ctx: &Context, namespace: &str) -> bool;
+    /// Whether the provider may use the operator's own cloud identity.
+    fn allows_ambient(&self, ctx: &Context) -> bool;
 
     /// The value of the owner annotation on written Secrets.
     fn owner_key(&self) -> String {
@@ -65,6 +67,12 @@ impl CredentialKind for RegistryCredential {
 
     fn targets_namespace(&self, ctx: &Context, namespace: &str) -> bool {
         self.namespace().as_deref() == Some(namespace) && ctx.live_namespace_labels(namespace).is_some()
+    }
+
+    /// A tenant gets its own ServiceAccount's cloud permissions, never the
+    /// operator's, unless the operator was started with the opt-in flag.
+    fn allows_ambient(&self, ctx: &Context) -> bool {
+        ctx.settings.allow_namespaced_ambient_identity
     }
 }
 
@@ -110,5 +118,9 @@ impl CredentialKind for ClusterRegistryCredential {
             }
             None => false,
         }
+    }
+
+    fn allows_ambient(&self, _: &Context) -> bool {
+        true
     }
 }

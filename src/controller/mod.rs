@@ -55,11 +55,18 @@ pub struct Settings {
     pub concurrency: u16,
     /// Writes in flight per credential during a fan-out.
     pub write_concurrency: usize,
+    /// Let RegistryCredentials use the operator's own cloud identity.
+    pub allow_namespaced_ambient_identity: bool,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { cluster_resource_namespace: None, concurrency: 4, write_concurrency: 32 }
+        Settings {
+            cluster_resource_namespace: None,
+            concurrency: 4,
+            write_concurrency: 32,
+            allow_namespaced_ambient_identity: false,
+        }
     }
 }
 

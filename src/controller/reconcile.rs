@@ -79,7 +79,7 @@ async fn mint<K: CredentialKind>(obj: &K, ctx: &Context, now: Timestamp) -> Resu
             }
         }
     }
-    let sources = Sources::new(ctx.client.clone(), source_ns);
+    let sources = sources_for(obj, ctx, source_ns);
     let provider_name = spec.provider.name();
     let started = std::time::Instant::now();
     let result = provider::for_spec(&spec.provider).mint(&sources).await;
@@ -130,6 +130,14 @@ async fn verify_before_publishing(
         }
     }
     Ok(minted)
+}
+
+/// The gate through which a provider reads this credential's sources.
+fn sources_for<K: CredentialKind>(obj: &K, ctx: &Context, source_ns: String) -> Sources {
+    Sources::new(ctx.client.clone(), source_ns)
+        .allowing_ambient(obj.allows_ambient(ctx))
+        .with_state(obj.status().and_then(|s| s.provider_state.clone()))
+        .with_owner(obj.owner_key())
 }
 
 /// When the credential now in place expires, if it does.
@@ -194,6 +202,7 @@ async fn apply<K: CredentialKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Acti
             expires_at: m.minted.expires_at,
             minted_at: Some(m.minted_at),
             next_refresh: Some(m.refresh_at),
+            state: m.minted.state.clone(),
         },
         Err(e) => MintOutcome {
             error: Some(e),
@@ -201,6 +210,7 @@ async fn apply<K: CredentialKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Acti
             expires_at: None,
             minted_at: None,
             next_refresh: Some(now + retry_in),
+            state: None,
         },
     };
     let new_status =
@@ -309,6 +319,17 @@ async fn cleanup<K: CredentialKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Ac
         sync::remove_secrets(&ctx, &owner, |_, _| false, &mut report).await;
         if let Some(f) = report.failed.first() {
             return Err(Error::Cleanup(f.message.clone().unwrap_or_default()));
+        }
+        // What the provider created outside the cluster (Harbor robots).
+        match obj.source_namespace(&ctx) {
+            Ok(ns) => {
+                let sources = sources_for(&*obj, &ctx, ns);
+                provider::for_spec(&obj.credential().provider)
+                    .cleanup(&sources)
+                    .await
+                    .map_err(|e| Error::Cleanup(format!("{}: {}", e.reason, e.message)))?;
+            }
+            Err(e) => tracing::warn!(reason = e.reason, "cannot clean up provider resources: {}", e.message),
         }
         tracing::info!(removed = report.deleted, "credential deleted; its Secrets were removed");
     } else {

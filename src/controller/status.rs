@@ -18,6 +18,8 @@ pub struct MintOutcome<'a> {
     pub expires_at: Option<Timestamp>,
     pub minted_at: Option<Timestamp>,
     pub next_refresh: Option<Timestamp>,
+    /// Provider state to keep; `None` keeps the previous one.
+    pub state: Option<serde_json::Value>,
 }
 
 /// The `Ready` condition's status, reason and message.
@@ -79,6 +81,7 @@ pub fn build(
         expires_at: mint.expires_at.map(Time).or(if mint.error.is_some() { previous.expires_at } else { None }),
         last_refresh_time: mint.minted_at.map(Time).or(previous.last_refresh_time),
         next_refresh_time: mint.next_refresh.map(Time),
+        provider_state: mint.state.clone().or(previous.provider_state),
         targets: Some(TargetStatus {
             desired: desired as i32,
             synced,

@@ -48,6 +48,6 @@ impl CredentialProvider for Basic {
                 (Some(_), None) => return Err(invalid("has no key password or token".into())),
             }
         };
-        Ok(Minted { auths: vec![auth], expires_at: None })
+        Ok(Minted { auths: vec![auth], ..Default::default() })
     }
 }

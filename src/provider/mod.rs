@@ -6,12 +6,15 @@
 
 mod basic;
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::jiff::Timestamp;
 use kube::{Api, Client};
+use secrecy::SecretString;
 
 use crate::api::{Provider, SecretRef};
 use crate::reasons;
@@ -19,10 +22,14 @@ use crate::render::RegistryAuth;
 
 /// What a provider returns: one login per registry and, for short-lived
 /// credentials, when they expire.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Minted {
     pub auths: Vec<RegistryAuth>,
     pub expires_at: Option<Timestamp>,
+    /// State the provider keeps between refreshes (for example Harbor robot
+    /// ids), stored in `status.providerState` and handed back through
+    /// [`Sources::previous_state`]. Never secret material.
+    pub state: Option<serde_json::Value>,
 }
 
 /// A provider failure. `reason` is a condition reason from
@@ -46,6 +53,13 @@ pub trait CredentialProvider: Send + Sync {
     /// Mints the credential. Called once per refresh, however many
     /// namespaces the result is written to.
     async fn mint(&self, sources: &Sources) -> Result<Minted, ProviderError>;
+
+    /// Removes what the provider created outside Kubernetes (for example
+    /// Harbor robot accounts) when the credential is deleted with
+    /// `deletionPolicy: Delete`. Most providers create nothing.
+    async fn cleanup(&self, _sources: &Sources) -> Result<(), ProviderError> {
+        Ok(())
+    }
 }
 
 /// The provider implementation for a spec.
@@ -78,6 +92,17 @@ pub struct Sources {
     backend: Backend,
     namespace: String,
     seen: Mutex<Vec<(String, String)>>,
+    allow_ambient: bool,
+    state: Option<serde_json::Value>,
+    owner: String,
+}
+
+/// A token for a Kubernetes ServiceAccount, from the TokenRequest API.
+pub struct ServiceAccountToken {
+    pub token: SecretString,
+    /// The ServiceAccount's annotations (for example
+    /// `eks.amazonaws.com/role-arn`).
+    pub annotations: BTreeMap<String, String>,
 }
 
 enum Backend {
@@ -90,13 +115,110 @@ enum Backend {
 impl Sources {
     /// Sources read from the cluster, in `namespace` only.
     pub fn new(client: Client, namespace: impl Into<String>) -> Self {
-        Sources { backend: Backend::Kube(client), namespace: namespace.into(), seen: Mutex::default() }
+        Self::with_backend(Backend::Kube(client), namespace.into())
     }
 
     /// Sources taken from the given Secrets (those in `namespace`, or
-    /// without a namespace).
+    /// without a namespace). Used by `regcred check`, where the user's own
+    /// identity counts as ambient.
     pub fn local(secrets: Vec<Secret>, namespace: impl Into<String>) -> Self {
-        Sources { backend: Backend::Local(secrets), namespace: namespace.into(), seen: Mutex::default() }
+        Self::with_backend(Backend::Local(secrets), namespace.into()).allowing_ambient(true)
+    }
+
+    fn with_backend(backend: Backend, namespace: String) -> Self {
+        Sources { backend, namespace, seen: Mutex::default(), allow_ambient: false, state: None, owner: String::new() }
+    }
+
+    /// Whether the operator's own cloud identity may be used: always for a
+    /// ClusterRegistryCredential, for a RegistryCredential only when the
+    /// operator was started with `--allow-namespaced-ambient-identity`.
+    pub fn allowing_ambient(mut self, allow: bool) -> Self {
+        self.allow_ambient = allow;
+        self
+    }
+
+    /// The provider state kept in status from the last refresh.
+    pub fn with_state(mut self, state: Option<serde_json::Value>) -> Self {
+        self.state = state;
+        self
+    }
+
+    /// The owning credential (`Kind/namespace/name`), for naming what a
+    /// provider creates outside Kubernetes.
+    pub fn with_owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = owner.into();
+        self
+    }
+
+    /// See [`Sources::with_state`].
+    pub fn previous_state(&self) -> Option<&serde_json::Value> {
+        self.state.as_ref()
+    }
+
+    /// See [`Sources::with_owner`].
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Fails unless the operator's ambient identity may be used.
+    pub fn check_ambient(&self, what: &str) -> Result<(), ProviderError> {
+        if self.allow_ambient {
+            return Ok(());
+        }
+        Err(ProviderError::new(
+            reasons::AMBIENT_IDENTITY_FORBIDDEN,
+            format!(
+                "{what} would use the operator's own identity, which a RegistryCredential may not use: \
+                 use secretRef or serviceAccountRef (or start the operator with --allow-namespaced-ambient-identity)"
+            ),
+        ))
+    }
+
+    /// A token for a ServiceAccount in the source namespace, with one
+    /// audience, through the TokenRequest API.
+    pub async fn service_account_token(
+        &self,
+        name: &str,
+        namespace: Option<&str>,
+        audience: &str,
+    ) -> Result<ServiceAccountToken, ProviderError> {
+        self.check_namespace(namespace, &format!("ServiceAccount {name}"))?;
+        let Backend::Kube(client) = &self.backend else {
+            return Err(ProviderError::new(
+                reasons::SOURCE_SECRET_NOT_FOUND,
+                format!("serviceAccountRef {name} needs a cluster: run regcred check with a kubeconfig"),
+            ));
+        };
+        let api: Api<ServiceAccount> = Api::namespaced(client.clone(), &self.namespace);
+        let not_found = || {
+            ProviderError::new(
+                reasons::SERVICE_ACCOUNT_NOT_FOUND,
+                format!("ServiceAccount {}/{name} not found", self.namespace),
+            )
+        };
+        let kube_error = |e: kube::Error| {
+            ProviderError::new(
+                reasons::KUBE_API_ERROR,
+                format!("requesting a token for ServiceAccount {}/{name}: {e}", self.namespace),
+            )
+        };
+        let sa = api.get_opt(name).await.map_err(kube_error)?.ok_or_else(not_found)?;
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: vec![audience.to_string()],
+                expiration_seconds: Some(600),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let response = api.create_token_request(name, &Default::default(), &request).await.map_err(kube_error)?;
+        let token = response.status.map(|s| s.token).filter(|t| !t.is_empty()).ok_or_else(|| {
+            ProviderError::new(
+                reasons::KUBE_API_ERROR,
+                format!("TokenRequest for {}/{name} returned no token", self.namespace),
+            )
+        })?;
+        Ok(ServiceAccountToken { token: token.into(), annotations: sa.metadata.annotations.unwrap_or_default() })
     }
 
     /// The namespace sources are read from.

@@ -1,0 +1,77 @@
+//! The one HTTP/TLS set-up shared by registry verification and the providers
+//! that speak HTTP themselves: reqwest on hyper 1 and rustls with the `ring`
+//! provider (the same stack kube uses), the platform's trust roots, and an
+//! optional PEM CA bundle for private CAs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+
+/// Why a client could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SetupError {
+    /// The CA bundle is not usable PEM.
+    #[error("invalid CA bundle: {0}")]
+    InvalidCaBundle(String),
+    /// TLS could not be configured.
+    #[error("TLS set-up failed: {0}")]
+    Tls(String),
+}
+
+/// A rustls configuration trusting the platform's roots plus `ca_bundle`.
+/// With `allow_no_roots`, a machine without CA certificates still gets a
+/// configuration (fine for plain HTTP; TLS would then fail).
+pub fn tls_config(ca_bundle: Option<&str>, allow_no_roots: bool) -> Result<rustls::ClientConfig, SetupError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let extra = match ca_bundle {
+        Some(pem) if !pem.trim().is_empty() => parse_ca_bundle(pem)?,
+        _ => Vec::new(),
+    };
+    let has_extra = !extra.is_empty();
+    let verifier = if has_extra {
+        rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider.clone())
+    } else {
+        rustls_platform_verifier::Verifier::new(provider.clone())
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| SetupError::Tls(e.to_string()))?;
+    let mut config = match verifier {
+        Ok(verifier) => builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth(),
+        Err(e) if has_extra => return Err(SetupError::InvalidCaBundle(e.to_string())),
+        Err(_) if allow_no_roots => {
+            builder.with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth()
+        }
+        Err(e) => return Err(SetupError::Tls(format!("{e}; install CA certificates or set a caBundle"))),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+fn parse_ca_bundle(pem: &str) -> Result<Vec<CertificateDer<'static>>, SetupError> {
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| SetupError::InvalidCaBundle(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(SetupError::InvalidCaBundle("no CERTIFICATE block found".into()));
+    }
+    Ok(certs)
+}
+
+/// A client for provider APIs: the TLS set-up above, timeouts, no
+/// redirects (credentials must not follow a redirect elsewhere).
+pub fn client(ca_bundle: Option<&str>, timeout: Duration) -> Result<reqwest::Client, SetupError> {
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls_config(ca_bundle, true)?)
+        .user_agent(concat!("regcred/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| SetupError::Tls(e.to_string()))
+}
+
+/// Default timeout of a provider API call.
+pub const PROVIDER_TIMEOUT: Duration = Duration::from_secs(30);
