@@ -2,6 +2,7 @@
 # Installs what the test suite needs and the machine lacks:
 # - Debian packages: docker-registry (CNCF Distribution), skopeo, apache2-utils (htpasswd),
 #   openssl (test CAs);
+# - moto[server] from PyPI (the AWS stand-in);
 # - the control-plane binaries (hack/envtest-assets.sh, cached under ~/.cache/regcred).
 # Safe to re-run: it installs nothing that is already there.
 set -euo pipefail
@@ -22,6 +23,17 @@ if [[ ${#need[@]} -gt 0 ]]; then
   echo "install-test-deps: installing ${need[*]}" >&2
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# moto (AWS stand-in) from PyPI.
+if ! command -v moto_server >/dev/null 2>&1; then
+  echo "install-test-deps: installing moto[server] from PyPI" >&2
+  python3 -m pip install --quiet 'moto[server]' || {
+    echo "install-test-deps: pip install 'moto[server]' failed; install python3-pip first" >&2
+    exit 1
+  }
+  hash -r
+  command -v moto_server >/dev/null 2>&1 || { echo "install-test-deps: moto_server not on PATH after pip install" >&2; exit 1; }
 fi
 
 hack/envtest-assets.sh >/dev/null

@@ -233,7 +233,8 @@ pub struct GoogleAuth {
     /// at Google's STS for an access token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account_ref: Option<GoogleFederation>,
-    /// The operator's own identity from the metadata server (GKE workload identity).
+    /// The operator's own identity from the metadata server (GKE workload
+    /// identity); `$GCE_METADATA_HOST` overrides the metadata server's host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ambient: Option<Ambient>,
 }
@@ -258,6 +259,13 @@ pub struct GoogleFederation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^https?://"), length(max = 2048))]
     pub token_url: Option<String>,
+    /// Audience of the ServiceAccount token requested through the
+    /// TokenRequest API. Defaults to `https:` followed by `audience`, the
+    /// default allowed audience of a workload identity pool provider; set it
+    /// when the pool provider lists other allowed audiences.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub token_audience: Option<String>,
 }
 
 /// Short-lived tokens for another Google service account.
@@ -267,6 +275,12 @@ pub struct GoogleImpersonation {
     /// Email of the service account to impersonate.
     #[schemars(regex(pattern = r"^[^@\s]+@[^@\s]+$"), length(max = 320))]
     pub service_account: String,
+    /// Base URL of the IAM Service Account Credentials API that serves
+    /// `generateAccessToken`. Defaults to `https://iamcredentials.googleapis.com`;
+    /// set it for a Private Service Connect endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://"), length(max = 2048))]
+    pub endpoint: Option<String>,
 }
 
 /// Google Artifact Registry and Container Registry.

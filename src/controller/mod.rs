@@ -24,8 +24,9 @@ use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::controller::{Action, Config as ControllerConfig};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::utils::Predicate as _;
 use kube::runtime::watcher::{self, Event};
-use kube::runtime::{Controller, WatchStreamExt};
+use kube::runtime::{Controller, WatchStreamExt, predicates};
 use kube::{Client, Resource, ResourceExt};
 
 use crate::api::{ClusterRegistryCredential, RegistryCredential};
@@ -224,12 +225,8 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
     let (rtx, rrx) = unbounded::<ObjectRef<RegistryCredential>>();
     let (ctx_tx, ctx_rx) = unbounded::<ObjectRef<ClusterRegistryCredential>>();
     let config = ControllerConfig::default().concurrency(settings.concurrency);
-    let rcreds = Controller::new(Api::<RegistryCredential>::all(client.clone()), watcher::Config::default())
-        .with_config(config.clone())
-        .reconcile_on(rrx);
-    let crcreds = Controller::new(Api::<ClusterRegistryCredential>::all(client.clone()), watcher::Config::default())
-        .with_config(config)
-        .reconcile_on(ctx_rx);
+    let rcreds = spec_controller::<RegistryCredential>(&client).with_config(config.clone()).reconcile_on(rrx);
+    let crcreds = spec_controller::<ClusterRegistryCredential>(&client).with_config(config).reconcile_on(ctx_rx);
     let router = Router { ctx: ctx.clone(), rcreds: rcreds.store(), crcreds: crcreds.store(), rtx, ctx_tx };
     let related = futures::stream::select_all([
         namespaces.boxed(),
@@ -266,6 +263,20 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
     futures::join!(rcreds, crcreds);
     tracing::info!("controller stopped");
     Ok(())
+}
+
+/// A controller woken by spec changes (generation, which deletion also
+/// bumps) and finalizer changes (the finalizer helper waits for its own
+/// patch), not by status writes: its own status writes must not wake it, or
+/// a failing credential would retry in a loop instead of on its backoff.
+fn spec_controller<K: CredentialKind>(client: &Client) -> Controller<K> {
+    let (reader, writer) = reflector::store();
+    let stream = watcher::watcher(Api::<K>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation.combine(predicates::finalizers), Default::default());
+    Controller::for_stream(stream, reader)
 }
 
 async fn log_result<K: Resource, E: std::fmt::Display>(r: Result<(ObjectRef<K>, Action), E>) {

@@ -223,6 +223,14 @@ async fn apply<K: CredentialKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Acti
     }
     let labels = credential_labels(&*obj);
     ctx.metrics.managed_secrets.get_or_create(&labels).set(report.synced.len() as i64);
+    match new_status.expires_at.as_ref() {
+        Some(t) => {
+            ctx.metrics.expiry.get_or_create(&labels).set(t.0.as_second());
+        }
+        None => {
+            ctx.metrics.expiry.remove(&labels);
+        }
+    }
     if let Some(e) = outcome.error {
         ctx.metrics.reconcile_errors.get_or_create(&ReasonLabels { reason: e.reason.into() }).inc();
     }
@@ -337,6 +345,7 @@ async fn cleanup<K: CredentialKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Ac
     }
     ctx.state.lock().expect("not poisoned").remove(&owner);
     ctx.metrics.managed_secrets.remove(&credential_labels(&*obj));
+    ctx.metrics.expiry.remove(&credential_labels(&*obj));
     Ok(Action::await_change())
 }
 

@@ -40,7 +40,16 @@ pub fn ready(mint: &MintOutcome<'_>, desired: usize, report: &Report) -> (bool, 
         let message = format!("{} of {desired} namespace(s) failed; first: {first}", report.failed.len());
         return (false, reason.to_string(), message);
     }
-    (true, reasons::SYNCED.to_string(), format!("Secret synced to {} of {desired} namespace(s)", report.synced.len()))
+    let mut message = format!("Secret synced to {} of {desired} namespace(s)", report.synced.len());
+    if let (Some(exp), Some(minted)) = (mint.expires_at, mint.minted_at)
+        && exp <= minted
+    {
+        message.push_str(&format!(
+            "; the provider reported an expiry in the past ({exp}), so it is refreshed every {}s",
+            crate::schedule::PAST_EXPIRY_RETRY.as_secs()
+        ));
+    }
+    (true, reasons::SYNCED.to_string(), message)
 }
 
 /// The new status. Fields that did not change keep their old values, so an

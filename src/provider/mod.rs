@@ -5,6 +5,7 @@
 //! provider means a module here and an arm in [`for_spec`]; nothing else.
 
 mod basic;
+mod ecr;
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -66,6 +67,8 @@ pub trait CredentialProvider: Send + Sync {
 pub fn for_spec(provider: &Provider) -> Box<dyn CredentialProvider> {
     match provider {
         Provider::Basic(spec) => Box::new(basic::Basic::new(spec.clone())),
+        Provider::Ecr(spec) => Box::new(ecr::Ecr::new(spec.clone())),
+        Provider::EcrPublic(spec) => Box::new(ecr::EcrPublic::new(spec.clone())),
         other => Box::new(NotImplemented(other.name())),
     }
 }

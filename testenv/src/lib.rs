@@ -21,6 +21,7 @@
 //! [`operator`] runs `regcred run` against it and [`registry`] runs a real
 //! CNCF Distribution registry with a test image.
 
+pub mod aws;
 pub mod operator;
 pub mod registry;
 pub mod tokenauth;

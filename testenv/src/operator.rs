@@ -27,6 +27,18 @@ impl Operator {
         cluster_resource_namespace: &str,
         extra_args: &[&str],
     ) -> Result<Operator> {
+        Self::start_with_env(cp, binary, cluster_resource_namespace, extra_args, &[])
+    }
+
+    /// Like [`Operator::start`], with extra environment variables (for
+    /// example the cloud SDKs' documented endpoint overrides).
+    pub fn start_with_env(
+        cp: &ControlPlane,
+        binary: &Path,
+        cluster_resource_namespace: &str,
+        extra_args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Result<Operator> {
         let port = free_port()?;
         let log = match log_dir() {
             Some(dir) => dir.join(format!("regcred-{}-{port}.log", std::process::id())),
@@ -39,6 +51,7 @@ impl Operator {
             .arg(format!("--metrics-addr=127.0.0.1:{port}"))
             .arg(format!("--cluster-resource-namespace={cluster_resource_namespace}"))
             .args(extra_args)
+            .envs(envs.iter().copied())
             .env("REGCRED_LOG_LEVEL", std::env::var("REGCRED_TEST_LOG_LEVEL").unwrap_or_else(|_| "debug".into()))
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)

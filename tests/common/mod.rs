@@ -23,6 +23,14 @@ pub fn control_plane() -> &'static ControlPlane {
     regcred_testenv::shared()
 }
 
+static OPERATOR_ENV: OnceLock<Vec<(String, String)>> = OnceLock::new();
+
+/// Environment for this test binary's operator (for example the AWS SDK's
+/// endpoint overrides). Call before anything starts the operator.
+pub fn set_operator_env(env: Vec<(String, String)>) {
+    let _ = OPERATOR_ENV.set(env);
+}
+
 /// The shared operator, started once the cluster resource namespace exists.
 pub fn operator() -> &'static Operator {
     static OPERATOR: OnceLock<Operator> = OnceLock::new();
@@ -41,7 +49,9 @@ pub fn operator() -> &'static Operator {
         })
         .join()
         .unwrap();
-        Operator::start(cp, Path::new(env!("CARGO_BIN_EXE_regcred")), CLUSTER_NS, &[])
+        let env = OPERATOR_ENV.get_or_init(Vec::new);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Operator::start_with_env(cp, Path::new(env!("CARGO_BIN_EXE_regcred")), CLUSTER_NS, &[], &env)
             .unwrap_or_else(|e| panic!("{e:#}"))
     })
 }
@@ -192,13 +202,25 @@ pub async fn wait_for_reason<K>(api: &Api<K>, name: &str, reason: &str) -> regcr
 where
     K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + StatusOf,
 {
-    wait_for(&format!("{name} to be Ready with reason {reason}"), WAIT, || async {
-        let obj = api.get_opt(name).await.unwrap()?;
-        let status = obj.status_of()?.clone();
-        let ready = status.conditions.iter().find(|c| c.type_ == "Ready")?;
-        (ready.reason == reason && status.observed_generation == obj.meta().generation).then_some(status)
-    })
-    .await
+    let last_seen = std::sync::Mutex::new(String::new());
+    let what = format!("{name} to be Ready with reason {reason}");
+    let result = tokio::time::timeout(
+        WAIT,
+        wait_for(&what, WAIT + Duration::from_secs(5), || async {
+            let obj = api.get_opt(name).await.unwrap()?;
+            if let Some(c) = obj.status_of().and_then(|s| s.conditions.first()) {
+                *last_seen.lock().unwrap() = format!("{}: {}", c.reason, c.message);
+            }
+            let status = obj.status_of()?.clone();
+            let ready = status.conditions.iter().find(|c| c.type_ == "Ready")?;
+            (ready.reason == reason && status.observed_generation == obj.meta().generation).then_some(status)
+        }),
+    )
+    .await;
+    match result {
+        Ok(status) => status,
+        Err(_) => panic!("timed out waiting for {what}; last Ready condition: {}", last_seen.lock().unwrap()),
+    }
 }
 
 pub trait StatusOf {

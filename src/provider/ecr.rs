@@ -1,0 +1,392 @@
+//! Amazon ECR and ECR Public: `GetAuthorizationToken`, once per refresh,
+//! with every AWS identity a cluster uses.
+//!
+//! Identity, in order:
+//! 1. the base identity: `auth.secretRef` (static keys), `auth.serviceAccountRef`
+//!    (a TokenRequest token exchanged through `sts:AssumeRoleWithWebIdentity`),
+//!    or the operator's default credential chain (ambient: IRSA web identity,
+//!    EKS Pod Identity / container credentials, environment, IMDS);
+//! 2. `assumeRole` on top (`sts:AssumeRole`), except with `serviceAccountRef`,
+//!    where the role is the web identity's role.
+//!
+//! Endpoints follow the AWS SDKs' own configuration (`AWS_ENDPOINT_URL`,
+//! `AWS_ENDPOINT_URL_STS`, `AWS_ENDPOINT_URL_ECR`, ...) plus the spec's
+//! `endpoint` for the ECR API (VPC endpoints, FIPS).
+
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::Credentials;
+use aws_credential_types::provider::SharedCredentialsProvider;
+use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use k8s_openapi::jiff::Timestamp;
+use secrecy::{ExposeSecret, SecretString};
+
+use super::{CredentialProvider, Minted, ProviderError, Sources, secret_text};
+use crate::api::{AssumeRole, AwsAuth, EcrProvider, EcrPublicProvider};
+use crate::reasons;
+use crate::render::RegistryAuth;
+
+/// Audience of ServiceAccount tokens for `AssumeRoleWithWebIdentity` (as IRSA).
+const STS_AUDIENCE: &str = "sts.amazonaws.com";
+/// The ServiceAccount annotation IRSA uses for the role.
+const ROLE_ANNOTATION: &str = "eks.amazonaws.com/role-arn";
+const DEFAULT_SESSION_NAME: &str = "regcred";
+/// ECR Public's API lives in us-east-1 only.
+const ECR_PUBLIC_REGION: &str = "us-east-1";
+const ECR_PUBLIC_REGISTRY: &str = "public.ecr.aws";
+
+/// `provider.ecr`.
+pub struct Ecr {
+    spec: EcrProvider,
+}
+
+impl Ecr {
+    pub fn new(spec: EcrProvider) -> Self {
+        Ecr { spec }
+    }
+}
+
+/// `provider.ecrPublic`.
+pub struct EcrPublic {
+    spec: EcrPublicProvider,
+}
+
+impl EcrPublic {
+    pub fn new(spec: EcrPublicProvider) -> Self {
+        EcrPublic { spec }
+    }
+}
+
+async fn sdk_config(region: &str) -> SdkConfig {
+    use aws_smithy_http_client::tls;
+    // One HTTP stack for every AWS call: hyper 1 and rustls with `ring`, as
+    // the rest of regcred (no second hyper or rustls generation).
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+        .build_https();
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(region.to_string()))
+        .http_client(http)
+        .load()
+        .await
+}
+
+/// Secret values an error message must never show.
+struct Redactor(Vec<String>);
+
+impl Redactor {
+    fn clean(&self, message: &str) -> String {
+        let mut out = message.to_string();
+        for s in self.0.iter().filter(|s| s.len() >= 4) {
+            out = out.replace(s.as_str(), "<redacted>");
+        }
+        out
+    }
+}
+
+/// Maps an AWS SDK error to a precise reason. The message names the call.
+fn aws_error<E, R>(call: &str, err: &SdkError<E, R>, redactor: &Redactor) -> ProviderError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match err {
+        SdkError::ServiceError(ctx) => {
+            let e = ctx.err();
+            let code = e.code().unwrap_or("Unknown");
+            let detail = redactor.clean(e.message().unwrap_or(""));
+            let reason = match code {
+                "AccessDenied"
+                | "AccessDeniedException"
+                | "UnrecognizedClientException"
+                | "InvalidClientTokenId"
+                | "SignatureDoesNotMatch"
+                | "InvalidSignatureException"
+                | "ExpiredToken"
+                | "ExpiredTokenException"
+                | "InvalidIdentityToken"
+                | "IDPRejectedClaim"
+                | "IDPCommunicationError" => reasons::PROVIDER_AUTH_FAILED,
+                "Throttling" | "ThrottlingException" | "TooManyRequestsException" | "RequestLimitExceeded" => {
+                    reasons::PROVIDER_THROTTLED
+                }
+                "RegionDisabledException" | "InvalidParameterException" | "ValidationError" | "ValidationException" => {
+                    reasons::INVALID_SPEC
+                }
+                _ => reasons::PROVIDER_ERROR,
+            };
+            let hint = match code {
+                "ExpiredToken" | "ExpiredTokenException" => " (the AWS credentials have expired)",
+                "AccessDenied" | "AccessDeniedException" => {
+                    " (check the IAM policy: ecr:GetAuthorizationToken, sts:AssumeRole)"
+                }
+                "RegionDisabledException" => " (the region is not enabled for the account)",
+                _ => "",
+            };
+            ProviderError::new(reason, format!("{call}: {code}: {detail}{hint}"))
+        }
+        SdkError::DispatchFailure(f) => {
+            let what = if f.is_timeout() {
+                "timed out"
+            } else if f.is_io() {
+                "could not connect"
+            } else {
+                "failed"
+            };
+            ProviderError::new(
+                reasons::PROVIDER_ERROR,
+                format!("{call}: the request {what} (is the region right, and the endpoint reachable?)"),
+            )
+        }
+        SdkError::TimeoutError(_) => ProviderError::new(reasons::PROVIDER_ERROR, format!("{call}: timed out")),
+        SdkError::ResponseError(_) => {
+            ProviderError::new(reasons::PROVIDER_RESPONSE_INVALID, format!("{call}: the response could not be read"))
+        }
+        SdkError::ConstructionFailure(_) => ProviderError::new(
+            reasons::PROVIDER_AUTH_FAILED,
+            format!("{call}: the request could not be built (no usable AWS credentials?)"),
+        ),
+        _ => ProviderError::new(reasons::PROVIDER_ERROR, format!("{call}: failed")),
+    }
+}
+
+fn sts_credentials(call: &str, creds: Option<&aws_sdk_sts::types::Credentials>) -> Result<Credentials, ProviderError> {
+    let c = creds.ok_or_else(|| {
+        ProviderError::new(reasons::PROVIDER_RESPONSE_INVALID, format!("{call}: the response holds no credentials"))
+    })?;
+    let expiry = SystemTime::try_from(*c.expiration()).ok();
+    Ok(Credentials::new(
+        c.access_key_id(),
+        c.secret_access_key(),
+        Some(c.session_token().to_string()),
+        expiry,
+        "regcred-sts",
+    ))
+}
+
+/// The AWS identity for a credential, after `assumeRole`.
+async fn resolve_identity(
+    auth: Option<&AwsAuth>,
+    assume: Option<&AssumeRole>,
+    sources: &Sources,
+    sdk: &SdkConfig,
+    redactor: &mut Redactor,
+) -> Result<SharedCredentialsProvider, ProviderError> {
+    let auth = auth.cloned().unwrap_or_default();
+    let sts = |creds: Option<SharedCredentialsProvider>| {
+        let mut b = aws_sdk_sts::config::Builder::from(sdk);
+        if let Some(c) = creds {
+            b = b.credentials_provider(c);
+        }
+        aws_sdk_sts::Client::from_conf(b.build())
+    };
+    let session = |a: Option<&AssumeRole>| {
+        a.and_then(|a| a.session_name.clone()).unwrap_or_else(|| DEFAULT_SESSION_NAME.to_string())
+    };
+
+    if let Some(sa) = &auth.service_account_ref {
+        let audience = sa.audiences.as_ref().and_then(|a| a.first()).map(String::as_str).unwrap_or(STS_AUDIENCE);
+        let token = sources.service_account_token(&sa.name, sa.namespace.as_deref(), audience).await?;
+        redactor.0.push(token.token.expose_secret().to_string());
+        let role = assume
+            .map(|a| a.role_arn.clone())
+            .or_else(|| token.annotations.get(ROLE_ANNOTATION).cloned())
+            .ok_or_else(|| {
+                ProviderError::new(
+                    reasons::INVALID_SPEC,
+                    format!(
+                        "serviceAccountRef {}: no role: set assumeRole.roleArn or annotate the ServiceAccount with {ROLE_ANNOTATION}",
+                        sa.name
+                    ),
+                )
+            })?;
+        const CALL: &str = "sts:AssumeRoleWithWebIdentity";
+        let out = sts(None)
+            .assume_role_with_web_identity()
+            .role_arn(&role)
+            .role_session_name(session(assume))
+            .web_identity_token(token.token.expose_secret())
+            .send()
+            .await
+            .map_err(|e| aws_error(CALL, &e, redactor))?;
+        let creds = sts_credentials(CALL, out.credentials())?;
+        redactor.0.push(creds.secret_access_key().to_string());
+        return Ok(SharedCredentialsProvider::new(creds));
+    }
+
+    let base = if let Some(r) = &auth.secret_ref {
+        let secret = sources.secret(r).await?;
+        let name = format!("{}/{}", sources.namespace(), r.name);
+        let key = |k: &str| {
+            secret_text(&secret, k).ok_or_else(|| {
+                ProviderError::new(reasons::SOURCE_SECRET_INVALID, format!("Secret {name} has no key {k}"))
+            })
+        };
+        let access_key = key("access-key-id")?;
+        let secret_key = key("secret-access-key")?;
+        let session_token = secret_text(&secret, "session-token");
+        redactor.0.push(secret_key.clone());
+        if let Some(t) = &session_token {
+            redactor.0.push(t.clone());
+        }
+        SharedCredentialsProvider::new(Credentials::new(access_key, secret_key, session_token, None, "regcred-secret"))
+    } else {
+        sources.check_ambient("ECR without auth.secretRef or auth.serviceAccountRef")?;
+        sdk.credentials_provider().ok_or_else(|| {
+            ProviderError::new(reasons::PROVIDER_AUTH_FAILED, "the operator has no ambient AWS credentials".to_string())
+        })?
+    };
+
+    let Some(role) = assume else { return Ok(base) };
+    const CALL: &str = "sts:AssumeRole";
+    let out = sts(Some(base))
+        .assume_role()
+        .role_arn(&role.role_arn)
+        .role_session_name(session(Some(role)))
+        .set_external_id(role.external_id.clone())
+        .send()
+        .await
+        .map_err(|e| aws_error(CALL, &e, redactor))?;
+    let creds = sts_credentials(CALL, out.credentials())?;
+    redactor.0.push(creds.secret_access_key().to_string());
+    Ok(SharedCredentialsProvider::new(creds))
+}
+
+/// Decodes `AWS:<password>` from an authorization token.
+fn decode_token(call: &str, token: Option<&str>) -> Result<(String, SecretString), ProviderError> {
+    let invalid = |what: &str| ProviderError::new(reasons::PROVIDER_RESPONSE_INVALID, format!("{call}: {what}"));
+    let raw = STANDARD
+        .decode(token.ok_or_else(|| invalid("no authorization token"))?.trim())
+        .map_err(|_| invalid("the authorization token is not base64"))?;
+    let text = String::from_utf8(raw).map_err(|_| invalid("the authorization token is not UTF-8"))?;
+    match text.split_once(':') {
+        Some((user, password)) if !user.is_empty() && !password.is_empty() => {
+            Ok((user.to_string(), password.to_string().into()))
+        }
+        _ => Err(invalid("the authorization token is not user:password")),
+    }
+}
+
+/// `<account>.dkr.ecr.<region>.<domain>` for another account, keeping the
+/// caller's own registry's region, partition and FIPS domain.
+fn registry_host(default_host: &str, account: &str) -> String {
+    match default_host.split_once('.') {
+        Some((_, rest)) => format!("{account}.{rest}"),
+        None => default_host.to_string(),
+    }
+}
+
+fn timestamp(dt: Option<&aws_sdk_ecr::primitives::DateTime>) -> Option<Timestamp> {
+    dt.and_then(|d| Timestamp::from_second(d.secs()).ok())
+}
+
+#[async_trait]
+impl CredentialProvider for Ecr {
+    async fn mint(&self, sources: &Sources) -> Result<Minted, ProviderError> {
+        let sdk = sdk_config(&self.spec.region).await;
+        let mut redactor = Redactor(Vec::new());
+        let creds =
+            resolve_identity(self.spec.auth.as_ref(), self.spec.assume_role.as_ref(), sources, &sdk, &mut redactor)
+                .await?;
+        let mut conf = aws_sdk_ecr::config::Builder::from(&sdk).credentials_provider(creds);
+        if let Some(endpoint) = &self.spec.endpoint {
+            conf = conf.endpoint_url(endpoint);
+        }
+        // One token serves every registry the principal may read (the
+        // registryIds parameter of the call is deprecated for that reason):
+        // one call, one entry per registry.
+        const CALL: &str = "ecr:GetAuthorizationToken";
+        let out = aws_sdk_ecr::Client::from_conf(conf.build())
+            .get_authorization_token()
+            .send()
+            .await
+            .map_err(|e| aws_error(CALL, &e, &redactor))?;
+        let data = out.authorization_data().first().ok_or_else(|| {
+            ProviderError::new(reasons::PROVIDER_RESPONSE_INVALID, format!("{CALL}: no authorization data"))
+        })?;
+        let (username, password) = decode_token(CALL, data.authorization_token())?;
+        let default_host = data
+            .proxy_endpoint()
+            .map(|e| e.trim_start_matches("https://").trim_end_matches('/').to_string())
+            .filter(|h| h.contains('.'))
+            .ok_or_else(|| {
+                ProviderError::new(reasons::PROVIDER_RESPONSE_INVALID, format!("{CALL}: no proxy endpoint"))
+            })?;
+        let hosts = match &self.spec.registry_ids {
+            Some(ids) if !ids.is_empty() => ids.iter().map(|id| registry_host(&default_host, id)).collect(),
+            _ => vec![default_host],
+        };
+        let auths = hosts
+            .into_iter()
+            .map(|registry| RegistryAuth { registry, username: username.clone(), password: password.clone() })
+            .collect();
+        let expires_at = timestamp(data.expires_at());
+        Ok(Minted { auths, expires_at, state: None })
+    }
+}
+
+#[async_trait]
+impl CredentialProvider for EcrPublic {
+    async fn mint(&self, sources: &Sources) -> Result<Minted, ProviderError> {
+        let sdk = sdk_config(ECR_PUBLIC_REGION).await;
+        let mut redactor = Redactor(Vec::new());
+        let creds =
+            resolve_identity(self.spec.auth.as_ref(), self.spec.assume_role.as_ref(), sources, &sdk, &mut redactor)
+                .await?;
+        let mut conf = aws_sdk_ecrpublic::config::Builder::from(&sdk).credentials_provider(creds);
+        if let Some(endpoint) = &self.spec.endpoint {
+            conf = conf.endpoint_url(endpoint);
+        }
+        const CALL: &str = "ecr-public:GetAuthorizationToken";
+        let out = aws_sdk_ecrpublic::Client::from_conf(conf.build())
+            .get_authorization_token()
+            .send()
+            .await
+            .map_err(|e| aws_error(CALL, &e, &redactor))?;
+        let data = out.authorization_data().ok_or_else(|| {
+            ProviderError::new(reasons::PROVIDER_RESPONSE_INVALID, format!("{CALL}: no authorization data"))
+        })?;
+        let (username, password) = decode_token(CALL, data.authorization_token())?;
+        let expires_at = data.expires_at().and_then(|d| Timestamp::from_second(d.secs()).ok());
+        Ok(Minted {
+            auths: vec![RegistryAuth { registry: ECR_PUBLIC_REGISTRY.into(), username, password }],
+            expires_at,
+            state: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_aws_tokens_and_rejects_garbage_without_echoing_it() {
+        let (u, p) = decode_token("c", Some(&STANDARD.encode("AWS:s3cr3t-pw"))).unwrap();
+        assert_eq!((u.as_str(), p.expose_secret()), ("AWS", "s3cr3t-pw"));
+        for bad in ["!!!", &STANDARD.encode("no-colon-s3cr3t"), &STANDARD.encode("AWS:")] {
+            let e = decode_token("c", Some(bad)).unwrap_err();
+            assert_eq!(e.reason, reasons::PROVIDER_RESPONSE_INVALID);
+            assert!(!e.message.contains("s3cr3t"));
+        }
+        assert!(decode_token("c", None).is_err());
+    }
+
+    #[test]
+    fn registry_hosts_for_other_accounts_keep_region_and_domain() {
+        let own = "123456789012.dkr.ecr.eu-west-1.amazonaws.com";
+        assert_eq!(registry_host(own, "111122223333"), "111122223333.dkr.ecr.eu-west-1.amazonaws.com");
+        let fips = "123456789012.dkr.ecr-fips.us-gov-west-1.amazonaws.com";
+        assert_eq!(registry_host(fips, "210987654321"), "210987654321.dkr.ecr-fips.us-gov-west-1.amazonaws.com");
+    }
+
+    #[test]
+    fn redactor_hides_known_secrets() {
+        let r = Redactor(vec!["AKIASECRETVALUE".into()]);
+        assert_eq!(r.clean("bad key AKIASECRETVALUE here"), "bad key <redacted> here");
+    }
+}
