@@ -51,7 +51,29 @@ pub struct RunArgs {
     #[arg(long, env = "REGCRED_ALLOW_NAMESPACED_AMBIENT_IDENTITY")]
     pub allow_namespaced_ambient_identity: bool,
     #[command(flatten)]
+    pub leader: LeaderArgs,
+    #[command(flatten)]
     pub log: LogArgs,
+}
+
+/// Leader election: with several replicas, only the holder of a Lease writes.
+#[derive(Debug, clap::Args)]
+pub struct LeaderArgs {
+    /// Elect a leader through a coordination.k8s.io Lease; only the leader
+    /// reconciles and writes. A replica that loses the Lease exits at once.
+    #[arg(long, env = "REGCRED_LEADER_ELECT")]
+    pub leader_elect: bool,
+    /// Namespace of the Lease. Defaults to $POD_NAMESPACE, then the cluster
+    /// resource namespace.
+    #[arg(long, env = "REGCRED_LEADER_ELECTION_NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
+    /// Name of the Lease.
+    #[arg(long, env = "REGCRED_LEADER_ELECTION_LEASE_NAME", default_value = "regcred")]
+    pub leader_election_lease_name: String,
+    /// Seconds a leader holds the Lease without renewing it; a new leader
+    /// takes over within this time after the old one dies.
+    #[arg(long, env = "REGCRED_LEASE_DURATION_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=600))]
+    pub lease_duration_seconds: u64,
 }
 
 /// Logging options.

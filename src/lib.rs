@@ -17,6 +17,7 @@ pub mod cli;
 pub mod controller;
 pub mod crdgen;
 pub mod http;
+pub mod leader;
 pub mod metrics;
 pub mod provider;
 pub mod reasons;

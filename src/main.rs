@@ -75,8 +75,38 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         allow_namespaced_ambient_identity: args.allow_namespaced_ambient_identity,
     };
     let server = tokio::spawn(regcred::metrics::serve(args.metrics_addr, metrics.clone()));
+    let election = if args.leader.leader_elect {
+        let namespace = args
+            .leader
+            .leader_election_namespace
+            .or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|s| !s.is_empty()))
+            .or_else(|| settings.cluster_resource_namespace.clone())
+            .context(
+                "--leader-elect needs a namespace for its Lease: set --leader-election-namespace or POD_NAMESPACE",
+            )?;
+        let identity = std::env::var("POD_NAME")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| format!("regcred-{}-{}", std::process::id(), rand::random::<u32>()));
+        Some(regcred::leader::Election {
+            namespace,
+            lease_name: args.leader.leader_election_lease_name,
+            identity,
+            duration_seconds: args.leader.lease_duration_seconds,
+        })
+    } else {
+        metrics.leader.set(1);
+        None
+    };
+    let work = controller::run(client.clone(), settings, metrics.clone());
+    let work = async move {
+        match election {
+            Some(e) => regcred::leader::run_as_leader(client, e, metrics, work).await,
+            None => work.await,
+        }
+    };
     tokio::select! {
-        r = controller::run(client, settings, metrics) => r,
+        r = work => r,
         r = server => Err(anyhow::anyhow!("metrics server stopped: {:?}", r)),
     }
 }

@@ -62,6 +62,8 @@ pub struct Metrics {
     pub expiry: Family<CredentialLabels, Gauge>,
     pub refreshes: Family<RefreshLabels, Counter>,
     pub provider_duration: Family<ProviderLabels, Histogram, fn() -> Histogram>,
+    /// 1 while this replica holds the leader Lease (or runs without election).
+    pub leader: Gauge,
     ready: AtomicBool,
 }
 
@@ -103,7 +105,10 @@ impl Default for Metrics {
             "Time a provider took to mint a credential",
             provider_duration.clone(),
         );
+        let leader = Gauge::default();
+        registry.register("leader", "Whether this replica is the leader (1) or a standby (0)", leader.clone());
         Metrics {
+            leader,
             registry,
             kube_requests,
             reconciles,

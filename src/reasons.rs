@@ -11,8 +11,6 @@ pub const SOURCE_SECRET_INVALID: &str = "SourceSecretInvalid";
 pub const SOURCE_NAMESPACE_FORBIDDEN: &str = "SourceNamespaceForbidden";
 /// The cluster resource namespace is not configured.
 pub const NO_CLUSTER_RESOURCE_NAMESPACE: &str = "ClusterResourceNamespaceUnset";
-/// The provider exists in the API but not yet in this build.
-pub const PROVIDER_NOT_IMPLEMENTED: &str = "ProviderNotImplemented";
 /// A Secret with the target name exists and regcred does not manage it for
 /// this credential.
 pub const SECRET_CONFLICT: &str = "SecretConflict";

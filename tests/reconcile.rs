@@ -352,16 +352,3 @@ async fn the_rendered_secret_pulls_from_a_real_registry_and_a_wrong_password_doe
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
-
-#[tokio::test]
-async fn cloud_providers_not_built_yet_report_it_instead_of_failing_silently() {
-    let client = setup().await;
-    create_namespace(&client, "notyet", &[]).await;
-    let spec = json!({"provider": {"harbor": {"url": "https://harbor.example.com", "projects": ["p"],
-        "auth": {"secretRef": {"name": "h"}}}}, "secret": {"name": "harbor-pull"}});
-    apply_rcred(&client, "notyet", "harbor", spec).await;
-    let rcreds: Api<RegistryCredential> = Api::namespaced(client.clone(), "notyet");
-    let status = wait_for_reason(&rcreds, "harbor", "ProviderNotImplemented").await;
-    assert_eq!(status.conditions[0].status, "False");
-    assert!(get_secret(&client, "notyet", "harbor-pull").await.is_none());
-}

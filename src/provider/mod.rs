@@ -4,8 +4,11 @@
 //! the controller fans the result out to every target namespace. Adding a
 //! provider means a module here and an arm in [`for_spec`]; nothing else.
 
+mod acr;
 mod basic;
 mod ecr;
+mod google;
+mod harbor;
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -69,20 +72,9 @@ pub fn for_spec(provider: &Provider) -> Box<dyn CredentialProvider> {
         Provider::Basic(spec) => Box::new(basic::Basic::new(spec.clone())),
         Provider::Ecr(spec) => Box::new(ecr::Ecr::new(spec.clone())),
         Provider::EcrPublic(spec) => Box::new(ecr::EcrPublic::new(spec.clone())),
-        other => Box::new(NotImplemented(other.name())),
-    }
-}
-
-/// A provider that is typed in the API but not built yet.
-struct NotImplemented(&'static str);
-
-#[async_trait]
-impl CredentialProvider for NotImplemented {
-    async fn mint(&self, _: &Sources) -> Result<Minted, ProviderError> {
-        Err(ProviderError::new(
-            reasons::PROVIDER_NOT_IMPLEMENTED,
-            format!("provider {} is not implemented in this version of regcred", self.0),
-        ))
+        Provider::Acr(spec) => Box::new(acr::Acr::new(spec.clone())),
+        Provider::Google(spec) => Box::new(google::Google::new(spec.clone())),
+        Provider::Harbor(spec) => Box::new(harbor::Harbor::new(spec.clone())),
     }
 }
 

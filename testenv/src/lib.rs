@@ -21,7 +21,10 @@
 //! [`operator`] runs `regcred run` against it and [`registry`] runs a real
 //! CNCF Distribution registry with a test image.
 
+pub mod acr_standin;
 pub mod aws;
+pub mod google_standin;
+pub mod harbor_standin;
 pub mod operator;
 pub mod registry;
 pub mod tokenauth;

@@ -1,0 +1,763 @@
+//! The `acr` provider: Azure Container Registry.
+//!
+//! One refresh is two calls:
+//! 1. a Microsoft Entra access token for `https://containerregistry.azure.net/.default`,
+//!    obtained with `azure_identity` for the configured identity:
+//!    - `servicePrincipal`: client id and secret from a Secret (`ClientSecretCredential`);
+//!    - `workloadIdentity` with `serviceAccountRef`: a ServiceAccount token from
+//!      the TokenRequest API (audience `api://AzureADTokenExchange`) presented as
+//!      the client assertion (`ClientAssertionCredential`);
+//!    - `workloadIdentity` without it: the operator's own federated token file
+//!      (`AZURE_FEDERATED_TOKEN_FILE`, `WorkloadIdentityCredential`), ambient;
+//!    - `managedIdentity`: the node's or Pod's managed identity
+//!      (`ManagedIdentityCredential`: IMDS, or `IDENTITY_ENDPOINT` +
+//!      `IDENTITY_HEADER` where Azure sets them), ambient;
+//! 2. `POST https://<registry>/oauth2/exchange` (`grant_type=access_token`,
+//!    `service`, `tenant`, `access_token`) for an ACR refresh token.
+//!
+//! The pull Secret holds username `00000000-0000-0000-0000-000000000000` and
+//! the refresh token; its expiry is the refresh token's JWT `exp` claim.
+//!
+//! Every request, the Entra ones made by `azure_identity` included, goes
+//! through [`crate::http::client`] (rustls with `ring`, the platform roots
+//! plus `caBundle`) via a small `azure_core` transport, so no second HTTP or
+//! TLS stack is linked and private CAs work for the authority host too. The
+//! transport also keeps the status and error body of the last answer, which
+//! is how Entra's `AADSTS` codes become precise reasons.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
+use azure_core::credentials::TokenCredential;
+use azure_core::http::headers::{HeaderName, HeaderValue, Headers};
+use azure_core::http::{AsyncRawResponse, Body, ClientMethodOptions, ClientOptions, HttpClient, RetryOptions};
+use azure_identity::{
+    ClientAssertion, ClientAssertionCredential, ClientAssertionCredentialOptions, ClientSecretCredential,
+    ClientSecretCredentialOptions, ManagedIdentityCredential, ManagedIdentityCredentialOptions, UserAssignedId,
+    WorkloadIdentityCredential, WorkloadIdentityCredentialOptions,
+};
+use base64::Engine;
+use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
+use k8s_openapi::jiff::Timestamp;
+use secrecy::{ExposeSecret, SecretString};
+
+use super::{CredentialProvider, Minted, ProviderError, Sources, secret_text};
+use crate::api::{AcrProvider, AzureCloud};
+use crate::reasons;
+use crate::render::RegistryAuth;
+
+/// The user name ACR expects with a refresh token.
+pub const ACR_USERNAME: &str = "00000000-0000-0000-0000-000000000000";
+/// Scope of the Entra token exchanged at the registry.
+pub const ACR_SCOPE: &str = "https://containerregistry.azure.net/.default";
+/// Audience of ServiceAccount tokens federated with Microsoft Entra.
+pub const TOKEN_EXCHANGE_AUDIENCE: &str = "api://AzureADTokenExchange";
+/// The environment variable of the operator's own federated token file
+/// (set by the AKS workload identity webhook).
+const FEDERATED_TOKEN_FILE_ENV: &str = "AZURE_FEDERATED_TOKEN_FILE";
+/// Largest response body read from Entra or the registry.
+const MAX_BODY: usize = 1024 * 1024;
+/// Most characters of a remote error description put into a message.
+const MAX_DESCRIPTION: usize = 300;
+
+pub struct Acr {
+    spec: AcrProvider,
+}
+
+impl Acr {
+    pub fn new(spec: AcrProvider) -> Self {
+        Acr { spec }
+    }
+}
+
+impl fmt::Debug for Acr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Acr")
+            .field("registry", &self.spec.registry)
+            .field("tenant_id", &self.spec.tenant_id)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl CredentialProvider for Acr {
+    async fn mint(&self, sources: &Sources) -> Result<Minted, ProviderError> {
+        let http = crate::http::client(self.spec.ca_bundle.as_deref(), crate::http::PROVIDER_TIMEOUT)
+            .map_err(|e| ProviderError::new(reasons::INVALID_SPEC, format!("acr: {e}")))?;
+        let entra_token = self.entra_token(sources, &http).await?;
+        let refresh_token = exchange(&http, &self.spec, &entra_token).await?;
+        let expires_at = jwt_expiry(refresh_token.expose_secret()).map_err(|detail| {
+            ProviderError::new(
+                reasons::PROVIDER_RESPONSE_INVALID,
+                format!("{}: the refresh token is not a usable JWT: {detail}", exchange_url(&self.spec.registry)),
+            )
+        })?;
+        Ok(Minted {
+            auths: vec![RegistryAuth {
+                registry: self.spec.registry.clone(),
+                username: ACR_USERNAME.to_string(),
+                password: refresh_token,
+            }],
+            expires_at: Some(expires_at),
+            state: None,
+        })
+    }
+}
+
+/// Which identity asked Entra for a token, for messages.
+#[derive(Clone, Debug)]
+enum Identity {
+    ServicePrincipal { client_id: String, secret_name: String },
+    Federated { client_id: String, service_account: Option<String> },
+    Managed { client_id: Option<String> },
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Identity::ServicePrincipal { client_id, secret_name } => {
+                write!(f, "service principal {client_id} (from Secret {secret_name})")
+            }
+            Identity::Federated { client_id, service_account: Some(sa) } => {
+                write!(f, "workload identity {client_id} (ServiceAccount {sa})")
+            }
+            Identity::Federated { client_id, service_account: None } => {
+                write!(f, "workload identity {client_id} (the operator's federated token)")
+            }
+            Identity::Managed { client_id: Some(id) } => write!(f, "managed identity {id}"),
+            Identity::Managed { client_id: None } => write!(f, "the system-assigned managed identity"),
+        }
+    }
+}
+
+impl Acr {
+    /// The Entra authority: `authorityHost`, else `cloud`. `None` lets the
+    /// SDK read `AZURE_AUTHORITY_HOST` (only for the operator's own identity).
+    fn cloud(&self, ambient: bool) -> Option<CloudConfiguration> {
+        if let Some(host) = &self.spec.authority_host {
+            let mut custom = CustomConfiguration::default();
+            custom.authority_host = host.clone();
+            return Some(custom.into());
+        }
+        match self.spec.cloud {
+            None if ambient => None,
+            None | Some(AzureCloud::AzurePublic) => Some(CloudConfiguration::AzurePublic),
+            Some(AzureCloud::AzureChina) => Some(CloudConfiguration::AzureChina),
+            Some(AzureCloud::AzureUSGovernment) => Some(CloudConfiguration::AzureGovernment),
+        }
+    }
+
+    /// A Microsoft Entra access token for [`ACR_SCOPE`].
+    async fn entra_token(&self, sources: &Sources, http: &reqwest::Client) -> Result<SecretString, ProviderError> {
+        let transport = Arc::new(Transport::new(http.clone()));
+        let client_options = |ambient: bool| ClientOptions {
+            transport: Some(azure_core::http::Transport::new(transport.clone())),
+            // The controller retries with backoff; one attempt per refresh.
+            retry: RetryOptions::none(),
+            cloud: self.cloud(ambient).map(Arc::new),
+            ..Default::default()
+        };
+        let tenant = &self.spec.tenant_id;
+        let auth = &self.spec.auth;
+        let built = if let Some(sp) = &auth.service_principal {
+            let secret = sources.secret(&sp.secret_ref).await?;
+            let name = format!("{}/{}", sources.namespace(), sp.secret_ref.name);
+            let invalid = |key: &str| {
+                ProviderError::new(
+                    reasons::SOURCE_SECRET_INVALID,
+                    format!("Secret {name} has no key {key} (expected client-id and client-secret)"),
+                )
+            };
+            let client_id = secret_text(&secret, "client-id").ok_or_else(|| invalid("client-id"))?;
+            let client_secret = secret_text(&secret, "client-secret").ok_or_else(|| invalid("client-secret"))?;
+            let identity = Identity::ServicePrincipal { client_id: client_id.clone(), secret_name: name };
+            let options = ClientSecretCredentialOptions { client_options: client_options(false) };
+            let credential = ClientSecretCredential::new(tenant, client_id, client_secret.into(), Some(options));
+            (credential.map(|c| c as Arc<dyn TokenCredential>), identity)
+        } else if let Some(wi) = &auth.workload_identity {
+            let client_id = wi.client_id.clone();
+            match &wi.service_account_ref {
+                Some(sa) => {
+                    let audience = sa
+                        .audiences
+                        .as_ref()
+                        .and_then(|a| a.first())
+                        .map(String::as_str)
+                        .unwrap_or(TOKEN_EXCHANGE_AUDIENCE);
+                    let token = sources.service_account_token(&sa.name, sa.namespace.as_deref(), audience).await?;
+                    let identity = Identity::Federated {
+                        client_id: client_id.clone(),
+                        service_account: Some(format!("{}/{}", sources.namespace(), sa.name)),
+                    };
+                    let options = ClientAssertionCredentialOptions { client_options: client_options(false) };
+                    let credential = ClientAssertionCredential::new(
+                        tenant.clone(),
+                        client_id,
+                        ServiceAccountAssertion(token.token),
+                        Some(options),
+                    );
+                    (credential.map(|c| c as Arc<dyn TokenCredential>), identity)
+                }
+                None => {
+                    sources.check_ambient("acr workloadIdentity without serviceAccountRef")?;
+                    let Some(path) = std::env::var_os(FEDERATED_TOKEN_FILE_ENV).filter(|p| !p.is_empty()) else {
+                        return Err(ProviderError::new(
+                            reasons::PROVIDER_AUTH_FAILED,
+                            format!(
+                                "acr workloadIdentity without serviceAccountRef uses the operator's own federated \
+                                 token, but {FEDERATED_TOKEN_FILE_ENV} is not set: enable Microsoft Entra workload \
+                                 identity on the operator's Pod, or set serviceAccountRef"
+                            ),
+                        ));
+                    };
+                    let identity = Identity::Federated { client_id: client_id.clone(), service_account: None };
+                    let options = WorkloadIdentityCredentialOptions {
+                        credential_options: ClientAssertionCredentialOptions { client_options: client_options(true) },
+                        client_id: Some(client_id),
+                        tenant_id: Some(tenant.clone()),
+                        token_file_path: Some(path.into()),
+                    };
+                    let credential = WorkloadIdentityCredential::new(Some(options));
+                    (credential.map(|c| c as Arc<dyn TokenCredential>), identity)
+                }
+            }
+        } else if let Some(mi) = &auth.managed_identity {
+            sources.check_ambient("acr managedIdentity")?;
+            let identity = Identity::Managed { client_id: mi.client_id.clone() };
+            let options = ManagedIdentityCredentialOptions {
+                user_assigned_id: mi.client_id.clone().map(UserAssignedId::ClientId),
+                client_options: client_options(true),
+            };
+            let credential = ManagedIdentityCredential::new(Some(options));
+            (credential.map(|c| c as Arc<dyn TokenCredential>), identity)
+        } else {
+            return Err(ProviderError::new(
+                reasons::INVALID_SPEC,
+                "acr auth must set one of workloadIdentity, managedIdentity or servicePrincipal",
+            ));
+        };
+        let (credential, identity) = match built {
+            (Ok(credential), identity) => (credential, identity),
+            (Err(e), identity) => {
+                let reason = match &identity {
+                    // A missing or unreadable federated token file.
+                    Identity::Federated { service_account: None, .. } => reasons::PROVIDER_AUTH_FAILED,
+                    _ => reasons::INVALID_SPEC,
+                };
+                return Err(ProviderError::new(reason, format!("acr {identity}: {}", azure_message(&e, &[]))));
+            }
+        };
+        match credential.get_token(&[ACR_SCOPE], None).await {
+            Ok(token) => Ok(SecretString::from(token.token.secret().to_string())),
+            Err(e) => Err(entra_failure(&identity, tenant, transport.last(), &e)),
+        }
+    }
+}
+
+/// A ServiceAccount token from the TokenRequest API, presented to Entra as
+/// the client assertion.
+struct ServiceAccountAssertion(SecretString);
+
+impl fmt::Debug for ServiceAccountAssertion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ServiceAccountAssertion(<redacted>)")
+    }
+}
+
+#[async_trait]
+impl ClientAssertion for ServiceAccountAssertion {
+    async fn secret(&self, _: Option<ClientMethodOptions<'_>>) -> azure_core::Result<String> {
+        Ok(self.0.expose_secret().to_string())
+    }
+}
+
+/// What came back from the last request sent through [`Transport`].
+#[derive(Clone)]
+enum Answer {
+    /// A response: where from (scheme, host and path, no query), its status,
+    /// and its body when the status is not a success (error bodies carry no
+    /// tokens; success bodies do and are never kept).
+    Response { url: String, status: u16, error_body: Vec<u8> },
+    /// No response: the request could not be sent or read.
+    Failed { url: String, error: String },
+}
+
+/// An `azure_core` HTTP transport over regcred's shared reqwest client.
+struct Transport {
+    client: reqwest::Client,
+    last: Mutex<Option<Answer>>,
+}
+
+impl fmt::Debug for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Transport").finish_non_exhaustive()
+    }
+}
+
+impl Transport {
+    fn new(client: reqwest::Client) -> Self {
+        Transport { client, last: Mutex::new(None) }
+    }
+
+    fn last(&self) -> Option<Answer> {
+        self.last.lock().expect("not poisoned").clone()
+    }
+
+    fn record(&self, answer: Answer) {
+        *self.last.lock().expect("not poisoned") = Some(answer);
+    }
+}
+
+/// `scheme://host[:port]/path` of a URL, without query or fragment.
+fn url_without_query(url: &url::Url) -> String {
+    let mut u = url.clone();
+    u.set_query(None);
+    u.set_fragment(None);
+    u.to_string()
+}
+
+#[async_trait]
+impl HttpClient for Transport {
+    async fn execute_request(&self, request: &azure_core::http::Request) -> azure_core::Result<AsyncRawResponse> {
+        use azure_core::error::{Error, ErrorKind};
+        let url = request.url().clone();
+        let shown = url_without_query(&url);
+        let method = reqwest::Method::from_bytes(request.method().as_ref().as_bytes())
+            .map_err(|e| Error::with_message(ErrorKind::Other, format!("unsupported method: {e}")))?;
+        let mut builder = self.client.request(method.clone(), url);
+        for (name, value) in request.headers().iter() {
+            builder = builder.header(name.as_str(), value.as_str());
+        }
+        builder = match request.body() {
+            Body::Bytes(bytes) => builder.body(bytes.to_vec()),
+            Body::SeekableStream(_) => {
+                return Err(Error::with_message(ErrorKind::Other, "streamed request bodies are not supported"));
+            }
+        };
+        let failed = |kind: ErrorKind, what: String| {
+            self.record(Answer::Failed { url: shown.clone(), error: what.clone() });
+            Error::with_message(kind, format!("{method} {shown}: {what}"))
+        };
+        let response = match builder.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                let kind = if e.is_connect() { ErrorKind::Connection } else { ErrorKind::Io };
+                return Err(failed(kind, error_chain(&e)));
+            }
+        };
+        let status = response.status().as_u16();
+        let mut headers = Headers::new();
+        for (name, value) in response.headers() {
+            if let Ok(v) = value.to_str() {
+                headers.insert(HeaderName::from(name.as_str().to_string()), HeaderValue::from(v.to_string()));
+            }
+        }
+        let body = match read_limited(response).await {
+            Ok(b) => b,
+            Err(e) => return Err(failed(ErrorKind::Io, e)),
+        };
+        let success = (200..300).contains(&status);
+        self.record(Answer::Response {
+            url: shown,
+            status,
+            error_body: if success { Vec::new() } else { body.clone() },
+        });
+        Ok(AsyncRawResponse::from_bytes(status.into(), headers, body))
+    }
+}
+
+/// The body of a response, at most [`MAX_BODY`] bytes.
+async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| format!("reading the response: {}", error_chain(&e)))? {
+        if body.len() + chunk.len() > MAX_BODY {
+            return Err(format!("response larger than {MAX_BODY} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// An error and its sources, `: `-separated (reqwest hides the cause, such
+/// as "connection refused" or a certificate problem, in the source chain).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// The message of an `azure_core` error, without the SDK's troubleshooting
+/// link, with any known secret replaced.
+fn azure_message(e: &azure_core::Error, secrets: &[String]) -> String {
+    let text = error_chain(e);
+    let text = text.split("\nTo troubleshoot").next().unwrap_or_default().trim().replace('\n', " ");
+    scrub(&text, secrets)
+}
+
+/// `text` with every secret in `secrets` replaced by `<redacted>`.
+fn scrub(text: &str, secrets: &[String]) -> String {
+    let mut out = text.to_string();
+    for s in secrets.iter().filter(|s| s.len() >= 4) {
+        out = out.replace(s.as_str(), "<redacted>");
+    }
+    out
+}
+
+/// At most [`MAX_DESCRIPTION`] characters of a remote description, first
+/// line only, without Entra's trace and correlation ids.
+fn short(text: &str) -> String {
+    let first = text.lines().next().unwrap_or_default();
+    let first = first.split(" Trace ID:").next().unwrap_or_default().trim();
+    let mut out: String = first.chars().take(MAX_DESCRIPTION).collect();
+    if first.chars().count() > MAX_DESCRIPTION {
+        out.push_str("...");
+    }
+    out
+}
+
+/// An Entra (OAuth2) error body.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct EntraError {
+    error: String,
+    error_description: String,
+    error_codes: Vec<i64>,
+}
+
+/// What a well-known `AADSTS` code means for the user.
+fn aadsts_hint(code: i64, tenant: &str, identity: &Identity) -> Option<String> {
+    let client = match identity {
+        Identity::ServicePrincipal { client_id, .. } | Identity::Federated { client_id, .. } => client_id.as_str(),
+        Identity::Managed { client_id } => client_id.as_deref().unwrap_or("system-assigned"),
+    };
+    Some(match code {
+        90002 | 90023 => format!("tenant {tenant} was not found: check tenantId and cloud"),
+        700016 => format!("application {client} was not found in tenant {tenant}: check the client id"),
+        7000215 | 7000222 => "the client secret is invalid or expired: update the Secret's client-secret".into(),
+        70021 => "no federated identity credential matches the ServiceAccount token: check the federated \
+                  credential's issuer, subject (system:serviceaccount:NAMESPACE:NAME) and audience"
+            .into(),
+        700024 | 700027 => "the client assertion was refused (expired or not valid)".into(),
+        50034 | 50126 => format!("the identity is not known in tenant {tenant}"),
+        _ => return None,
+    })
+}
+
+/// The ProviderError for a failed Entra token request.
+fn entra_failure(identity: &Identity, tenant: &str, last: Option<Answer>, e: &azure_core::Error) -> ProviderError {
+    let endpoint = match identity {
+        Identity::Managed { .. } => "the managed identity endpoint",
+        _ => "the Microsoft Entra token endpoint",
+    };
+    match last {
+        None => ProviderError::new(
+            reasons::PROVIDER_ERROR,
+            format!("getting an Entra token for {identity}: {}", azure_message(e, &[])),
+        ),
+        Some(Answer::Failed { url, error }) => ProviderError::new(
+            reasons::PROVIDER_ERROR,
+            format!("getting an Entra token for {identity}: {endpoint} {url} could not be reached: {error}"),
+        ),
+        Some(Answer::Response { url, status, .. }) if (200..300).contains(&status) => ProviderError::new(
+            reasons::PROVIDER_RESPONSE_INVALID,
+            format!(
+                "getting an Entra token for {identity}: {endpoint} {url} answered HTTP {status} without a usable \
+                 token ({})",
+                azure_message(e, &[])
+            ),
+        ),
+        Some(Answer::Response { url, status, error_body }) => {
+            let parsed: Option<EntraError> = serde_json::from_slice(&error_body).ok();
+            let code_text = parsed
+                .as_ref()
+                .map(|p| {
+                    let mut parts = Vec::new();
+                    if !p.error.is_empty() {
+                        parts.push(p.error.clone());
+                    }
+                    if !p.error_description.is_empty() {
+                        parts.push(short(&p.error_description));
+                    } else if let Some(code) = p.error_codes.first() {
+                        parts.push(format!("AADSTS{code}"));
+                    }
+                    parts.join(": ")
+                })
+                .filter(|s| !s.is_empty());
+            let hint =
+                parsed.as_ref().and_then(|p| p.error_codes.iter().find_map(|c| aadsts_hint(*c, tenant, identity)));
+            let mut message = format!("getting an Entra token for {identity}: {endpoint} {url} answered HTTP {status}");
+            if let Some(text) = &code_text {
+                message.push_str(&format!(" ({text})"));
+            }
+            if let Some(hint) = hint {
+                message.push_str(&format!(": {hint}"));
+            }
+            let reason = match status {
+                429 => reasons::PROVIDER_THROTTLED,
+                400 if matches!(identity, Identity::Managed { .. }) => {
+                    message.push_str(": the managed identity is not assigned to this node or Pod");
+                    reasons::PROVIDER_AUTH_FAILED
+                }
+                400 | 401 | 403 => reasons::PROVIDER_AUTH_FAILED,
+                _ => reasons::PROVIDER_ERROR,
+            };
+            ProviderError::new(reason, message)
+        }
+    }
+}
+
+/// `https://<registry>/oauth2/exchange`.
+fn exchange_url(registry: &str) -> String {
+    format!("https://{registry}/oauth2/exchange")
+}
+
+/// An ACR error body (`{"errors":[{"code","message"}]}`) or an OAuth2 one.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct RegistryErrors {
+    errors: Vec<RegistryError>,
+    error: String,
+    error_description: String,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct RegistryError {
+    code: String,
+    message: String,
+}
+
+/// Exchanges the Entra token for an ACR refresh token.
+async fn exchange(
+    http: &reqwest::Client,
+    spec: &AcrProvider,
+    entra_token: &SecretString,
+) -> Result<SecretString, ProviderError> {
+    let url = exchange_url(&spec.registry);
+    let form = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("grant_type", "access_token")
+        .append_pair("service", &spec.registry)
+        .append_pair("tenant", &spec.tenant_id)
+        .append_pair("access_token", entra_token.expose_secret())
+        .finish();
+    let response = http
+        .post(&url)
+        .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(reqwest::header::ACCEPT, "application/json")
+        .body(form)
+        .send()
+        .await
+        .map_err(|e| {
+            ProviderError::new(
+                reasons::PROVIDER_ERROR,
+                format!("exchanging the Entra token at {url}: {}", error_chain(&e)),
+            )
+        })?;
+    let status = response.status().as_u16();
+    let body = read_limited(response).await.map_err(|e| {
+        ProviderError::new(reasons::PROVIDER_ERROR, format!("exchanging the Entra token at {url}: {e}"))
+    })?;
+    let secrets = [entra_token.expose_secret().to_string()];
+    if (200..300).contains(&status) {
+        #[derive(serde::Deserialize)]
+        struct Exchanged {
+            refresh_token: Option<String>,
+        }
+        let token = serde_json::from_slice::<Exchanged>(&body).ok().and_then(|e| e.refresh_token);
+        return match token.filter(|t| !t.is_empty()) {
+            Some(t) => Ok(SecretString::from(t)),
+            None => Err(ProviderError::new(
+                reasons::PROVIDER_RESPONSE_INVALID,
+                format!("{url} answered HTTP {status} without a refresh_token"),
+            )),
+        };
+    }
+    let detail = serde_json::from_slice::<RegistryErrors>(&body)
+        .ok()
+        .map(|e| match e.errors.first() {
+            Some(first) => format!("{}: {}", first.code, short(&first.message)),
+            None => format!("{}: {}", e.error, short(&e.error_description)),
+        })
+        .map(|d| d.trim_matches([':', ' ']).to_string())
+        .filter(|d| !d.is_empty())
+        .map(|d| format!(" ({})", scrub(&d, &secrets)))
+        .unwrap_or_default();
+    let (reason, hint) = match status {
+        401 | 403 => (
+            reasons::PROVIDER_AUTH_FAILED,
+            format!(
+                ": the registry refused the Entra token; the identity may lack the AcrPull role on the registry \
+                 (or tenant {} is not the registry's tenant)",
+                spec.tenant_id
+            ),
+        ),
+        429 => (reasons::PROVIDER_THROTTLED, String::new()),
+        404 => (reasons::PROVIDER_ERROR, format!(": is {} an Azure Container Registry login server?", spec.registry)),
+        400 => (reasons::PROVIDER_AUTH_FAILED, ": the registry refused the exchange".to_string()),
+        _ => (reasons::PROVIDER_ERROR, String::new()),
+    };
+    Err(ProviderError::new(reason, format!("exchanging the Entra token at {url}: HTTP {status}{detail}{hint}")))
+}
+
+/// The `exp` claim of a JWT, read without verifying the signature (the
+/// registry does that; regcred only needs to know when to refresh).
+fn jwt_expiry(token: &str) -> Result<Timestamp, String> {
+    let mut parts = token.split('.');
+    let (Some(_header), Some(payload), Some(_signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err("expected three dot-separated parts".into());
+    };
+    let bytes = URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .or_else(|_| URL_SAFE.decode(payload))
+        .map_err(|_| "the payload is not base64url".to_string())?;
+    let claims: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|_| "the payload is not a JSON object".to_string())?;
+    let exp = claims.get("exp").ok_or("no exp claim")?;
+    let seconds = exp.as_i64().or_else(|| exp.as_f64().map(|f| f as i64)).ok_or("the exp claim is not a number")?;
+    Timestamp::from_second(seconds).map_err(|_| format!("exp {seconds} is out of range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jwt(claims: serde_json::Value) -> String {
+        format!(
+            "{}.{}.c2ln",
+            URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","typ":"JWT"}"#),
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap())
+        )
+    }
+
+    #[test]
+    fn expiry_comes_from_the_exp_claim() {
+        let t = jwt(serde_json::json!({"exp": 1_800_000_000, "grant_type": "refresh_token"}));
+        assert_eq!(jwt_expiry(&t).unwrap(), Timestamp::from_second(1_800_000_000).unwrap());
+        let padded = format!(
+            "e30.{}.c2ln",
+            URL_SAFE.encode(serde_json::to_vec(&serde_json::json!({"exp": 1_800_000_001.0})).unwrap())
+        );
+        assert_eq!(jwt_expiry(&padded).unwrap(), Timestamp::from_second(1_800_000_001).unwrap());
+    }
+
+    #[test]
+    fn malformed_jwts_are_refused() {
+        assert!(jwt_expiry("not-a-jwt").is_err());
+        assert!(jwt_expiry("a.b").is_err());
+        assert!(jwt_expiry("a.!!!.c").is_err());
+        assert!(jwt_expiry(&format!("a.{}.c", URL_SAFE_NO_PAD.encode("[1]"))).unwrap_err().contains("exp"));
+        assert!(jwt_expiry(&jwt(serde_json::json!({"exp": "soon"}))).is_err());
+        assert!(jwt_expiry(&jwt(serde_json::json!({"sub": "x"}))).is_err());
+    }
+
+    fn spec(json: serde_json::Value) -> AcrProvider {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn the_authority_follows_cloud_and_authority_host() {
+        let base = serde_json::json!({"registry": "r.azurecr.io", "tenantId": "t",
+            "auth": {"managedIdentity": {}}});
+        let acr = Acr::new(spec(base.clone()));
+        assert_eq!(acr.cloud(false), Some(CloudConfiguration::AzurePublic));
+        assert_eq!(acr.cloud(true), None, "the operator's own identity may use AZURE_AUTHORITY_HOST");
+        let mut china = base.clone();
+        china["cloud"] = "AzureChina".into();
+        assert_eq!(Acr::new(spec(china)).cloud(true), Some(CloudConfiguration::AzureChina));
+        let mut gov = base.clone();
+        gov["cloud"] = "AzureUSGovernment".into();
+        assert_eq!(Acr::new(spec(gov)).cloud(false), Some(CloudConfiguration::AzureGovernment));
+        let mut custom = base;
+        custom["cloud"] = "AzureChina".into();
+        custom["authorityHost"] = "https://login.example.internal".into();
+        match Acr::new(spec(custom)).cloud(false) {
+            Some(CloudConfiguration::Custom(c)) => assert_eq!(c.authority_host, "https://login.example.internal"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn entra_error(status: u16, body: &str, identity: &Identity) -> ProviderError {
+        let e = azure_core::Error::with_message(azure_core::error::ErrorKind::Credential, "failed");
+        let last =
+            Answer::Response { url: "https://login/t/oauth2/v2.0/token".into(), status, error_body: body.into() };
+        entra_failure(identity, "t", Some(last), &e)
+    }
+
+    #[test]
+    fn entra_errors_become_precise_reasons() {
+        let sp = Identity::ServicePrincipal { client_id: "app".into(), secret_name: "ns/sp".into() };
+        let e = entra_error(
+            400,
+            r#"{"error":"invalid_request","error_description":"AADSTS90002: Tenant 't' not found. Trace ID: 1\r\nCorrelation ID: 2","error_codes":[90002]}"#,
+            &sp,
+        );
+        assert_eq!(e.reason, reasons::PROVIDER_AUTH_FAILED);
+        assert!(e.message.contains("AADSTS90002") && e.message.contains("tenant t was not found"), "{}", e.message);
+        assert!(!e.message.contains("Trace ID"), "{}", e.message);
+
+        let e = entra_error(
+            400,
+            r#"{"error":"unauthorized_client","error_description":"AADSTS700016: Application not found","error_codes":[700016]}"#,
+            &sp,
+        );
+        assert_eq!(e.reason, reasons::PROVIDER_AUTH_FAILED);
+        assert!(e.message.contains("AADSTS700016") && e.message.contains("application app"), "{}", e.message);
+
+        let e = entra_error(
+            401,
+            r#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided.","error_codes":[7000215]}"#,
+            &sp,
+        );
+        assert_eq!(e.reason, reasons::PROVIDER_AUTH_FAILED);
+        assert!(e.message.contains("AADSTS7000215") && e.message.contains("client secret is invalid"));
+
+        assert_eq!(entra_error(429, "{}", &sp).reason, reasons::PROVIDER_THROTTLED);
+        let outage = entra_error(503, "<html>Service Unavailable</html>", &sp);
+        assert_eq!(outage.reason, reasons::PROVIDER_ERROR);
+        assert!(outage.message.contains("HTTP 503"), "{}", outage.message);
+        assert_eq!(entra_error(200, "", &sp).reason, reasons::PROVIDER_RESPONSE_INVALID);
+
+        let mi = Identity::Managed { client_id: Some("mi".into()) };
+        let e = entra_error(400, "identity not found", &mi);
+        assert_eq!(e.reason, reasons::PROVIDER_AUTH_FAILED);
+        assert!(e.message.contains("not assigned") && e.message.contains("managed identity endpoint"));
+
+        let unreachable = Answer::Failed { url: "https://login/t".into(), error: "connection refused".into() };
+        let e = entra_failure(
+            &sp,
+            "t",
+            Some(unreachable),
+            &azure_core::Error::with_message(azure_core::error::ErrorKind::Connection, "x"),
+        );
+        assert_eq!(e.reason, reasons::PROVIDER_ERROR);
+        assert!(e.message.contains("could not be reached: connection refused"));
+    }
+
+    #[test]
+    fn remote_text_is_shortened_and_secrets_scrubbed() {
+        assert_eq!(short("AADSTS1: x Trace ID: abc\r\nmore"), "AADSTS1: x");
+        assert_eq!(short(&"y".repeat(400)).len(), MAX_DESCRIPTION + 3);
+        assert_eq!(scrub("token abcdef leaked", &["abcdef".into()]), "token <redacted> leaked");
+    }
+
+    #[test]
+    fn debug_output_is_redacted() {
+        let a = ServiceAccountAssertion(SecretString::from("eyJhbGciOi.secret.sig".to_string()));
+        assert!(!format!("{a:?}").contains("secret"));
+        let t = Transport::new(crate::http::client(None, crate::http::PROVIDER_TIMEOUT).unwrap());
+        t.record(Answer::Response { url: "u".into(), status: 400, error_body: b"body".to_vec() });
+        assert!(!format!("{t:?}").contains("body"));
+    }
+}

@@ -1,0 +1,950 @@
+//! Local stand-ins for Microsoft Entra and Azure Container Registry, for the
+//! `acr` provider's tests.
+//!
+//! One HTTPS server on `127.0.0.1`, with a certificate from a test CA
+//! generated here ([`AzureStandIn::ca_pem`]; `azure_identity` insists on
+//! https for the authority, and the provider always uses https for the
+//! registry). It serves what the real services serve at the same paths, so
+//! the provider reaches it only through its spec (`authorityHost`,
+//! `registry`, `caBundle`) and Azure's documented environment variables
+//! (`IDENTITY_ENDPOINT` / `IDENTITY_HEADER`):
+//!
+//! - `POST /{tenant}/oauth2/v2.0/token`: the Entra v2.0 token endpoint,
+//!   `grant_type=client_credentials` with `client_secret` (service
+//!   principals) or `client_assertion` (federated ServiceAccount tokens,
+//!   whose `aud`, `iss`, `sub` and `exp` claims are checked without the
+//!   signature). Failures answer like Entra: `{"error",
+//!   "error_description": "AADSTSnnn: ...", "error_codes": [nnn]}`.
+//! - `GET /msi/token?resource=..[&client_id=..]` with `X-IDENTITY-HEADER`: the
+//!   managed identity endpoint (App Service style, `IDENTITY_ENDPOINT`).
+//! - `POST /oauth2/exchange` (`grant_type=access_token`, `service`,
+//!   `tenant`, `access_token`): ACR's exchange, issuing refresh tokens that
+//!   are HS256 JWTs with a short `exp` when the Entra token's principal has
+//!   been granted AcrPull.
+//! - `/v2/...`: proxied to an upstream registry (the real `docker-registry`
+//!   in token-auth mode, see [`crate::tokenauth`]), so this host is the
+//!   registry's login server as with ACR, and a pull Secret written for it
+//!   works with `skopeo` unchanged. [`AzureStandIn::validator`] is the token
+//!   service's validator: it accepts [`ACR_USERNAME`] with a refresh token
+//!   this stand-in issued and that has not expired yet.
+//!
+//! Tenants, principals, role assignments, lifetimes and outages are set per
+//! tenant, so parallel tests sharing one stand-in do not disturb each other.
+//! Every token it issues and every secret it is told is passed to
+//! [`crate::operator::record_secret`] for the suite's leak check.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow, bail};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ring::hmac;
+use ring::rand::{SecureRandom, SystemRandom};
+use serde_json::{Value, json};
+
+use crate::operator::record_secret;
+use crate::tokenauth::Validator;
+
+/// The user name ACR expects with a refresh token.
+pub const ACR_USERNAME: &str = "00000000-0000-0000-0000-000000000000";
+/// Audience of federated ServiceAccount tokens.
+pub const TOKEN_EXCHANGE_AUDIENCE: &str = "api://AzureADTokenExchange";
+/// Scopes (and managed identity resources) accepted for ACR.
+const ACR_RESOURCES: [&str; 2] = ["https://containerregistry.azure.net", "https://management.azure.com"];
+/// Lifetime of an Entra access token.
+const ENTRA_TOKEN_LIFETIME: u64 = 3600;
+/// Default lifetime of a refresh token.
+const DEFAULT_REFRESH_LIFETIME: Duration = Duration::from_secs(3600);
+/// Largest request read.
+const MAX_REQUEST: usize = 256 * 1024;
+
+/// How the exchange answers for a tenant.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ExchangeMode {
+    /// Refresh tokens for principals with AcrPull, 401 for others.
+    #[default]
+    Normal,
+    /// `503 Service Unavailable`.
+    Unavailable,
+    /// `429 Too Many Requests`.
+    Throttled,
+    /// `200` with a refresh token that is not a JWT.
+    MalformedToken,
+}
+
+/// Which endpoint a request reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// The Entra token endpoint.
+    Entra,
+    /// The managed identity endpoint.
+    ManagedIdentity,
+    /// The registry's `/oauth2/exchange`.
+    Exchange,
+}
+
+/// A request the stand-in answered, without secrets.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub endpoint: Endpoint,
+    /// The tenant in the path (Entra), of the managed identity, or the
+    /// `tenant` form field (exchange).
+    pub tenant: String,
+    /// `client_id` (Entra, managed identity) or the token's principal (exchange).
+    pub client_id: String,
+    /// `scope` (Entra) or `resource` (managed identity).
+    pub scope: String,
+    /// `service` of an exchange.
+    pub service: String,
+    /// `client_secret`, `client_assertion`, `managed_identity` or `access_token`.
+    pub grant: String,
+    /// The claims of a client assertion (`iss`, `sub`, `aud`, `exp`).
+    pub assertion_claims: Option<Value>,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug)]
+struct Tenant {
+    service_principals: HashMap<String, String>,
+    /// client id → (issuer, subject) pairs.
+    federated: HashMap<String, Vec<(String, String)>>,
+    acr_pull: HashSet<String>,
+    refresh_lifetime: Duration,
+    entra_down: bool,
+    exchange: ExchangeMode,
+}
+
+impl Default for Tenant {
+    fn default() -> Self {
+        Tenant {
+            service_principals: HashMap::new(),
+            federated: HashMap::new(),
+            acr_pull: HashSet::new(),
+            refresh_lifetime: DEFAULT_REFRESH_LIFETIME,
+            entra_down: false,
+            exchange: ExchangeMode::Normal,
+        }
+    }
+}
+
+struct EntraToken {
+    tenant: String,
+    principal: String,
+    exp: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    tenants: HashMap<String, Tenant>,
+    /// Managed identities: client id ("" for the system-assigned one) → tenant.
+    managed: HashMap<String, String>,
+    entra_tokens: HashMap<String, EntraToken>,
+    upstream: Option<String>,
+    seen: Vec<Seen>,
+    refresh_tokens_issued: usize,
+}
+
+struct State {
+    tls: Arc<rustls::ServerConfig>,
+    host: String,
+    identity_header: String,
+    key: hmac::Key,
+    rng: SystemRandom,
+    inner: Mutex<Inner>,
+}
+
+/// The running stand-in. Dropping it stops the listener.
+pub struct AzureStandIn {
+    port: u16,
+    ca_pem: String,
+    state: Arc<State>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn random_hex(rng: &SystemRandom, bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rng.fill(&mut buf).expect("randomness");
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A test CA and a serving certificate for 127.0.0.1 and localhost:
+/// (CA PEM, serving chain DER, serving key PKCS#8 DER).
+fn make_certificates() -> Result<(String, Vec<Vec<u8>>, Vec<u8>)> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+        KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.distinguished_name = DistinguishedName::new();
+    ca_params.distinguished_name.push(DnType::CommonName, "regcred-test-azure-ca");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, &ca_key);
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()])?;
+    params.distinguished_name.push(DnType::CommonName, "regcred-test-azure");
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok((ca_cert.pem(), vec![cert.der().to_vec(), ca_cert.der().to_vec()], key.serialize_der()))
+}
+
+impl AzureStandIn {
+    /// Generates the CA and starts serving on a free loopback port.
+    pub fn start() -> Result<AzureStandIn> {
+        let (ca_pem, chain, key) = make_certificates()?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(
+                chain.into_iter().map(rustls::pki_types::CertificateDer::from).collect(),
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.into()),
+            )?;
+        let listener = TcpListener::bind("127.0.0.1:0").context("binding the Azure stand-in")?;
+        let port = listener.local_addr()?.port();
+        let rng = SystemRandom::new();
+        let key = hmac::Key::generate(hmac::HMAC_SHA256, &rng).map_err(|_| anyhow!("no randomness"))?;
+        let identity_header = format!("identity-header-{}", random_hex(&rng, 16));
+        record_secret(&identity_header);
+        let state = Arc::new(State {
+            tls: Arc::new(tls),
+            host: format!("127.0.0.1:{port}"),
+            identity_header,
+            key,
+            rng,
+            inner: Mutex::default(),
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let state = state.clone();
+            let stop = stop.clone();
+            std::thread::Builder::new().name("regcred-azure-standin".into()).spawn(move || {
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(conn) = conn else { continue };
+                    let state = state.clone();
+                    let _ = std::thread::Builder::new()
+                        .name("regcred-azure-conn".into())
+                        .spawn(move || serve_connection(&state, conn));
+                }
+            })?
+        };
+        Ok(AzureStandIn { port, ca_pem, state, stop, thread: Some(thread) })
+    }
+
+    /// `127.0.0.1:PORT`: the registry's login server (`spec.registry`).
+    pub fn host(&self) -> String {
+        self.state.host.clone()
+    }
+
+    /// `https://127.0.0.1:PORT`: the Entra authority host (`spec.authorityHost`).
+    pub fn authority_host(&self) -> String {
+        format!("https://{}", self.state.host)
+    }
+
+    /// PEM of the CA that signed the serving certificate (`spec.caBundle`).
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// The managed identity endpoint, for `IDENTITY_ENDPOINT`.
+    pub fn managed_identity_endpoint(&self) -> String {
+        format!("https://{}/msi/token", self.state.host)
+    }
+
+    /// The value the managed identity endpoint expects in
+    /// `X-IDENTITY-HEADER`, for `IDENTITY_HEADER`.
+    pub fn identity_header(&self) -> &str {
+        &self.state.identity_header
+    }
+
+    fn with_tenant<T>(&self, tenant: &str, f: impl FnOnce(&mut Tenant) -> T) -> T {
+        let mut inner = self.state.inner.lock().expect("not poisoned");
+        f(inner.tenants.entry(tenant.to_string()).or_default())
+    }
+
+    /// Creates the tenant if it does not exist yet.
+    pub fn add_tenant(&self, tenant: &str) {
+        self.with_tenant(tenant, |_| ());
+    }
+
+    /// Registers an application with a client secret.
+    pub fn add_service_principal(&self, tenant: &str, client_id: &str, secret: &str) {
+        record_secret(secret);
+        self.with_tenant(tenant, |t| t.service_principals.insert(client_id.into(), secret.into()));
+    }
+
+    /// Adds a federated identity credential to `client_id`: tokens from
+    /// `issuer` for `subject` (`system:serviceaccount:NS:NAME`) with audience
+    /// [`TOKEN_EXCHANGE_AUDIENCE`].
+    pub fn add_federated_credential(&self, tenant: &str, client_id: &str, issuer: &str, subject: &str) {
+        self.with_tenant(tenant, |t| {
+            t.federated.entry(client_id.into()).or_default().push((issuer.into(), subject.into()))
+        });
+    }
+
+    /// Assigns a managed identity to "this machine": a user-assigned one by
+    /// client id, or the system-assigned one (`None`, principal
+    /// `system-assigned`).
+    pub fn add_managed_identity(&self, tenant: &str, client_id: Option<&str>) {
+        self.add_tenant(tenant);
+        let mut inner = self.state.inner.lock().expect("not poisoned");
+        inner.managed.insert(client_id.unwrap_or_default().to_string(), tenant.to_string());
+    }
+
+    /// Gives `principal` (a client id, or `system-assigned`) the AcrPull
+    /// role on the registry.
+    pub fn grant_acr_pull(&self, tenant: &str, principal: &str) {
+        self.with_tenant(tenant, |t| t.acr_pull.insert(principal.into()));
+    }
+
+    /// Lifetime of the refresh tokens issued for the tenant's principals.
+    pub fn set_refresh_lifetime(&self, tenant: &str, lifetime: Duration) {
+        self.with_tenant(tenant, |t| t.refresh_lifetime = lifetime);
+    }
+
+    /// While `down`, the Entra token endpoint (and the managed identity
+    /// endpoint) answer `503` for the tenant.
+    pub fn set_entra_outage(&self, tenant: &str, down: bool) {
+        self.with_tenant(tenant, |t| t.entra_down = down);
+    }
+
+    /// How the exchange answers tokens of the tenant.
+    pub fn set_exchange_mode(&self, tenant: &str, mode: ExchangeMode) {
+        self.with_tenant(tenant, |t| t.exchange = mode);
+    }
+
+    /// The registry `/v2/` requests are proxied to (`127.0.0.1:PORT`, plain HTTP).
+    pub fn set_upstream_registry(&self, host: &str) {
+        self.state.inner.lock().expect("not poisoned").upstream = Some(host.to_string());
+    }
+
+    /// Requests answered so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state.inner.lock().expect("not poisoned").seen.clone()
+    }
+
+    /// Refresh tokens issued so far.
+    pub fn refresh_tokens_issued(&self) -> usize {
+        self.state.inner.lock().expect("not poisoned").refresh_tokens_issued
+    }
+
+    /// Whether `password` is a refresh token this stand-in issued, presented
+    /// with [`ACR_USERNAME`], and not expired.
+    pub fn refresh_token_valid(&self, username: &str, password: &str) -> bool {
+        self.state.refresh_token_valid(username, password)
+    }
+
+    /// The claims of a refresh token this stand-in issued (expired or not).
+    pub fn refresh_token_claims(&self, token: &str) -> Option<Value> {
+        self.state.verified_claims(token)
+    }
+
+    /// A [`Validator`] for [`crate::tokenauth::TokenService`]: valid refresh
+    /// tokens (see [`AzureStandIn::refresh_token_valid`]).
+    pub fn validator(&self) -> Validator {
+        let state = self.state.clone();
+        Arc::new(move |u: &str, p: &str| state.refresh_token_valid(u, p))
+    }
+}
+
+impl Drop for AzureStandIn {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl State {
+    fn verified_claims(&self, token: &str) -> Option<Value> {
+        let (signing_input, signature) = token.rsplit_once('.')?;
+        let signature = URL_SAFE_NO_PAD.decode(signature).ok()?;
+        hmac::verify(&self.key, signing_input.as_bytes(), &signature).ok()?;
+        let payload = signing_input.split('.').nth(1)?;
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()
+    }
+
+    fn refresh_token_valid(&self, username: &str, password: &str) -> bool {
+        username == ACR_USERNAME
+            && self
+                .verified_claims(password)
+                .and_then(|c| c["exp"].as_u64())
+                .is_some_and(|exp| SystemTime::now() < UNIX_EPOCH + Duration::from_secs(exp))
+    }
+
+    fn log(&self, seen: Seen) {
+        self.inner.lock().expect("not poisoned").seen.push(seen);
+    }
+
+    fn refresh_token(&self, tenant: &str, principal: &str, lifetime: Duration) -> String {
+        let now = now_secs();
+        let header = json!({"alg": "HS256", "typ": "JWT"});
+        let claims = json!({
+            "jti": random_hex(&self.rng, 16),
+            "sub": principal,
+            "tenant": tenant,
+            "iss": "Azure Container Registry",
+            "aud": self.host,
+            "iat": now,
+            "nbf": now,
+            "exp": now + lifetime.as_secs().max(1),
+            "grant_type": "refresh_token",
+            "version": "1.0",
+        });
+        let signing_input =
+            format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
+        let tag = hmac::sign(&self.key, signing_input.as_bytes());
+        let token = format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()));
+        record_secret(&token);
+        token
+    }
+
+    fn entra_token(&self, inner: &mut Inner, tenant: &str, principal: &str) -> String {
+        let token = format!("entra-{}", random_hex(&self.rng, 24));
+        record_secret(&token);
+        inner.entra_tokens.insert(
+            token.clone(),
+            EntraToken { tenant: tenant.into(), principal: principal.into(), exp: now_secs() + ENTRA_TOKEN_LIFETIME },
+        );
+        token
+    }
+}
+
+/// A parsed HTTP/1.1 request.
+struct Request {
+    method: String,
+    /// The request target as sent (path and query).
+    target: String,
+    path: String,
+    query: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    fn form(&self) -> HashMap<String, String> {
+        let mut out: HashMap<String, String> = parse_form(&self.query).into_iter().collect();
+        out.extend(parse_form(&String::from_utf8_lossy(&self.body)));
+        out
+    }
+}
+
+fn read_request(conn: &mut impl Read) -> Result<Request> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        if buf.len() > MAX_REQUEST {
+            bail!("request head too large");
+        }
+        let n = conn.read(&mut chunk)?;
+        if n == 0 {
+            bail!("connection closed before the request head ended");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let mut parts = lines.next().unwrap_or_default().split_whitespace();
+    let method = parts.next().context("no method")?.to_string();
+    let target = parts.next().context("no request target")?.to_string();
+    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    let headers =
+        lines.filter_map(|l| l.split_once(':')).map(|(n, v)| (n.trim().to_string(), v.trim().to_string())).collect();
+    let mut req = Request {
+        path: path.to_string(),
+        query: query.to_string(),
+        method,
+        target: target.clone(),
+        headers,
+        body: buf[head_end + 4..].to_vec(),
+    };
+    let length: usize = req.header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+    if length > MAX_REQUEST {
+        bail!("request body too large");
+    }
+    while req.body.len() < length {
+        let n = conn.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        req.body.extend_from_slice(&chunk[..n]);
+    }
+    req.body.truncate(length);
+    Ok(req)
+}
+
+fn parse_form(s: &str) -> Vec<(String, String)> {
+    s.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => match bytes
+                .get(i + 1..i + 3)
+                .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                Some(b) => {
+                    out.push(b);
+                    i += 2;
+                }
+                None => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+struct Response {
+    status: u16,
+    content_type: &'static str,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn json(status: u16, value: &Value) -> Response {
+        Response { status, content_type: "application/json", body: value.to_string().into_bytes() }
+    }
+
+    fn text(status: u16, text: &str) -> Response {
+        Response { status, content_type: "text/html", body: text.as_bytes().to_vec() }
+    }
+
+    /// An Entra error: `{"error", "error_description", "error_codes"}`.
+    fn entra(status: u16, error: &str, code: u32, description: &str) -> Response {
+        Response::json(
+            status,
+            &json!({
+                "error": error,
+                "error_description": format!("AADSTS{code}: {description} Trace ID: 00000000-0000-0000-0000-000000000001\r\nCorrelation ID: 00000000-0000-0000-0000-000000000002\r\nTimestamp: 2026-01-01 00:00:00Z"),
+                "error_codes": [code],
+                "timestamp": "2026-01-01 00:00:00Z",
+                "trace_id": "00000000-0000-0000-0000-000000000001",
+                "correlation_id": "00000000-0000-0000-0000-000000000002",
+            }),
+        )
+    }
+
+    /// An ACR error: `{"errors":[{"code","message"}]}`.
+    fn acr(status: u16, code: &str, message: &str) -> Response {
+        Response::json(status, &json!({"errors": [{"code": code, "message": message}]}))
+    }
+
+    fn to_bytes(&self) -> Vec<u8> {
+        let reason = match self.status {
+            200 => "OK",
+            400 => "Bad Request",
+            401 => "Unauthorized",
+            404 => "Not Found",
+            405 => "Method Not Allowed",
+            429 => "Too Many Requests",
+            503 => "Service Unavailable",
+            _ => "Error",
+        };
+        let mut out = format!(
+            "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            self.status,
+            self.content_type,
+            self.body.len()
+        )
+        .into_bytes();
+        out.extend_from_slice(&self.body);
+        out
+    }
+}
+
+fn serve_connection(state: &State, tcp: TcpStream) {
+    let _ = tcp.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = tcp.set_write_timeout(Some(Duration::from_secs(10)));
+    let Ok(conn) = rustls::ServerConnection::new(state.tls.clone()) else { return };
+    let mut stream = rustls::StreamOwned::new(conn, tcp);
+    let bytes = match read_request(&mut stream) {
+        Ok(req) if req.path.starts_with("/v2") => match proxy(state, &req) {
+            Ok(raw) => raw,
+            Err(e) => Response::text(502, &format!("proxying to the registry: {e:#}")).to_bytes(),
+        },
+        Ok(req) => handle(state, &req).to_bytes(),
+        Err(_) => return,
+    };
+    let _ = stream.write_all(&bytes);
+    stream.conn.send_close_notify();
+    let _ = stream.flush();
+    let _ = stream.sock.shutdown(Shutdown::Both);
+}
+
+/// Forwards a registry request to the upstream registry and returns its raw
+/// response.
+fn proxy(state: &State, req: &Request) -> Result<Vec<u8>> {
+    let upstream = state.inner.lock().expect("not poisoned").upstream.clone().context("no upstream registry set")?;
+    let mut up = TcpStream::connect(&upstream)?;
+    up.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let mut head = format!("{} {} HTTP/1.1\r\n", req.method, req.target);
+    for (name, value) in &req.headers {
+        if !["connection", "keep-alive", "proxy-connection"].iter().any(|h| name.eq_ignore_ascii_case(h)) {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+    }
+    head.push_str("Connection: close\r\n\r\n");
+    up.write_all(head.as_bytes())?;
+    up.write_all(&req.body)?;
+    let mut raw = Vec::new();
+    up.read_to_end(&mut raw)?;
+    Ok(raw)
+}
+
+fn handle(state: &State, req: &Request) -> Response {
+    let path = req.path.as_str();
+    if path == "/oauth2/exchange" {
+        return if req.method == "POST" { exchange(state, req) } else { Response::text(405, "use POST") };
+    }
+    if path == "/msi/token" {
+        return if req.method == "GET" { managed_identity(state, req) } else { Response::text(405, "use GET") };
+    }
+    if let Some(tenant) = path.strip_prefix('/').and_then(|p| p.strip_suffix("/oauth2/v2.0/token")) {
+        return if req.method == "POST" { entra(state, req, tenant) } else { Response::text(405, "use POST") };
+    }
+    Response::text(404, "not found")
+}
+
+fn accepted_scope(scope: &str) -> bool {
+    ACR_RESOURCES.iter().any(|r| scope == format!("{r}/.default"))
+}
+
+/// The claims of a JWT, without verifying its signature.
+fn unverified_claims(jwt: &str) -> Option<Value> {
+    let payload = jwt.split('.').nth(1)?;
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?).ok()
+}
+
+fn entra(state: &State, req: &Request, tenant: &str) -> Response {
+    let form = req.form();
+    let field = |k: &str| form.get(k).cloned().unwrap_or_default();
+    let client_id = field("client_id");
+    let mut seen = Seen {
+        endpoint: Endpoint::Entra,
+        tenant: tenant.to_string(),
+        client_id: client_id.clone(),
+        scope: field("scope"),
+        service: String::new(),
+        grant: String::new(),
+        assertion_claims: None,
+        status: 0,
+    };
+    let response = (|| {
+        let mut inner = state.inner.lock().expect("not poisoned");
+        let Some(t) = inner.tenants.get(tenant).cloned() else {
+            return Response::entra(
+                400,
+                "invalid_request",
+                90002,
+                &format!(
+                    "Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."
+                ),
+            );
+        };
+        if t.entra_down {
+            return Response::text(503, "<html><body>Service Unavailable</body></html>");
+        }
+        if field("grant_type") != "client_credentials" {
+            return Response::entra(
+                400,
+                "unsupported_grant_type",
+                70003,
+                "The app requested an unsupported grant type.",
+            );
+        }
+        if !accepted_scope(&field("scope")) {
+            return Response::entra(
+                400,
+                "invalid_scope",
+                70011,
+                "The provided value for the input parameter 'scope' is not valid.",
+            );
+        }
+        if client_id.is_empty() {
+            return Response::entra(
+                400,
+                "invalid_request",
+                900144,
+                "The request body must contain the following parameter: 'client_id'.",
+            );
+        }
+        if let Some(secret) = form.get("client_secret") {
+            seen.grant = "client_secret".into();
+            let Some(want) = t.service_principals.get(&client_id) else {
+                return Response::entra(
+                    400,
+                    "unauthorized_client",
+                    700016,
+                    &format!("Application with identifier '{client_id}' was not found in the directory '{tenant}'."),
+                );
+            };
+            if want != secret {
+                return Response::entra(
+                    401,
+                    "invalid_client",
+                    7000215,
+                    "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.",
+                );
+            }
+        } else if let Some(assertion) = form.get("client_assertion") {
+            seen.grant = "client_assertion".into();
+            record_secret(assertion);
+            if field("client_assertion_type") != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer" {
+                return Response::entra(400, "invalid_request", 700023, "The client assertion type is not supported.");
+            }
+            let Some(records) = t.federated.get(&client_id) else {
+                return Response::entra(
+                    400,
+                    "unauthorized_client",
+                    700016,
+                    &format!("Application with identifier '{client_id}' was not found in the directory '{tenant}'."),
+                );
+            };
+            let Some(claims) = unverified_claims(assertion) else {
+                return Response::entra(400, "invalid_client", 50027, "JWT token is invalid or malformed.");
+            };
+            seen.assertion_claims = Some(json!({
+                "iss": claims["iss"], "sub": claims["sub"], "aud": claims["aud"], "exp": claims["exp"],
+            }));
+            let audiences: Vec<&str> = match &claims["aud"] {
+                Value::String(a) => vec![a.as_str()],
+                Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+                _ => Vec::new(),
+            };
+            if !audiences.contains(&TOKEN_EXCHANGE_AUDIENCE) {
+                return Response::entra(
+                    400,
+                    "invalid_request",
+                    700212,
+                    "No matching federated identity record found for presented assertion audience.",
+                );
+            }
+            if claims["exp"].as_u64().is_none_or(|exp| exp <= now_secs()) {
+                return Response::entra(
+                    400,
+                    "invalid_client",
+                    700024,
+                    "Client assertion is not within its valid time range.",
+                );
+            }
+            let (iss, sub) = (claims["iss"].as_str().unwrap_or_default(), claims["sub"].as_str().unwrap_or_default());
+            if !records.iter().any(|(i, s)| i == iss && s == sub) {
+                return Response::entra(
+                    400,
+                    "invalid_request",
+                    70021,
+                    &format!(
+                        "No matching federated identity record found for presented assertion. Assertion Issuer: '{iss}'. Assertion Subject: '{sub}'."
+                    ),
+                );
+            }
+        } else {
+            return Response::entra(
+                401,
+                "invalid_client",
+                7000216,
+                "'client_assertion', 'client_secret' or 'request' is required for the 'client_credentials' grant type.",
+            );
+        }
+        let token = state.entra_token(&mut inner, tenant, &client_id);
+        Response::json(
+            200,
+            &json!({"token_type": "Bearer", "expires_in": ENTRA_TOKEN_LIFETIME, "ext_expires_in": ENTRA_TOKEN_LIFETIME, "access_token": token}),
+        )
+    })();
+    seen.status = response.status;
+    state.log(seen);
+    response
+}
+
+fn managed_identity(state: &State, req: &Request) -> Response {
+    let form: HashMap<String, String> = parse_form(&req.query).into_iter().collect();
+    let client_id = form.get("client_id").cloned().unwrap_or_default();
+    let resource = form.get("resource").cloned().unwrap_or_default();
+    let mut seen = Seen {
+        endpoint: Endpoint::ManagedIdentity,
+        tenant: String::new(),
+        client_id: client_id.clone(),
+        scope: resource.clone(),
+        service: String::new(),
+        grant: "managed_identity".into(),
+        assertion_claims: None,
+        status: 0,
+    };
+    let response = (|| {
+        if req.header("x-identity-header") != Some(state.identity_header.as_str()) {
+            return Response::json(
+                401,
+                &json!({"error": "unauthorized", "error_description": "missing or wrong X-IDENTITY-HEADER"}),
+            );
+        }
+        let mut inner = state.inner.lock().expect("not poisoned");
+        let Some(tenant) = inner.managed.get(&client_id).cloned() else {
+            return Response::json(
+                400,
+                &json!({"error": "invalid_request", "error_description": "Identity not found"}),
+            );
+        };
+        seen.tenant = tenant.clone();
+        if inner.tenants.get(&tenant).is_some_and(|t| t.entra_down) {
+            return Response::text(503, "<html><body>Service Unavailable</body></html>");
+        }
+        if !ACR_RESOURCES.contains(&resource.trim_end_matches('/')) {
+            return Response::json(
+                400,
+                &json!({"error": "invalid_resource", "error_description": "AADSTS500011: The resource principal was not found."}),
+            );
+        }
+        let principal = if client_id.is_empty() { "system-assigned".to_string() } else { client_id.clone() };
+        let token = state.entra_token(&mut inner, &tenant, &principal);
+        Response::json(
+            200,
+            &json!({
+                "access_token": token,
+                "expires_on": (now_secs() + ENTRA_TOKEN_LIFETIME).to_string(),
+                "resource": resource,
+                "token_type": "Bearer",
+                "client_id": principal,
+            }),
+        )
+    })();
+    seen.status = response.status;
+    state.log(seen);
+    response
+}
+
+fn exchange(state: &State, req: &Request) -> Response {
+    let form = req.form();
+    let field = |k: &str| form.get(k).cloned().unwrap_or_default();
+    let mut seen = Seen {
+        endpoint: Endpoint::Exchange,
+        tenant: field("tenant"),
+        client_id: String::new(),
+        scope: String::new(),
+        service: field("service"),
+        grant: field("grant_type"),
+        assertion_claims: None,
+        status: 0,
+    };
+    let response = (|| {
+        let mut inner = state.inner.lock().expect("not poisoned");
+        if field("grant_type") != "access_token" {
+            return Response::acr(400, "UNSUPPORTED", "grant_type must be access_token");
+        }
+        if field("service") != state.host {
+            return Response::acr(400, "DENIED", "unknown service");
+        }
+        let token = field("access_token");
+        let Some((tenant, principal)) = inner
+            .entra_tokens
+            .get(&token)
+            .filter(|t| t.exp > now_secs())
+            .map(|t| (t.tenant.clone(), t.principal.clone()))
+        else {
+            return Response::acr(401, "UNAUTHORIZED", "the access token is invalid or expired");
+        };
+        seen.client_id = principal.clone();
+        let Some(t) = inner.tenants.get(&tenant).cloned() else {
+            return Response::acr(401, "UNAUTHORIZED", "unknown tenant");
+        };
+        match t.exchange {
+            ExchangeMode::Normal => {}
+            ExchangeMode::Unavailable => return Response::text(503, "<html><body>Service Unavailable</body></html>"),
+            ExchangeMode::Throttled => return Response::acr(429, "TOOMANYREQUESTS", "too many requests"),
+            ExchangeMode::MalformedToken => return Response::json(200, &json!({"refresh_token": "not-a-jwt"})),
+        }
+        if field("tenant") != tenant {
+            return Response::acr(401, "UNAUTHORIZED", "the access token was not issued for this tenant");
+        }
+        if !t.acr_pull.contains(&principal) {
+            return Response::acr(
+                401,
+                "UNAUTHORIZED",
+                "authentication required, visit https://aka.ms/acr/authorization for more information.",
+            );
+        }
+        inner.refresh_tokens_issued += 1;
+        drop(inner);
+        let refresh = state.refresh_token(&tenant, &principal, t.refresh_lifetime);
+        Response::json(200, &json!({"refresh_token": refresh}))
+    })();
+    seen.status = response.status;
+    state.log(seen);
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forms_are_decoded() {
+        assert_eq!(
+            parse_form("a=b%2Fc&d=e+f&g=%zz&h=%4"),
+            vec![
+                ("a".to_string(), "b/c".to_string()),
+                ("d".into(), "e f".into()),
+                ("g".into(), "%zz".into()),
+                ("h".into(), "%4".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn refresh_tokens_verify_and_expire() {
+        let s = AzureStandIn::start().unwrap();
+        let token = s.state.refresh_token("t", "p", Duration::from_secs(60));
+        assert!(s.refresh_token_valid(ACR_USERNAME, &token));
+        assert!(!s.refresh_token_valid("someone", &token));
+        let mut forged = token.clone();
+        forged.pop();
+        forged.push('x');
+        if forged != token {
+            assert!(!s.refresh_token_valid(ACR_USERNAME, &forged));
+        }
+        assert_eq!(s.refresh_token_claims(&token).unwrap()["sub"], "p");
+        let expired = s.state.refresh_token("t", "p", Duration::from_secs(1));
+        std::thread::sleep(Duration::from_millis(2100));
+        assert!(!s.refresh_token_valid(ACR_USERNAME, &expired));
+    }
+}
