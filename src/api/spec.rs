@@ -154,7 +154,7 @@ pub enum DeletionPolicy {
     ),
     printcolumn(
         name = "Expires",
-        type_ = "date",
+        type_ = "string",
         json_path = ".status.expiresAt",
         description = "When the published credential expires"
     ),
@@ -198,7 +198,7 @@ pub struct RegistryCredentialSpec {
     ),
     printcolumn(
         name = "Expires",
-        type_ = "date",
+        type_ = "string",
         json_path = ".status.expiresAt",
         description = "When the published credential expires"
     ),

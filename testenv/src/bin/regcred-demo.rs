@@ -109,6 +109,13 @@ fn run(signals: &libc::sigset_t) -> Result<()> {
     std::fs::write(&path, &manifest)?;
     show(&cp, &["apply", "-f", path.to_str().unwrap()])?;
 
+    step("Applying a short-lived credential (ECR Public tokens from a local stand-in, living 9s)");
+    let standin = regcred_testenv::aws::EcrPublicStandIn::start(Duration::from_secs(9))?;
+    let template = std::fs::read_to_string(regcred_testenv::repo_root().join("hack/demo/short-lived.yaml"))?;
+    let path = cp.dir().join("demo-short-lived.yaml");
+    std::fs::write(&path, template.replace("${ENDPOINT}", &standin.endpoint()))?;
+    show(&cp, &["apply", "-f", path.to_str().unwrap()])?;
+
     step("Running the operator");
     let operator = Operator::start(&cp, &regcred, CLUSTER_NS, &["--log-level=info"])?;
     println!("  operator log: {}", operator.log_path().display());
@@ -169,6 +176,29 @@ fn run(signals: &libc::sigset_t) -> Result<()> {
     println!("  Secret demo-d/demo-pull appeared {:?} after the label", label_time.elapsed());
     show(&cp, &["get", "crcred"])?;
 
+    step("Rotation: the short-lived token is replaced before it expires (2/3 of its 9s lifetime)");
+    let token = || {
+        kubectl_quiet(
+            &cp,
+            &["get", "secret", "demo-ecr-public-pull", "-n", "demo-a", "-o", "jsonpath={.data.\\.dockerconfigjson}"],
+        )
+        .unwrap_or_default()
+    };
+    wait_until("the short-lived Secret", Duration::from_secs(30), || !token().is_empty())?;
+    let mut current = token();
+    for round in 1..=2 {
+        let took = wait_until("a rotation", Duration::from_secs(30), || {
+            let now = token();
+            !now.is_empty() && now != current
+        })?;
+        current = token();
+        println!(
+            "  rotation {round}: new token in every namespace after {took:?}; provider calls so far: {}",
+            standin.calls()
+        );
+    }
+    show(&cp, &["get", "crcred"])?;
+
     println!("\n{} in {:?}", styled("32", "demo succeeded"), started.elapsed());
     if !once {
         println!("Everything keeps running; try kubectl with the KUBECONFIG above. Press Ctrl-C to stop and clean up.");
@@ -176,6 +206,7 @@ fn run(signals: &libc::sigset_t) -> Result<()> {
         println!("\nstopping...");
     }
     drop(operator);
+    drop(standin);
     drop(registry);
     drop(cp);
     println!("stopped; nothing left behind");
