@@ -75,3 +75,51 @@ pub fn client(ca_bundle: Option<&str>, timeout: Duration) -> Result<reqwest::Cli
 
 /// Default timeout of a provider API call.
 pub const PROVIDER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The rustls error behind a reqwest error, if any. tokio-rustls wraps it in
+/// an `io::Error` (which hyper-rustls wraps in another), and an `io::Error`'s
+/// `source()` skips the error it wraps, so those are opened by hand.
+pub fn find_rustls_error(e: &reqwest::Error) -> Option<&rustls::Error> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        let wrapped = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|inner| inner as &(dyn std::error::Error + 'static));
+        next = wrapped.or_else(|| err.source());
+    }
+    None
+}
+
+/// The messages under a reqwest error (which itself only repeats the URL),
+/// without repeats, at most 300 characters. Transport errors never contain
+/// request headers.
+pub fn cause_chain(e: &reqwest::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = std::error::Error::source(e);
+    while let Some(err) = next {
+        let msg = err.to_string();
+        if !msg.is_empty() && !parts.iter().any(|p| p.contains(&msg)) {
+            parts.push(msg);
+        }
+        next = err.source();
+    }
+    if parts.is_empty() {
+        parts.push(e.to_string());
+    }
+    truncate(&parts.join(": "), 300)
+}
+
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}

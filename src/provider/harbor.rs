@@ -34,6 +34,7 @@ use serde_json::json;
 
 use super::{CredentialProvider, Minted, ProviderError, Sources, secret_text};
 use crate::api::HarborProvider;
+use crate::http::{cause_chain, find_rustls_error, truncate};
 use crate::reasons;
 use crate::render::RegistryAuth;
 
@@ -845,52 +846,6 @@ impl HarborApi {
             _ => Err(self.status_error(&answer, "delete robot accounts")),
         }
     }
-}
-
-/// The rustls error behind a reqwest error, if any (tokio-rustls wraps it
-/// in `io::Error`s, whose `source()` skips the error they wrap).
-fn find_rustls_error(e: &reqwest::Error) -> Option<&rustls::Error> {
-    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = next {
-        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
-            return Some(tls);
-        }
-        let wrapped = err
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .map(|inner| inner as &(dyn std::error::Error + 'static));
-        next = wrapped.or_else(|| err.source());
-    }
-    None
-}
-
-/// The messages under a reqwest error, without repeats, at most 300
-/// characters. Transport errors never contain request headers.
-fn cause_chain(e: &reqwest::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut next = std::error::Error::source(e);
-    while let Some(err) = next {
-        let msg = err.to_string();
-        if !msg.is_empty() && !parts.iter().any(|p| p.contains(&msg)) {
-            parts.push(msg);
-        }
-        next = err.source();
-    }
-    if parts.is_empty() {
-        parts.push(e.to_string());
-    }
-    truncate(&parts.join(": "), 300)
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }
 
 #[cfg(test)]
