@@ -35,3 +35,11 @@ demo: deps
 	$(CARGO) build --quiet --bin regcred
 	$(CARGO) build --quiet -p regcred-testenv --bin regcred-demo
 	$(TARGET_DIR)/debug/regcred-demo --regcred $(TARGET_DIR)/debug/regcred $(ARGS)
+
+## Copy crds/ into the Helm chart (charts/regcred/files/crds), which cannot
+## read files outside its directory. Run after `make crds`; a test fails when
+## the copies drift.
+.PHONY: chart-crds
+chart-crds:
+	rm -f charts/regcred/files/crds/*.yaml
+	cp crds/*.yaml charts/regcred/files/crds/

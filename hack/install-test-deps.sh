@@ -37,3 +37,4 @@ if ! command -v moto_server >/dev/null 2>&1; then
 fi
 
 hack/envtest-assets.sh >/dev/null
+hack/helm-tools.sh >/dev/null  # helm and kubeconform for the chart tests

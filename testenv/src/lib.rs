@@ -23,6 +23,7 @@
 
 pub mod acr_standin;
 pub mod aws;
+pub mod chart;
 pub mod google_standin;
 pub mod harbor_standin;
 pub mod operator;

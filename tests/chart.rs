@@ -1,0 +1,1005 @@
+//! The Helm chart (`charts/regcred`): lint, rendering checked by kubeconform
+//! against strict schemas made from the real control plane, the values
+//! schema, the least-privilege RBAC, and a real `helm install`, `upgrade`
+//! and `uninstall`, with the operator running as the chart's ServiceAccount.
+//!
+//! `helm` and `kubeconform` come from `hack/helm-tools.sh` (built from their
+//! Go modules, cached). The chart tests use their own control plane (one per
+//! test binary) and never start the admin operator of `tests/common`. The
+//! install test removes the CRDs the control plane pre-installs (the chart
+//! installs them), so no other test here may rely on them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Client, Resource, ResourceExt};
+use regcred::api::{ClusterRegistryCredential, CredentialStatus, RegistryCredential};
+use regcred_testenv::chart::{helm as helm_command, kubeconform, schema_location, write_kubeconform_schemas};
+use regcred_testenv::google_standin::GoogleStandIn;
+use regcred_testenv::operator::{Operator, record_secret};
+use regcred_testenv::{ControlPlane, repo_root};
+use serde::Deserialize as _;
+use serde_json::{Value, json};
+
+const RELEASE: &str = "regcred";
+const NS: &str = "regcred-system";
+const CRDS: [&str; 2] = ["clusterregistrycredentials.regcred.dev", "registrycredentials.regcred.dev"];
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The ClusterRole's rules, exactly (docs/install.md lists the same):
+/// `(apiGroup, resources, verbs)`.
+const CLUSTER_ROLE_RULES: &[(&str, &[&str], &[&str])] = &[
+    ("", &["namespaces"], &["get", "list", "watch"]),
+    ("", &["secrets"], &["get", "list", "watch", "create", "patch", "delete"]),
+    ("", &["serviceaccounts"], &["get", "list", "watch", "patch"]),
+    ("", &["serviceaccounts/token"], &["create"]),
+    ("events.k8s.io", &["events"], &["create", "patch"]),
+    ("regcred.dev", &["registrycredentials", "clusterregistrycredentials"], &["get", "list", "watch", "patch"]),
+    ("regcred.dev", &["registrycredentials/status", "clusterregistrycredentials/status"], &["patch"]),
+];
+
+/// Stands for the Lease name in [`ROLE_RULES`].
+const LEASE: &str = "<lease>";
+/// `(apiGroup, resources, verbs, resourceNames)`.
+type RoleRule = (&'static str, &'static [&'static str], &'static [&'static str], &'static [&'static str]);
+/// The leader-election Role's rules in the release namespace, exactly.
+const ROLE_RULES: &[RoleRule] = &[
+    ("coordination.k8s.io", &["leases"], &["create"], &[]),
+    ("coordination.k8s.io", &["leases"], &["get", "patch"], &[LEASE]),
+];
+
+fn cp() -> &'static ControlPlane {
+    regcred_testenv::shared()
+}
+
+fn chart_dir() -> PathBuf {
+    repo_root().join("charts/regcred")
+}
+
+fn all_options_values() -> PathBuf {
+    chart_dir().join("ci/all-options-values.yaml")
+}
+
+fn kubeconfig() -> String {
+    cp().kubeconfig_path().display().to_string()
+}
+
+// ---------------------------------------------------------------------------
+// helm, kubeconform
+
+fn helm(args: &[&str]) -> Output {
+    let home = cp().dir().join("helm-home");
+    let mut cmd = helm_command(&home).unwrap_or_else(|e| panic!("{e:#}"));
+    cmd.args(args).output().unwrap_or_else(|e| panic!("running helm {args:?}: {e}"))
+}
+
+/// Runs helm and returns its stdout; panics with its stderr on failure.
+fn helm_ok(args: &[&str]) -> String {
+    let out = helm(args);
+    assert!(
+        out.status.success(),
+        "helm {} failed ({}):\n{}\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn template(extra: &[&str]) -> String {
+    let chart = chart_dir().display().to_string();
+    let mut args = vec!["template", RELEASE, &chart, "--namespace", NS];
+    args.extend_from_slice(extra);
+    helm_ok(&args)
+}
+
+/// Every object of a multi-document manifest.
+fn objects(manifest: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(manifest)
+        .map(|doc| Value::deserialize(doc).expect("helm rendered valid YAML"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn object<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
+    objects.iter().find(|o| o["kind"] == kind).unwrap_or_else(|| panic!("no {kind} rendered"))
+}
+
+/// The strict schemas for kubeconform, made once per test binary from the
+/// control plane's /openapi/v2 and the repository's CRDs.
+fn schemas() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = cp().dir().join("kubeconform-schemas");
+        let out = dir.clone();
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+                write_kubeconform_schemas(cp(), &repo_root().join("crds"), &out)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e:#}"))
+            })
+        })
+        .join()
+        .unwrap();
+        dir
+    })
+}
+
+/// kubeconform's verdict on a manifest.
+#[derive(Debug, Default, PartialEq)]
+struct Summary {
+    valid: u64,
+    invalid: u64,
+    errors: u64,
+    skipped: u64,
+}
+
+/// `kubeconform -strict -summary` with the generated schemas (and no
+/// `-ignore-missing-schemas`: a kind without a schema is an error).
+fn kubeconform_check(name: &str, manifest: &str) -> (Summary, String) {
+    let file = cp().dir().join(format!("{name}.yaml"));
+    fs::write(&file, manifest).unwrap();
+    let mut cmd = kubeconform().unwrap_or_else(|e| panic!("{e:#}"));
+    let out = cmd
+        .args(["-strict", "-summary", "-output", "text", "-schema-location", &schema_location(schemas())])
+        .arg(&file)
+        .output()
+        .expect("running kubeconform");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let line = text.lines().find(|l| l.starts_with("Summary:")).unwrap_or_else(|| panic!("no summary:\n{text}"));
+    let number = |label: &str| -> u64 {
+        let rest = line.split(&format!("{label}: ")).nth(1).unwrap_or_else(|| panic!("no {label} in {line}"));
+        rest.split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+    };
+    let summary = Summary {
+        valid: number("Valid"),
+        invalid: number("Invalid"),
+        errors: number("Errors"),
+        skipped: number("Skipped"),
+    };
+    (summary, text)
+}
+
+/// Lint, render and validate the chart with `values` (a values file or
+/// none); returns the rendered objects.
+fn lint_and_validate(name: &str, values: Option<&Path>) -> Vec<Value> {
+    let chart = chart_dir().display().to_string();
+    let values = values.map(|p| p.display().to_string());
+    let mut lint = vec!["lint", "--strict", &chart, "--namespace", NS];
+    let mut tmpl: Vec<&str> = vec![];
+    if let Some(v) = &values {
+        lint.extend(["--values", v.as_str()]);
+        tmpl.extend(["--values", v.as_str()]);
+    }
+    let lint_out = helm_ok(&lint);
+    assert!(lint_out.contains("0 chart(s) failed"), "{lint_out}");
+    let manifest = template(&tmpl);
+    let objs = objects(&manifest);
+    let (summary, text) = kubeconform_check(name, &manifest);
+    eprintln!("kubeconform ({name}): {summary:?}");
+    assert_eq!(summary, Summary { valid: objs.len() as u64, ..Default::default() }, "kubeconform ({name}):\n{text}");
+    objs
+}
+
+/// `v` with whole floats as integers (helm's YAML round trip turns
+/// `3650.0` into `3650`).
+fn normalized(v: &Value) -> Value {
+    match v {
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f.abs() < 1e15 => json!(f as i64),
+            _ => v.clone(),
+        },
+        Value::Array(a) => Value::Array(a.iter().map(normalized).collect()),
+        Value::Object(o) => Value::Object(o.iter().map(|(k, v)| (k.clone(), normalized(v))).collect()),
+        _ => v.clone(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// RBAC
+
+type Grant = (String, String, String, Option<String>);
+
+/// Rules flattened to `(apiGroup, resource, verb, resourceName)`, so that
+/// comparisons ignore order and grouping.
+fn grants(rules: &[PolicyRule]) -> BTreeSet<Grant> {
+    let mut out = BTreeSet::new();
+    for r in rules {
+        assert!(r.non_resource_urls.as_ref().is_none_or(Vec::is_empty), "nonResourceURLs in {r:?}");
+        let names: Vec<Option<String>> = match r.resource_names.as_deref() {
+            Some(n) if !n.is_empty() => n.iter().cloned().map(Some).collect(),
+            _ => vec![None],
+        };
+        for g in r.api_groups.as_deref().unwrap_or_default() {
+            for res in r.resources.as_deref().unwrap_or_default() {
+                for v in &r.verbs {
+                    for n in &names {
+                        out.insert((g.clone(), res.clone(), v.clone(), n.clone()));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn expected_cluster_grants() -> BTreeSet<Grant> {
+    let rules: Vec<PolicyRule> = CLUSTER_ROLE_RULES
+        .iter()
+        .map(|(g, res, verbs)| PolicyRule {
+            api_groups: Some(vec![g.to_string()]),
+            resources: Some(res.iter().map(|s| s.to_string()).collect()),
+            verbs: verbs.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        })
+        .collect();
+    grants(&rules)
+}
+
+fn expected_role_grants(lease: &str) -> BTreeSet<Grant> {
+    let rules: Vec<PolicyRule> = ROLE_RULES
+        .iter()
+        .map(|(g, res, verbs, names)| PolicyRule {
+            api_groups: Some(vec![g.to_string()]),
+            resources: Some(res.iter().map(|s| s.to_string()).collect()),
+            verbs: verbs.iter().map(|s| s.to_string()).collect(),
+            resource_names: Some(
+                names.iter().map(|n| if *n == LEASE { lease.to_string() } else { n.to_string() }).collect(),
+            ),
+            ..Default::default()
+        })
+        .collect();
+    grants(&rules)
+}
+
+fn rules_of(obj: &Value) -> Vec<PolicyRule> {
+    serde_json::from_value(obj["rules"].clone()).expect("rules")
+}
+
+// ---------------------------------------------------------------------------
+// Tests without a cluster write
+
+#[test]
+fn chart_crds_are_exact_copies_of_crds_dir() {
+    let names = |dir: &Path| -> BTreeSet<String> {
+        fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".yaml"))
+            .collect()
+    };
+    let crds = repo_root().join("crds");
+    let copies = chart_dir().join("files/crds");
+    assert_eq!(names(&crds), names(&copies), "charts/regcred/files/crds differs from crds/: run `make chart-crds`");
+    for name in names(&crds) {
+        assert!(
+            fs::read(crds.join(&name)).unwrap() == fs::read(copies.join(&name)).unwrap(),
+            "charts/regcred/files/crds/{name} differs from crds/{name}: run `make chart-crds`"
+        );
+    }
+}
+
+#[test]
+fn lint_and_kubeconform_default_values() {
+    let objs = lint_and_validate("default-values", None);
+    let kinds: BTreeSet<&str> = objs.iter().filter_map(|o| o["kind"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        BTreeSet::from([
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "CustomResourceDefinition",
+            "Deployment",
+            "Service",
+            "ServiceAccount"
+        ]),
+        "one replica: no leader election, so no Role; optional objects off"
+    );
+
+    // The CRDs are the repository's, kept on uninstall.
+    for crd in objs.iter().filter(|o| o["kind"] == "CustomResourceDefinition") {
+        assert_eq!(crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep");
+        let name = crd["metadata"]["name"].as_str().unwrap();
+        let file: Value =
+            serde_yaml::from_str(&fs::read_to_string(repo_root().join(format!("crds/{name}.yaml"))).unwrap()).unwrap();
+        assert!(normalized(&crd["spec"]) == normalized(&file["spec"]), "{name}: rendered spec differs from crds/");
+    }
+
+    // Restricted Pod security, probes, resources, downward API.
+    let deploy = object(&objs, "Deployment");
+    let pod = &deploy["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["securityContext"]["runAsUser"], 65532);
+    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(pod["serviceAccountName"], RELEASE);
+    let c = &pod["containers"][0];
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(c["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(c["livenessProbe"]["httpGet"], json!({"path": "/healthz", "port": "metrics"}));
+    assert_eq!(c["readinessProbe"]["httpGet"], json!({"path": "/readyz", "port": "metrics"}));
+    assert_eq!(c["ports"][0]["containerPort"], 8080);
+    assert_eq!(c["resources"], json!({"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "128Mi"}}));
+    assert_eq!(c["image"], "regcred/regcred:0.1.0");
+    let env: BTreeMap<&str, &Value> =
+        c["env"].as_array().unwrap().iter().map(|e| (e["name"].as_str().unwrap(), e)).collect();
+    assert_eq!(env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"], "metadata.namespace");
+    assert_eq!(env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name");
+    let args: Vec<&str> = c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    assert_eq!(
+        args,
+        [
+            "run",
+            "--metrics-addr=0.0.0.0:8080",
+            "--cluster-resource-namespace=regcred-system",
+            "--log-level=info",
+            "--log-format=json",
+            "--concurrency=4",
+            "--write-concurrency=32"
+        ]
+    );
+    assert_eq!(deploy["spec"]["strategy"]["type"], "Recreate", "one writer at a time without leader election");
+
+    let service = object(&objs, "Service");
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], "metrics");
+    assert_eq!(service["spec"]["ports"][0]["port"], 8080);
+}
+
+#[test]
+fn lint_and_kubeconform_with_every_option_on() {
+    let objs = lint_and_validate("all-options", Some(&all_options_values()));
+    let kinds: BTreeSet<&str> = objs.iter().filter_map(|o| o["kind"].as_str()).collect();
+    for kind in ["ServiceMonitor", "PodDisruptionBudget", "NetworkPolicy", "Role", "RoleBinding"] {
+        assert!(kinds.contains(kind), "{kind} not rendered with every option on: {kinds:?}");
+    }
+    let c = &object(&objs, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<&str> = c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    for arg in [
+        "--leader-elect",
+        "--leader-election-namespace=regcred-system",
+        "--leader-election-lease-name=regcred-leader",
+        "--lease-duration-seconds=20",
+        "--allow-namespaced-ambient-identity",
+        "--cluster-resource-namespace=regcred-sources",
+        "--metrics-addr=0.0.0.0:9090",
+    ] {
+        assert!(args.contains(&arg), "{arg} missing from {args:?}");
+    }
+    assert!(c["env"].as_array().unwrap().iter().any(|e| e["name"] == "HTTPS_PROXY"));
+    let role = object(&objs, "Role");
+    assert_eq!(grants(&rules_of(role)), expected_role_grants("regcred-leader"));
+
+    // The validation is strict: an unknown field or a wrong type is caught,
+    // in built-in kinds as in regcred's own.
+    let mut bad = object(&objs, "Deployment").clone();
+    bad["spec"]["template"]["spec"]["containers"][0]["securityContex"] = json!({});
+    let (summary, text) = kubeconform_check("bad-deployment", &serde_yaml::to_string(&bad).unwrap());
+    assert_eq!(summary.invalid, 1, "an unknown container field passed:\n{text}");
+    let credential = |spec: Value| {
+        serde_yaml::to_string(&json!({"apiVersion": "regcred.dev/v1alpha1", "kind": "ClusterRegistryCredential",
+            "metadata": {"name": "ghcr"}, "spec": spec}))
+        .unwrap()
+    };
+    let good = json!({"provider": {"basic": {"registry": "ghcr.io", "secretRef": {"name": "ghcr-login"}}},
+        "secret": {"name": "ghcr-pull"}, "serviceAccounts": {"all": true},
+        "namespaceSelector": {"matchLabels": {"regcred.dev/pull": "ghcr"}}});
+    let (summary, text) = kubeconform_check("good-credential", &credential(good.clone()));
+    assert_eq!(summary, Summary { valid: 1, ..Default::default() }, "{text}");
+    let mut typo = good;
+    typo["serviceAccount"] = json!({"all": true});
+    let (summary, text) = kubeconform_check("bad-credential", &credential(typo));
+    assert_eq!(summary.invalid, 1, "an unknown spec field passed:\n{text}");
+}
+
+#[test]
+fn values_schema_rejects_bad_values() {
+    let dir = cp().dir().join("bad-values");
+    fs::create_dir_all(&dir).unwrap();
+    let cases = [
+        ("replicas: two", "/replicas"),
+        ("replicas: 0", "/replicas"),
+        ("replica: 2", "replica"),
+        ("logFormat: xml", "/logFormat"),
+        ("image:\n  repository: regcred\n  tag: 1\n  pullPolicy: IfNotPresent", "/image/tag"),
+        ("image:\n  registry: example.com", "registry"),
+        ("resources: 128Mi", "/resources"),
+        ("leaderElection:\n  enabled: yes-please", "/leaderElection/enabled"),
+        ("crds:\n  keep: \"false\"", "/crds/keep"),
+    ];
+    let chart = chart_dir().display().to_string();
+    for (i, (values, mentions)) in cases.iter().enumerate() {
+        let file = dir.join(format!("bad-{i}.yaml"));
+        fs::write(&file, values).unwrap();
+        let out = helm(&["template", RELEASE, &chart, "--values", &file.display().to_string()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "values {values:?} were accepted");
+        assert!(
+            stderr.contains("values don't meet the specifications of the schema") && stderr.contains(mentions),
+            "values {values:?}: expected a schema error about {mentions}, got:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn rendered_rbac_is_exactly_the_documented_set() {
+    let objs = objects(&template(&["--set", "replicas=2"]));
+    assert_eq!(grants(&rules_of(object(&objs, "ClusterRole"))), expected_cluster_grants());
+    assert_eq!(grants(&rules_of(object(&objs, "Role"))), expected_role_grants(RELEASE));
+    for kind in ["ClusterRoleBinding", "RoleBinding"] {
+        assert_eq!(
+            object(&objs, kind)["subjects"],
+            json!([{"kind": "ServiceAccount", "name": RELEASE, "namespace": NS}]),
+            "{kind} binds the chart's ServiceAccount only"
+        );
+    }
+    let args = &object(&objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"];
+    assert!(args.as_array().unwrap().iter().any(|a| a == "--leader-elect"), "replicas > 1 turns leader election on");
+}
+
+/// The image cannot be built here (no container engine), but its recipe
+/// is checked: multi-stage, the locked release build, a non-root runtime,
+/// and a build context (after .dockerignore) from which Cargo resolves the
+/// workspace offline.
+#[test]
+fn image_recipe_is_multi_stage_non_root_and_its_context_is_enough() {
+    let root = repo_root();
+    let dockerfile = fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let ignore = fs::read_to_string(root.join(".dockerignore")).unwrap();
+    let ignored: Vec<&str> = ignore.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    assert!(ignored.contains(&"target/") && ignored.contains(&".git/"), ".dockerignore: {ignored:?}");
+    let froms: Vec<&str> = dockerfile.lines().filter(|l| l.starts_with("FROM ")).collect();
+    assert_eq!(froms.len(), 2, "a build stage and a runtime stage: {froms:?}");
+    assert!(froms[1].contains("distroless") && froms[1].contains("nonroot"), "{}", froms[1]);
+    assert!(dockerfile.contains("cargo build --release --locked --bin regcred"));
+    let user = dockerfile.lines().rfind(|l| l.starts_with("USER ")).expect("a USER line");
+    assert_eq!(user, "USER 65532:65532", "the chart's runAsUser");
+
+    let excluded = |path: &str| {
+        ignored.iter().any(|p| match p.strip_prefix("*") {
+            Some(suffix) => path.ends_with(suffix),
+            None => {
+                let p = p.trim_start_matches("**/").trim_end_matches('/');
+                path == p || path.starts_with(&format!("{p}/"))
+            }
+        })
+    };
+    let ctx = std::env::temp_dir().join(format!("regcred-image-context-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&ctx);
+    for line in dockerfile.lines().filter(|l| l.starts_with("COPY ") && !l.contains("--from=")) {
+        let parts: Vec<&str> = line.split_whitespace().skip(1).collect();
+        let (_, sources) = parts.split_last().unwrap();
+        for src in sources {
+            assert!(root.join(src).exists(), "COPY {src}: no such path");
+            assert!(!excluded(src), "COPY {src}, but .dockerignore excludes it");
+            if root.join(src).is_dir() {
+                copy_dir(&root.join(src), &ctx.join(src));
+            } else {
+                fs::create_dir_all(ctx.join(src).parent().unwrap()).unwrap();
+                fs::copy(root.join(src), ctx.join(src)).unwrap();
+            }
+        }
+    }
+    for pattern in ignored.iter().filter(|p| !p.contains('*')) {
+        let _ = fs::remove_dir_all(ctx.join(pattern.trim_end_matches('/')));
+    }
+    let _ = fs::remove_dir_all(ctx.join("testenv/target"));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args(["metadata", "--locked", "--offline", "--format-version", "1"])
+        .current_dir(&ctx)
+        .output()
+        .unwrap();
+    let _ = fs::remove_dir_all(&ctx);
+    assert!(
+        out.status.success(),
+        "cargo metadata in the image's build context:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The permissions table between `<!-- marker -->` and `<!-- /marker -->`
+/// in docs/install.md, as rules: the backquoted words of the API group,
+/// resources, verbs and (if present) resource names columns.
+fn documented_rules(marker: &str, lease: &str) -> Vec<PolicyRule> {
+    let doc = fs::read_to_string(repo_root().join("docs/install.md")).unwrap();
+    let start = doc.find(&format!("<!-- {marker} -->")).unwrap_or_else(|| panic!("no {marker} table"));
+    let end = doc.find(&format!("<!-- /{marker} -->")).unwrap_or_else(|| panic!("no end of the {marker} table"));
+    let quoted = |cell: &str| -> Vec<String> {
+        cell.split('`').skip(1).step_by(2).map(|w| if w == "\"\"" { String::new() } else { w.to_string() }).collect()
+    };
+    doc[start..end]
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|row| {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let names =
+                if cells.len() > 6 && cells[4].contains("leaseName") { vec![lease.to_string()] } else { vec![] };
+            PolicyRule {
+                api_groups: Some(quoted(cells[1])),
+                resources: Some(quoted(cells[2])),
+                verbs: quoted(cells[3]),
+                resource_names: Some(names),
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn docs_list_exactly_the_tested_permissions() {
+    assert_eq!(grants(&documented_rules("clusterrole-rules", RELEASE)), expected_cluster_grants());
+    assert_eq!(grants(&documented_rules("role-rules", RELEASE)), expected_role_grants(RELEASE));
+}
+
+// ---------------------------------------------------------------------------
+// Install, run as the ServiceAccount, upgrade, uninstall
+
+/// Polls `f` every 100ms until it returns `Some`; panics after `timeout`
+/// with the tail of `op`'s log, if any.
+async fn wait_until<T, F, Fut>(what: &str, op: Option<&Operator>, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if start.elapsed() > WAIT {
+            let log = op.map(Operator::log_text).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            panic!(
+                "timed out after {WAIT:?} waiting for {what}\noperator log (last lines):\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn create<K>(api: &Api<K>, obj: Value)
+where
+    K: Resource + Clone + std::fmt::Debug + serde::Serialize + serde::de::DeserializeOwned,
+{
+    let obj: K = serde_json::from_value(obj).unwrap();
+    api.create(&PostParams::default(), &obj).await.unwrap_or_else(|e| panic!("creating {}: {e}", obj.name_any()));
+}
+
+async fn apply<K>(api: &Api<K>, name: &str, obj: Value)
+where
+    K: Resource + Clone + std::fmt::Debug + serde::Serialize + serde::de::DeserializeOwned,
+{
+    api.patch(name, &PatchParams::apply("regcred-chart-test").force(), &Patch::Apply(&obj))
+        .await
+        .unwrap_or_else(|e| panic!("applying {name}: {e}"));
+}
+
+async fn put_login(client: &Client, ns: &str, name: &str, username: &str, password: &str) {
+    record_secret(password);
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let obj = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": ns},
+        "stringData": {"username": username, "password": password}});
+    apply(&api, name, obj).await;
+}
+
+/// The `(username, password)` for `registry` in a pull Secret.
+fn login_in(secret: &Secret, registry: &str) -> Option<(String, String)> {
+    let data = secret.data.as_ref()?.get(".dockerconfigjson")?;
+    let v: Value = serde_json::from_slice(&data.0).ok()?;
+    let e = &v["auths"][registry];
+    Some((e["username"].as_str()?.to_string(), e["password"].as_str()?.to_string()))
+}
+
+async fn pull_secrets(client: &Client, ns: &str, sa: &str) -> Vec<String> {
+    let sa = Api::<ServiceAccount>::namespaced(client.clone(), ns).get_opt(sa).await.unwrap();
+    sa.and_then(|sa| sa.image_pull_secrets).unwrap_or_default().into_iter().map(|r| r.name).collect()
+}
+
+fn ready_reason(status: Option<&CredentialStatus>) -> Option<String> {
+    status?.conditions.iter().find(|c| c.type_ == "Ready").map(|c| c.reason.clone())
+}
+
+/// Operator log lines that show an authorization failure: "forbidden"
+/// anywhere, or a 403 status (resourceVersions are left out, which may
+/// contain the digits 403).
+fn authorization_failures(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|line| {
+            let lower = line.to_ascii_lowercase();
+            lower.contains("forbidden")
+                || strip_resource_versions(&lower).split(|c: char| !c.is_ascii_alphanumeric()).any(|t| t == "403")
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+fn strip_resource_versions(line: &str) -> String {
+    const KEY: &str = "resourceversion=";
+    let mut out = String::new();
+    let mut rest = line;
+    while let Some(i) = rest.find(KEY) {
+        out.push_str(&rest[..i]);
+        rest = rest[i + KEY.len()..].trim_start_matches(|c: char| c.is_ascii_digit());
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The test control plane installs crds/ at start; a user's cluster has no
+/// CRDs before `helm install`. Remove them so that the chart installs its own.
+async fn remove_preinstalled_crds(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for name in CRDS {
+        match crds.delete(name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => panic!("deleting CRD {name}: {e}"),
+        }
+    }
+    for name in CRDS {
+        wait_until(&format!("CRD {name} to be gone"), None, || async {
+            crds.get_opt(name).await.unwrap().is_none().then_some(())
+        })
+        .await;
+    }
+}
+
+async fn wait_crds_established(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for name in CRDS {
+        wait_until(&format!("CRD {name} Established"), None, || async {
+            let crd = crds.get_opt(name).await.unwrap()?;
+            let conds = crd.status?.conditions?;
+            conds.iter().any(|c| c.type_ == "Established" && c.status == "True").then_some(())
+        })
+        .await;
+    }
+}
+
+/// A copy of the chart as its next version: chart 0.1.1 whose CRDs carry a
+/// changed printer-column description.
+fn next_chart_version() -> PathBuf {
+    let dir = cp().dir().join("chart-next/regcred");
+    let _ = fs::remove_dir_all(&dir);
+    copy_dir(&chart_dir(), &dir);
+    let chart_yaml = fs::read_to_string(dir.join("Chart.yaml")).unwrap().replace("version: 0.1.0", "version: 0.1.1");
+    fs::write(dir.join("Chart.yaml"), chart_yaml).unwrap();
+    for name in CRDS {
+        let path = dir.join(format!("files/crds/{name}.yaml"));
+        let text = fs::read_to_string(&path).unwrap();
+        const COLUMN: &str = "\n    - description: ";
+        assert!(text.contains(COLUMN), "{name}: no printer column description to change");
+        fs::write(&path, text.replacen(COLUMN, &format!("{COLUMN}{NEXT} "), 1)).unwrap();
+    }
+    dir
+}
+
+/// Marks the CRDs of [`next_chart_version`].
+const NEXT: &str = "(chart 0.1.1)";
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+fn first_column_description(crd: &CustomResourceDefinition) -> String {
+    let columns = crd.spec.versions[0].additional_printer_columns.as_deref().unwrap_or_default();
+    columns.first().and_then(|c| c.description.clone()).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn helm_install_then_the_operator_runs_as_the_charts_service_account_then_upgrade_and_uninstall() {
+    let cp = cp();
+    let client = cp.client().await.unwrap();
+    let kc = kubeconfig();
+    let chart = chart_dir().display().to_string();
+    remove_preinstalled_crds(&client).await;
+
+    // Install, as a user would (leader election on, as with replicas > 1).
+    let started = Instant::now();
+    let out = helm_ok(&[
+        "install",
+        RELEASE,
+        &chart,
+        "--namespace",
+        NS,
+        "--create-namespace",
+        "--kubeconfig",
+        &kc,
+        "--wait=false",
+        "--set",
+        "leaderElection.enabled=true",
+    ]);
+    assert!(out.contains("STATUS: deployed"), "{out}");
+    assert!(out.contains("kind: ClusterRegistryCredential"), "NOTES tell what to apply next:\n{out}");
+    eprintln!("helm install took {:?}", started.elapsed());
+    wait_crds_established(&client).await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NS);
+    let deploy = deployments.get(RELEASE).await.expect("the Deployment");
+    let pod = deploy.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    assert_eq!(pod.service_account_name.as_deref(), Some(RELEASE));
+    assert!(pod.containers[0].args.as_ref().unwrap().iter().any(|a| a == "--leader-elect"));
+
+    // RBAC is minimal: the installed rules are exactly the documented set.
+    let cluster_role = Api::<ClusterRole>::all(client.clone()).get(RELEASE).await.expect("the ClusterRole");
+    assert_eq!(grants(cluster_role.rules.as_deref().unwrap_or_default()), expected_cluster_grants());
+    let role_name = format!("{RELEASE}-leader-election");
+    let role = Api::<Role>::namespaced(client.clone(), NS).get(&role_name).await.expect("the leader-election Role");
+    assert_eq!(grants(role.rules.as_deref().unwrap_or_default()), expected_role_grants(RELEASE));
+    let crb = Api::<ClusterRoleBinding>::all(client.clone()).get(RELEASE).await.unwrap();
+    let rb = Api::<RoleBinding>::namespaced(client.clone(), NS).get(&role_name).await.unwrap();
+    for subjects in [crb.subjects.unwrap(), rb.subjects.unwrap()] {
+        assert_eq!(subjects.len(), 1);
+        assert_eq!((subjects[0].kind.as_str(), subjects[0].name.as_str()), ("ServiceAccount", RELEASE));
+        assert_eq!(subjects[0].namespace.as_deref(), Some(NS));
+    }
+
+    // RBAC is sufficient: regcred authenticated as the chart's ServiceAccount
+    // (a TokenRequest token), with leader election, does everything.
+    let sa_kubeconfig = cp.dir().join("regcred-sa.kubeconfig");
+    fs::write(&sa_kubeconfig, cp.service_account_kubeconfig(NS, RELEASE).await.unwrap()).unwrap();
+    let google = GoogleStandIn::start().unwrap();
+    const POOL: &str = "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/chart/providers/envtest";
+    google.add_pool_provider(POOL, &format!("https:{POOL}"), Duration::from_secs(3600));
+    let op = Operator::start_as(
+        cp,
+        Path::new(env!("CARGO_BIN_EXE_regcred")),
+        &sa_kubeconfig,
+        NS,
+        &["--leader-elect", "--leader-election-namespace", NS, "--leader-election-lease-name", RELEASE],
+        &[("POD_NAME", "regcred-chart-test")],
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let op = &op;
+    run_scenario(&client, op, &google, POOL).await;
+    let lease = Api::<Lease>::namespaced(client.clone(), NS).get(RELEASE).await.expect("the Lease");
+    assert_eq!(lease.spec.unwrap().holder_identity.as_deref(), Some("regcred-chart-test"));
+    let failures = authorization_failures(&op.log_text());
+    assert!(failures.is_empty(), "the operator was refused something:\n{}", failures.join("\n"));
+    drop(google);
+
+    // Upgrade to the chart's next version: the CRDs follow, the optional
+    // objects appear.
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for name in CRDS {
+        assert!(!first_column_description(&crds.get(name).await.unwrap()).starts_with(NEXT));
+    }
+    let next = next_chart_version().display().to_string();
+    let out = helm_ok(&[
+        "upgrade",
+        RELEASE,
+        &next,
+        "--namespace",
+        NS,
+        "--kubeconfig",
+        &kc,
+        "--wait=false",
+        "--set",
+        "replicas=2",
+        "--set",
+        "podDisruptionBudget.enabled=true",
+        "--set",
+        "networkPolicy.enabled=true",
+    ]);
+    assert!(out.contains("STATUS: deployed") && out.contains("REVISION: 2"), "{out}");
+    for name in CRDS {
+        let crd = crds.get(name).await.unwrap();
+        assert!(first_column_description(&crd).starts_with(NEXT), "helm upgrade did not update CRD {name}");
+        assert_eq!(crd.annotations().get("helm.sh/resource-policy").map(String::as_str), Some("keep"));
+    }
+    let deploy = deployments.get(RELEASE).await.unwrap();
+    assert_eq!(deploy.spec.as_ref().unwrap().replicas, Some(2));
+    let kinds = helm_ok(&["get", "manifest", RELEASE, "--namespace", NS, "--kubeconfig", &kc]);
+    for kind in ["kind: PodDisruptionBudget", "kind: NetworkPolicy", "kind: Role"] {
+        assert!(kinds.contains(kind), "{kind} missing after the upgrade");
+    }
+
+    // Uninstall: everything goes but the CRDs, and so users' credentials.
+    let rcreds: Api<RegistryCredential> = Api::namespaced(client.clone(), "chart-a");
+    let survivor = json!({"apiVersion": "regcred.dev/v1alpha1", "kind": "RegistryCredential",
+        "metadata": {"name": "survivor", "namespace": "chart-a"},
+        "spec": {"provider": {"basic": {"registry": "survivor.example", "secretRef": {"name": "x"}}}, "secret": {"name": "survivor-pull"}}});
+    create(&rcreds, survivor).await;
+    let out = helm_ok(&["uninstall", RELEASE, "--namespace", NS, "--kubeconfig", &kc]);
+    assert!(out.contains("kept due to the resource policy"), "{out}");
+    for name in CRDS {
+        assert!(crds.get_opt(name).await.unwrap().is_some(), "helm uninstall deleted CRD {name}");
+    }
+    assert!(rcreds.get_opt("survivor").await.unwrap().is_some(), "the RegistryCredential is gone");
+    assert!(deployments.get_opt(RELEASE).await.unwrap().is_none());
+    assert!(Api::<ClusterRole>::all(client.clone()).get_opt(RELEASE).await.unwrap().is_none());
+    assert!(Api::<ServiceAccount>::namespaced(client.clone(), NS).get_opt(RELEASE).await.unwrap().is_none());
+}
+
+/// Fan-out with ServiceAccount patching, rotation, a namespace leaving the
+/// selector, a namespaced credential, a serviceAccountRef (TokenRequest),
+/// Events, and cleanup: every kind of request the operator makes.
+async fn run_scenario(client: &Client, op: &Operator, google: &GoogleStandIn, pool: &str) {
+    const REGISTRY: &str = "registry.chart.example";
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    for ns in ["chart-a", "chart-b", "chart-c"] {
+        create(&namespaces, json!({"metadata": {"name": ns, "labels": {"regcred.dev/pull": "chart"}}})).await;
+    }
+    create(&Api::<ServiceAccount>::namespaced(client.clone(), "chart-a"), json!({"metadata": {"name": "builder"}}))
+        .await;
+
+    // Fan-out to three namespaces, every ServiceAccount patched.
+    put_login(client, NS, "chart-login", "chart-user", "chart-pass-1").await;
+    let crcreds: Api<ClusterRegistryCredential> = Api::all(client.clone());
+    apply(
+        &crcreds,
+        "chart-fanout",
+        json!({"apiVersion": "regcred.dev/v1alpha1", "kind": "ClusterRegistryCredential",
+            "metadata": {"name": "chart-fanout"},
+            "spec": {"provider": {"basic": {"registry": REGISTRY, "secretRef": {"name": "chart-login"}}},
+                "secret": {"name": "chart-pull"}, "serviceAccounts": {"all": true},
+                "namespaceSelector": {"matchLabels": {"regcred.dev/pull": "chart"}}}}),
+    )
+    .await;
+    let expect_login = |password: &'static str| async move {
+        for ns in ["chart-a", "chart-b", "chart-c"] {
+            let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+            wait_until(&format!("{ns}/chart-pull with {password}"), Some(op), || async {
+                let s = secrets.get_opt("chart-pull").await.unwrap()?;
+                (login_in(&s, REGISTRY) == Some(("chart-user".into(), password.into()))).then_some(())
+            })
+            .await;
+        }
+    };
+    expect_login("chart-pass-1").await;
+    for (ns, sa) in [("chart-a", "default"), ("chart-a", "builder"), ("chart-b", "default"), ("chart-c", "default")] {
+        wait_until(&format!("{ns}/{sa} to list chart-pull"), Some(op), || async {
+            pull_secrets(client, ns, sa).await.contains(&"chart-pull".to_string()).then_some(())
+        })
+        .await;
+    }
+    wait_until("chart-fanout Ready 3/3", Some(op), || async {
+        let s = crcreds.get("chart-fanout").await.unwrap().status?;
+        (ready_reason(Some(&s)).as_deref() == Some("Synced") && s.targets.as_ref()?.synced == 3).then_some(())
+    })
+    .await;
+
+    // Rotation: a new password reaches every namespace.
+    put_login(client, NS, "chart-login", "chart-user", "chart-pass-2").await;
+    expect_login("chart-pass-2").await;
+
+    // A namespace leaving the selector loses the Secret and the entry.
+    apply(
+        &namespaces,
+        "chart-c",
+        json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": "chart-c", "labels": {"regcred.dev/pull": "no"}}}),
+    )
+    .await;
+    wait_until("chart-c/chart-pull removed", Some(op), || async {
+        Api::<Secret>::namespaced(client.clone(), "chart-c")
+            .get_opt("chart-pull")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    wait_until("chart-c/default without chart-pull", Some(op), || async {
+        (!pull_secrets(client, "chart-c", "default").await.contains(&"chart-pull".to_string())).then_some(())
+    })
+    .await;
+
+    // A namespaced RegistryCredential with a basic login from its namespace.
+    put_login(client, "chart-b", "team-login", "team-user", "team-pass-1").await;
+    let rcreds: Api<RegistryCredential> = Api::namespaced(client.clone(), "chart-b");
+    apply(
+        &rcreds,
+        "team",
+        json!({"apiVersion": "regcred.dev/v1alpha1", "kind": "RegistryCredential",
+            "metadata": {"name": "team", "namespace": "chart-b"},
+            "spec": {"provider": {"basic": {"registry": "team.chart.example", "secretRef": {"name": "team-login"}}},
+                "secret": {"name": "team-pull"}, "serviceAccounts": {"names": ["default"]}}}),
+    )
+    .await;
+    wait_until("chart-b/team Ready", Some(op), || async {
+        let r = rcreds.get("team").await.unwrap();
+        (ready_reason(r.status.as_ref()).as_deref() == Some("Synced")).then_some(())
+    })
+    .await;
+    let team_pull = Api::<Secret>::namespaced(client.clone(), "chart-b").get("team-pull").await.unwrap();
+    assert_eq!(login_in(&team_pull, "team.chart.example"), Some(("team-user".into(), "team-pass-1".into())));
+    wait_until("chart-b/default to list team-pull", Some(op), || async {
+        pull_secrets(client, "chart-b", "default").await.contains(&"team-pull".to_string()).then_some(())
+    })
+    .await;
+
+    // serviceAccountRef: a TokenRequest for a ServiceAccount in the
+    // credential's namespace, exchanged at the (stand-in) Google STS.
+    create(&Api::<ServiceAccount>::namespaced(client.clone(), "chart-b"), json!({"metadata": {"name": "puller"}}))
+        .await;
+    apply(
+        &rcreds,
+        "federated",
+        json!({"apiVersion": "regcred.dev/v1alpha1", "kind": "RegistryCredential",
+            "metadata": {"name": "federated", "namespace": "chart-b"},
+            "spec": {"provider": {"google": {"registries": ["europe-docker.pkg.dev"],
+                "auth": {"serviceAccountRef": {"name": "puller", "audience": pool, "tokenUrl": google.sts_url()}}}},
+                "secret": {"name": "federated-pull"}}}),
+    )
+    .await;
+    wait_until("chart-b/federated Ready", Some(op), || async {
+        let r = rcreds.get("federated").await.unwrap();
+        (ready_reason(r.status.as_ref()).as_deref() == Some("Synced")).then_some(())
+    })
+    .await;
+    let federated = Api::<Secret>::namespaced(client.clone(), "chart-b").get("federated-pull").await.unwrap();
+    let (_, token) = login_in(&federated, "europe-docker.pkg.dev").expect("a login for europe-docker.pkg.dev");
+    record_secret(&token);
+    assert!(google.issued(&token).is_some(), "the token was not issued by the STS stand-in");
+
+    // Events were published (events.k8s.io create).
+    let events: Api<Event> = Api::namespaced(client.clone(), "chart-b");
+    wait_until("an Event about chart-b/team", Some(op), || async {
+        let list = events.list(&Default::default()).await.unwrap();
+        list.items.iter().any(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("team")).then_some(())
+    })
+    .await;
+
+    // Cleanup: deleting the credentials removes their Secrets and entries,
+    // and the finalizers let them go.
+    crcreds.delete("chart-fanout", &DeleteParams::default()).await.unwrap();
+    rcreds.delete("team", &DeleteParams::default()).await.unwrap();
+    rcreds.delete("federated", &DeleteParams::default()).await.unwrap();
+    for (ns, name) in
+        [("chart-a", "chart-pull"), ("chart-b", "chart-pull"), ("chart-b", "team-pull"), ("chart-b", "federated-pull")]
+    {
+        wait_until(&format!("{ns}/{name} removed"), Some(op), || async {
+            Api::<Secret>::namespaced(client.clone(), ns).get_opt(name).await.unwrap().is_none().then_some(())
+        })
+        .await;
+    }
+    for (ns, sa) in [("chart-a", "default"), ("chart-a", "builder"), ("chart-b", "default")] {
+        wait_until(&format!("{ns}/{sa} without regcred's entries"), Some(op), || async {
+            let names = pull_secrets(client, ns, sa).await;
+            names.iter().all(|n| n != "chart-pull" && n != "team-pull").then_some(())
+        })
+        .await;
+    }
+    wait_until("the credentials to be deleted", Some(op), || async {
+        let gone = crcreds.get_opt("chart-fanout").await.unwrap().is_none()
+            && rcreds.get_opt("team").await.unwrap().is_none()
+            && rcreds.get_opt("federated").await.unwrap().is_none();
+        gone.then_some(())
+    })
+    .await;
+}
+
+#[test]
+fn authorization_failures_are_found_and_resource_versions_ignored() {
+    let log = "GET /api/v1/secrets?resourceVersion=1403&watch=true\n\
+               list failed: ApiError: secrets is forbidden: User cannot list\n\
+               request failed status=403\n\
+               GET /api/v1/namespaces?resourceVersion=403\n\
+               2026-01-01T00:00:00.403Z INFO ok";
+    assert_eq!(authorization_failures(log).len(), 2, "{:?}", authorization_failures(log));
+}
