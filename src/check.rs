@@ -58,11 +58,6 @@ fn read_manifest(path: &Path, cluster_ns: Option<String>) -> Result<Manifest> {
     Ok(Manifest { spec, kind, name: name.unwrap_or_default(), source_namespace, secrets })
 }
 
-/// Whether the provider requests ServiceAccount tokens (which needs a cluster).
-fn uses_service_account(spec: &CredentialSpec) -> bool {
-    serde_json::to_string(&spec.provider).is_ok_and(|s| s.contains("\"serviceAccountRef\""))
-}
-
 /// `********` plus the length: enough to tell two passwords apart by size,
 /// nothing more.
 fn redact(secret: &str) -> String {
@@ -81,7 +76,7 @@ pub async fn run(opts: CheckOptions<'_>) -> Result<()> {
             "a ClusterRegistryCredential reads sources from the cluster resource namespace: pass --cluster-resource-namespace"
         ),
     };
-    let needs_cluster = !m.spec.provider.secret_names().is_empty() || uses_service_account(&m.spec);
+    let needs_cluster = !m.spec.provider.secret_names().is_empty() || m.spec.provider.uses_service_account();
     let sources = if m.secrets.is_empty() && needs_cluster {
         let config = match opts.kubeconfig {
             Some(path) => {

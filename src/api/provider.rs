@@ -41,6 +41,18 @@ impl Provider {
         }
     }
 
+    /// Whether the provider requests ServiceAccount tokens (`serviceAccountRef`).
+    pub fn uses_service_account(&self) -> bool {
+        let aws = |a: &Option<AwsAuth>| a.as_ref().is_some_and(|a| a.service_account_ref.is_some());
+        match self {
+            Provider::Ecr(p) => aws(&p.auth),
+            Provider::EcrPublic(p) => aws(&p.auth),
+            Provider::Google(p) => p.auth.as_ref().is_some_and(|a| a.service_account_ref.is_some()),
+            Provider::Acr(p) => p.auth.workload_identity.as_ref().is_some_and(|w| w.service_account_ref.is_some()),
+            Provider::Harbor(_) | Provider::Basic(_) => false,
+        }
+    }
+
     /// Names of the source Secrets the provider reads.
     pub fn secret_names(&self) -> Vec<&str> {
         fn aws(auth: &Option<AwsAuth>) -> Option<&str> {
