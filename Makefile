@@ -13,6 +13,7 @@ test: deps lint
 	REGCRED_TEST_LOG_DIR=$(abspath $(TEST_LOG_DIR)) $(CARGO) test --workspace --all-targets
 	hack/check-leaks.sh $(TEST_LOG_DIR)
 	$(MAKE) demo ARGS=--once
+	$(MAKE) bench-smoke
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -43,3 +44,22 @@ demo: deps
 chart-crds:
 	rm -f charts/regcred/files/crds/*.yaml
 	cp crds/*.yaml charts/regcred/files/crds/
+
+## The scale benchmark (docs/benchmarks.md): a real control plane, 2,000
+## namespaces, 3 ClusterRegistryCredentials, release builds; prints a table.
+## Flags through ARGS, e.g. `make bench ARGS="--namespaces 5000"`.
+.PHONY: bench bench-smoke
+bench: deps
+	$(CARGO) build --release --bin regcred
+	$(CARGO) build --release -p regcred-testenv --bin regcred-bench
+	$(TARGET_DIR)/release/regcred-bench --regcred $(TARGET_DIR)/release/regcred $(ARGS)
+
+## The benchmark reduced to 200 namespaces (debug builds), run by `make test`:
+## fails if regcred does not converge, serve new namespaces and
+## ServiceAccounts, rotate with one provider call or stay idle; no timing
+## assertions.
+bench-smoke: deps
+	$(CARGO) build --quiet --bin regcred
+	$(CARGO) build --quiet -p regcred-testenv --bin regcred-bench
+	$(TARGET_DIR)/debug/regcred-bench --regcred $(TARGET_DIR)/debug/regcred \
+		--namespaces 200 --samples 20 --idle-seconds 10 --lifetime-seconds 45

@@ -1,0 +1,710 @@
+//! `make bench`: regcred at scale against the real control plane.
+//!
+//! Starts etcd, kube-apiserver and kube-controller-manager, creates N
+//! labelled namespaces (each gets its `default` ServiceAccount from the
+//! controller-manager), measures how fast a minimal client creates N×M
+//! Secrets at the operator's write concurrency (the apiserver's limit), then
+//! runs `regcred run`, applies M ClusterRegistryCredentials targeting every
+//! namespace (one ECR Public through a short-lived stand-in, the others
+//! `basic`) and measures: initial convergence, new-namespace and
+//! new-ServiceAccount latency, a natural (expiry-driven) rotation, idle
+//! writes and the operator's peak RSS. Every figure comes from this run.
+//!
+//! The bench watches the Secrets and ServiceAccounts itself and stamps each
+//! change as it arrives, so times are measured without polling lag. It fails
+//! (exit 1) when regcred does not converge, a new namespace or
+//! ServiceAccount is not served, or the rotation does not roll out; it makes
+//! no assertion about how fast anything is: it prints figures.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use kube::api::{Api, DeleteParams, ListParams, PartialObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Client, ResourceExt};
+use regcred_testenv::aws::EcrPublicStandIn;
+use regcred_testenv::operator::{Operator, record_secret};
+use regcred_testenv::{ControlPlane, Options};
+use serde_json::json;
+
+const CLUSTER_NS: &str = "regcred-system";
+const TARGET_LABEL: &str = "regcred-bench/target";
+const LIMIT_LABEL: &str = "regcred-bench/limit";
+const MANAGED: &str = "app.kubernetes.io/managed-by=regcred";
+/// Fake source values: not secret, but recorded for the leak check anyway.
+const BASIC_PASSWORD: &str = "bench-basic-password";
+const AWS_SECRET_KEY: &str = "bench-aws-secret-key";
+
+#[derive(Debug, Clone)]
+struct Args {
+    regcred: PathBuf,
+    namespaces: usize,
+    credentials: usize,
+    samples: usize,
+    idle: Duration,
+    lifetime: Duration,
+    write_concurrency: usize,
+    concurrency: usize,
+    limit_concurrency: Option<usize>,
+}
+
+fn usage() -> &'static str {
+    "regcred-bench --regcred PATH [--namespaces 2000] [--credentials 3] [--samples 200] \
+     [--idle-seconds 60] [--lifetime-seconds 240] [--write-concurrency 32] [--concurrency 4] \
+     [--limit-concurrency N (default: min(credentials, concurrency) x write-concurrency)]"
+}
+
+fn parse_args() -> Result<Args> {
+    let mut a = Args {
+        regcred: PathBuf::new(),
+        namespaces: 2000,
+        credentials: 3,
+        samples: 200,
+        idle: Duration::from_secs(60),
+        lifetime: Duration::from_secs(240),
+        write_concurrency: 32,
+        concurrency: 4,
+        limit_concurrency: None,
+    };
+    let mut regcred = None;
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value; usage: {}", usage()));
+        let number = |v: String| v.parse::<usize>().with_context(|| format!("{flag}: not a number: {v}"));
+        match flag.as_str() {
+            "--regcred" => regcred = Some(PathBuf::from(value()?)),
+            "--namespaces" => a.namespaces = number(value()?)?,
+            "--credentials" => a.credentials = number(value()?)?,
+            "--samples" => a.samples = number(value()?)?,
+            "--idle-seconds" => a.idle = Duration::from_secs(number(value()?)? as u64),
+            "--lifetime-seconds" => a.lifetime = Duration::from_secs(number(value()?)? as u64),
+            "--write-concurrency" => a.write_concurrency = number(value()?)?,
+            "--concurrency" => a.concurrency = number(value()?)?,
+            "--limit-concurrency" => a.limit_concurrency = Some(number(value()?)?),
+            "-h" | "--help" => {
+                println!("{}", usage());
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other}; usage: {}", usage()),
+        }
+    }
+    a.regcred = regcred.with_context(|| format!("--regcred PATH is required; usage: {}", usage()))?;
+    if !a.regcred.is_file() {
+        bail!("{} does not exist: build it first (`cargo build --release --bin regcred`)", a.regcred.display());
+    }
+    if a.namespaces == 0 || a.credentials == 0 || a.samples == 0 {
+        bail!("--namespaces, --credentials and --samples must be at least 1");
+    }
+    if a.samples > a.namespaces {
+        bail!("--samples must not exceed --namespaces (new ServiceAccounts go into distinct namespaces)");
+    }
+    Ok(a)
+}
+
+/// What the bench's own watches saw, stamped on arrival.
+#[derive(Default)]
+struct Seen {
+    /// Managed Secrets: `(namespace, name)` -> (first seen, last changed, resourceVersion).
+    secrets: HashMap<(String, String), (Instant, Instant, String)>,
+    /// ServiceAccounts: `(namespace, name)` -> when they first listed every wanted pull Secret.
+    service_accounts: HashMap<(String, String), Option<Instant>>,
+    /// Pull Secret names every selected ServiceAccount must list.
+    wanted: BTreeSet<String>,
+}
+
+type Shared = Arc<Mutex<Seen>>;
+
+/// Set while the control plane is being torn down, when the bench's watches
+/// failing is expected.
+static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Sets [`STOPPING`] when dropped (declared after the control plane, so it
+/// is dropped before it).
+struct Stopping;
+
+impl Drop for Stopping {
+    fn drop(&mut self) {
+        STOPPING.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn watch_error(what: &str, e: &watcher::Error) {
+    if !STOPPING.load(std::sync::atomic::Ordering::Relaxed) {
+        eprintln!("bench: watching {what}: {e}");
+    }
+}
+
+fn spawn_watches(client: &Client, seen: &Shared) {
+    let secrets = watcher::watcher(
+        Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+        watcher::Config::default().labels(MANAGED).any_semantic(),
+    )
+    .default_backoff();
+    let s = seen.clone();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(secrets);
+        while let Some(event) = stream.next().await {
+            let now = Instant::now();
+            let mut seen = s.lock().unwrap();
+            match event {
+                Ok(Event::Apply(o)) | Ok(Event::InitApply(o)) => {
+                    let key = (o.namespace().unwrap_or_default(), o.name_any());
+                    let rv = o.resource_version().unwrap_or_default();
+                    let entry = seen.secrets.entry(key).or_insert((now, now, String::new()));
+                    if entry.2 != rv {
+                        entry.1 = now;
+                        entry.2 = rv;
+                    }
+                }
+                Ok(Event::Delete(o)) => {
+                    seen.secrets.remove(&(o.namespace().unwrap_or_default(), o.name_any()));
+                }
+                Ok(_) => {}
+                Err(e) => watch_error("Secrets", &e),
+            }
+        }
+    });
+    let sas =
+        watcher::watcher(Api::<ServiceAccount>::all(client.clone()), watcher::Config::default()).default_backoff();
+    let s = seen.clone();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(sas);
+        while let Some(event) = stream.next().await {
+            let now = Instant::now();
+            let mut seen = s.lock().unwrap();
+            match event {
+                Ok(Event::Apply(sa)) | Ok(Event::InitApply(sa)) => {
+                    let names: BTreeSet<String> =
+                        sa.image_pull_secrets.iter().flatten().map(|r| r.name.clone()).collect();
+                    let complete = !seen.wanted.is_empty() && seen.wanted.is_subset(&names);
+                    let entry =
+                        seen.service_accounts.entry((sa.namespace().unwrap_or_default(), sa.name_any())).or_default();
+                    match (complete, *entry) {
+                        (true, None) => *entry = Some(now),
+                        (false, Some(_)) => *entry = None,
+                        _ => {}
+                    }
+                }
+                Ok(Event::Delete(sa)) => {
+                    seen.service_accounts.remove(&(sa.namespace().unwrap_or_default(), sa.name_any()));
+                }
+                Ok(_) => {}
+                Err(e) => watch_error("ServiceAccounts", &e),
+            }
+        }
+    });
+}
+
+/// Polls `f` every 5 ms until it returns `Some`, or fails after `timeout`.
+async fn until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn secret_names(m: usize) -> Vec<String> {
+    (0..m).map(|i| format!("bench-pull-{i}")).collect()
+}
+
+fn target_ns(i: usize) -> String {
+    format!("bench-{i:05}")
+}
+
+async fn create_namespace(client: &Client, name: &str) -> Result<()> {
+    let labels = if name == CLUSTER_NS { json!({}) } else { json!({(TARGET_LABEL): "yes"}) };
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}}))?;
+    match Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("creating namespace {name}")),
+    }
+}
+
+/// Runs `f` over `items` with `concurrency` requests in flight.
+async fn for_each_concurrent<T, F, Fut>(items: Vec<T>, concurrency: usize, f: F) -> Result<()>
+where
+    F: Fn(T) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    futures::stream::iter(items.into_iter().map(f))
+        .buffer_unordered(concurrency.max(1))
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
+}
+
+/// A pull Secret like the ones regcred writes (same size, labels, annotation).
+fn limit_secret(ns: &str, name: &str) -> Secret {
+    let auth = "bench-user:bench-token-0123456789abcdef0123456789abcdef";
+    let data = format!(
+        r#"{{"auths":{{"registry.example.com":{{"username":"bench-user","password":"{}","auth":"{auth}"}}}}}}"#,
+        &auth[11..]
+    );
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": ns, "labels": {(LIMIT_LABEL): "yes"},
+                     "annotations": {"regcred.dev/owner": "ClusterRegistryCredential/limit"}},
+        "type": "kubernetes.io/dockerconfigjson",
+    }))
+    .map(|mut s: Secret| {
+        s.data = Some([(".dockerconfigjson".to_string(), ByteString(data.into_bytes()))].into());
+        s
+    })
+    .expect("a valid Secret")
+}
+
+/// Creates `m` Secrets in each of `targets` with `concurrency` requests in
+/// flight, by POST or by server-side apply, and returns the time taken; then
+/// deletes them, so regcred's caches do not hold them.
+async fn limit_run(client: &Client, targets: &[String], m: usize, concurrency: usize, apply: bool) -> Result<Duration> {
+    let work: Vec<(String, String)> =
+        targets.iter().flat_map(|ns| (0..m).map(move |j| (ns.clone(), format!("bench-limit-{j}")))).collect();
+    let t = Instant::now();
+    for_each_concurrent(work, concurrency, |(ns, name)| {
+        let api = Api::<Secret>::namespaced(client.clone(), &ns);
+        async move {
+            let secret = limit_secret(&ns, &name);
+            let r = if apply {
+                api.patch(&name, &PatchParams::apply("regcred-bench"), &Patch::Apply(&secret)).await
+            } else {
+                api.create(&PostParams::default(), &secret).await
+            };
+            r.with_context(|| format!("creating Secret {ns}/{name}"))?;
+            Ok(())
+        }
+    })
+    .await?;
+    let elapsed = t.elapsed();
+    for_each_concurrent(targets.to_vec(), 32, |ns| {
+        let api = Api::<Secret>::namespaced(client.clone(), &ns);
+        async move {
+            api.delete_collection(
+                &DeleteParams::default(),
+                &ListParams::default().labels(&format!("{LIMIT_LABEL}=yes")),
+            )
+            .await
+            .with_context(|| format!("deleting the limit's Secrets in {ns}"))?;
+            Ok(())
+        }
+    })
+    .await?;
+    Ok(elapsed)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+/// `VmHWM` (peak resident set) and `VmRSS` of a process, in KiB.
+fn memory_kib(pid: u32) -> Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> Result<u64> {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .with_context(|| format!("{name} not in /proc/{pid}/status"))?;
+        Ok(line.split_whitespace().nth(1).context("no value")?.parse()?)
+    };
+    Ok((field("VmHWM:")?, field("VmRSS:")?))
+}
+
+struct Row {
+    figure: String,
+    result: String,
+    target: String,
+    met: Option<bool>,
+}
+
+fn row(figure: impl Into<String>, result: impl Into<String>, target: &str, met: Option<bool>) -> Row {
+    Row { figure: figure.into(), result: result.into(), target: target.into(), met }
+}
+
+fn print_table(rows: &[Row]) {
+    let w0 = rows.iter().map(|r| r.figure.len()).max().unwrap_or(0).max(6);
+    let w1 = rows.iter().map(|r| r.result.len()).max().unwrap_or(0).max(6);
+    let w2 = rows.iter().map(|r| r.target.len()).max().unwrap_or(0).max(6);
+    println!("| {:w0$} | {:w1$} | {:w2$} | Met |", "Figure", "Result", "Target");
+    println!("|{}|{}|{}|-----|", "-".repeat(w0 + 2), "-".repeat(w1 + 2), "-".repeat(w2 + 2));
+    for r in rows {
+        let met = match r.met {
+            Some(true) => "yes",
+            Some(false) => "NO",
+            None => "",
+        };
+        println!("| {:w0$} | {:w1$} | {:w2$} | {met:3} |", r.figure, r.result, r.target);
+    }
+}
+
+fn phase(text: &str) {
+    println!("==> {text}");
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    if let Err(e) = run().await {
+        eprintln!("bench failed: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> Result<()> {
+    let args = parse_args()?;
+    let n = args.namespaces;
+    let m = args.credentials;
+    let limit_concurrency =
+        args.limit_concurrency.unwrap_or(m.min(args.concurrency).max(1) * args.write_concurrency.max(1));
+    let names = secret_names(m);
+    let started = Instant::now();
+
+    phase("starting the control plane (etcd, kube-apiserver, kube-controller-manager)");
+    let cp = tokio::task::spawn_blocking(|| ControlPlane::start(Options::default())).await??;
+    let client = cp.client().await?;
+
+    phase(&format!("creating {n} namespaces and waiting for their default ServiceAccounts"));
+    create_namespace(&client, CLUSTER_NS).await?;
+    let targets: Vec<String> = (0..n).map(target_ns).collect();
+    for_each_concurrent(targets.clone(), 32, |ns| {
+        let client = client.clone();
+        async move { create_namespace(&client, &ns).await }
+    })
+    .await?;
+    let seen: Shared = Arc::default();
+    seen.lock().unwrap().wanted = names.iter().cloned().collect();
+    spawn_watches(&client, &seen);
+    {
+        let targets_set: BTreeSet<&str> = targets.iter().map(String::as_str).collect();
+        let s = seen.clone();
+        until("the default ServiceAccounts", Duration::from_secs(300), || {
+            let seen = s.lock().unwrap();
+            let count = seen
+                .service_accounts
+                .keys()
+                .filter(|(ns, name)| name == "default" && targets_set.contains(ns.as_str()))
+                .count();
+            (count == n).then_some(())
+        })
+        .await?;
+    }
+
+    phase(&format!("the limit: a minimal client creates {} Secrets, {limit_concurrency} in flight", n * m));
+    let limit = limit_run(&client, &targets, m, limit_concurrency, false).await?;
+    println!("    {} Secrets in {} (POST create)", n * m, secs(limit));
+    let limit_apply = limit_run(&client, &targets, m, limit_concurrency, true).await?;
+    println!("    {} Secrets in {} (server-side apply, as regcred writes them)", n * m, secs(limit_apply));
+
+    phase("starting regcred and the ECR Public stand-in");
+    let standin = EcrPublicStandIn::start(args.lifetime)?;
+    record_secret(BASIC_PASSWORD);
+    record_secret(AWS_SECRET_KEY);
+    let put = |name: &str, data: serde_json::Value| {
+        let api = Api::<Secret>::namespaced(client.clone(), CLUSTER_NS);
+        let s = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": CLUSTER_NS}, "stringData": data});
+        let name = name.to_string();
+        async move { api.patch(&name, &PatchParams::apply("regcred-bench").force(), &Patch::Apply(&s)).await }
+    };
+    put("bench-basic", json!({"username": "bench-user", "password": BASIC_PASSWORD})).await?;
+    put("bench-aws", json!({"access-key-id": "AKIABENCHKEY00000001", "secret-access-key": AWS_SECRET_KEY})).await?;
+    let regcred = args.regcred.clone();
+    let operator_args = [
+        "--log-level=info".to_string(),
+        format!("--write-concurrency={}", args.write_concurrency),
+        format!("--concurrency={}", args.concurrency),
+    ];
+    let cp = Arc::new(cp);
+    // Dropped before the control plane: its watches failing then is expected.
+    let _stopping = Stopping;
+    let cp2 = cp.clone();
+    let operator = tokio::task::spawn_blocking(move || {
+        let a: Vec<&str> = operator_args.iter().map(String::as_str).collect();
+        Operator::start_with_env(&cp2, &regcred, CLUSTER_NS, &a, &[("AWS_EC2_METADATA_DISABLED", "true")])
+    })
+    .await??;
+
+    phase(&format!("initial convergence: {m} ClusterRegistryCredentials x {n} namespaces"));
+    let crcreds: Api<kube::api::DynamicObject> = Api::all_with(
+        client.clone(),
+        &kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("regcred.dev", "v1alpha1", "ClusterRegistryCredential"),
+            "clusterregistrycredentials",
+        ),
+    );
+    let writes_before = operator.write_requests()?;
+    let t0 = Instant::now();
+    for (i, secret) in names.iter().enumerate() {
+        let provider = if i == 0 {
+            json!({"ecrPublic": {"auth": {"secretRef": {"name": "bench-aws"}}, "endpoint": standin.endpoint()}})
+        } else {
+            json!({"basic": {"registry": format!("registry-{i}.example.com"), "secretRef": {"name": "bench-basic"}}})
+        };
+        let obj = json!({
+            "apiVersion": "regcred.dev/v1alpha1", "kind": "ClusterRegistryCredential",
+            "metadata": {"name": format!("bench-{i}")},
+            "spec": {"provider": provider, "secret": {"name": secret}, "serviceAccounts": {"all": true},
+                     "namespaceSelector": {"matchLabels": {(TARGET_LABEL): "yes"}}}
+        });
+        crcreds
+            .patch(&format!("bench-{i}"), &PatchParams::apply("regcred-bench").force(), &Patch::Apply(&obj))
+            .await
+            .context("applying a ClusterRegistryCredential")?;
+    }
+    let converge_timeout = Duration::from_secs(120) + Duration::from_millis(50 * (n * m) as u64);
+    let converged = {
+        let s = seen.clone();
+        let targets = targets.clone();
+        let names = names.clone();
+        until("initial convergence", converge_timeout, move || {
+            let seen = s.lock().unwrap();
+            let mut last = t0;
+            for ns in &targets {
+                for name in &names {
+                    last = last.max(seen.secrets.get(&(ns.clone(), name.clone()))?.0);
+                }
+                last = last.max((*seen.service_accounts.get(&(ns.clone(), "default".to_string()))?)?);
+            }
+            Some(last)
+        })
+        .await
+        .with_context(|| format!("regcred did not converge; operator log: {}", operator.log_path().display()))?
+    };
+    let convergence = converged - t0;
+    let initial_calls = standin.calls();
+    let convergence_writes = operator.write_requests()? - writes_before;
+    println!("    all {} Secrets and {n} ServiceAccounts in {}", n * m, secs(convergence));
+    // Cross-check with the apiserver, not only the watch.
+    let listed = Api::<Secret>::all(client.clone()).list_metadata(&ListParams::default().labels(MANAGED)).await?;
+    if listed.items.len() != n * m {
+        let extra: Vec<String> = listed
+            .items
+            .iter()
+            .map(|s| format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any()))
+            .filter(|k| !k.starts_with("bench-"))
+            .take(10)
+            .collect();
+        bail!("the apiserver lists {} managed Secrets, expected {} (e.g. {extra:?})", listed.items.len(), n * m);
+    }
+
+    phase(&format!("new-namespace latency: {} namespaces created one by one", args.samples));
+    let mut ns_latency = Vec::new();
+    let mut new_namespaces = Vec::new();
+    for i in 0..args.samples {
+        let ns = format!("bench-new-{i:04}");
+        let t = Instant::now();
+        create_namespace(&client, &ns).await?;
+        let s = seen.clone();
+        let (names2, ns2) = (names.clone(), ns.clone());
+        let done = until(&format!("the Secrets in new namespace {ns}"), Duration::from_secs(30), move || {
+            let seen = s.lock().unwrap();
+            names2.iter().map(|name| seen.secrets.get(&(ns2.clone(), name.clone())).map(|e| e.0)).max().flatten()
+        })
+        .await?;
+        ns_latency.push(done.saturating_duration_since(t));
+        new_namespaces.push(ns);
+    }
+    ns_latency.sort();
+
+    phase(&format!("new-ServiceAccount latency: {} ServiceAccounts created one by one", args.samples));
+    let mut sa_latency = Vec::new();
+    for (i, ns) in targets.iter().take(args.samples).enumerate() {
+        let name = format!("bench-sa-{i:04}");
+        let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": name, "namespace": ns}}))?;
+        let t = Instant::now();
+        Api::<ServiceAccount>::namespaced(client.clone(), ns).create(&PostParams::default(), &sa).await?;
+        let s = seen.clone();
+        let key = (ns.clone(), name.clone());
+        let done = until(&format!("ServiceAccount {ns}/{name} to be patched"), Duration::from_secs(30), move || {
+            s.lock().unwrap().service_accounts.get(&key).copied().flatten()
+        })
+        .await?;
+        sa_latency.push(done.saturating_duration_since(t));
+    }
+    sa_latency.sort();
+
+    phase(&format!(
+        "rotation: waiting for the ECR Public token (lifetime {}s) to be refreshed and rolled out",
+        args.lifetime.as_secs()
+    ));
+    let calls_before = initial_calls;
+    let rotation_start = until("the rotation's provider call", args.lifetime + Duration::from_secs(60), || {
+        (standin.calls() > calls_before).then(Instant::now)
+    })
+    .await?;
+    let all_targets: Vec<String> = targets.iter().chain(new_namespaces.iter()).cloned().collect();
+    let rotated = {
+        let s = seen.clone();
+        let secret = names[0].clone();
+        let all_targets = all_targets.clone();
+        until("the rotated Secret in every namespace", converge_timeout, move || {
+            let seen = s.lock().unwrap();
+            let mut last = rotation_start;
+            for ns in &all_targets {
+                let (_, changed, _) = seen.secrets.get(&(ns.clone(), secret.clone()))?;
+                // The watch stamps a change when it arrives; the poll that
+                // saw the call may lag it by up to 5 ms.
+                if *changed + Duration::from_millis(10) < rotation_start {
+                    return None;
+                }
+                last = last.max(*changed);
+            }
+            Some(last)
+        })
+        .await?
+    };
+    let rotation = rotated.saturating_duration_since(rotation_start);
+    let calls_after = standin.calls();
+    let rotation_calls = calls_after - calls_before;
+    // Every namespace holds one and the same token, and the stand-in issued it.
+    let listed = Api::<Secret>::all(client.clone()).list(&ListParams::default().labels(MANAGED)).await?;
+    let tokens: BTreeSet<Vec<u8>> = listed
+        .items
+        .iter()
+        .filter(|s| s.name_any() == names[0])
+        .filter_map(|s| s.data.as_ref()?.get(".dockerconfigjson").map(|b| b.0.clone()))
+        .collect();
+    if tokens.len() != 1 {
+        bail!("after the rotation the ECR Public Secrets hold {} different credentials", tokens.len());
+    }
+    let token = tokens.into_iter().next().expect("one");
+    let v: serde_json::Value = serde_json::from_slice(&token)?;
+    let password = v["auths"]["public.ecr.aws"]["password"].as_str().unwrap_or_default().to_string();
+    record_secret(&password);
+    if !(standin.validator())("AWS", &password) {
+        bail!("the rotated Secrets do not hold a token the stand-in issued and still considers valid");
+    }
+    println!("    {} Secrets rotated in {}, {rotation_calls} provider call(s)", all_targets.len(), secs(rotation));
+
+    phase(&format!("idle: regcred's write requests during {}s with nothing changing", args.idle.as_secs()));
+    // Let the rotation's status patch and Events land first.
+    let mut last = operator.write_requests()?;
+    let mut stable_since = Instant::now();
+    let settle_deadline = Instant::now() + Duration::from_secs(30);
+    while stable_since.elapsed() < Duration::from_secs(2) && Instant::now() < settle_deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = operator.write_requests()?;
+        if now != last {
+            last = now;
+            stable_since = Instant::now();
+        }
+    }
+    let idle_calls_before = standin.calls();
+    let w0 = operator.write_requests()?;
+    tokio::time::sleep(args.idle).await;
+    let w1 = operator.write_requests()?;
+    let idle_writes = w1 - w0;
+    let idle_rotated = standin.calls() != idle_calls_before;
+
+    let (hwm, rss) = memory_kib(operator.pid())?;
+    let mib = |kib: u64| kib as f64 / 1024.0;
+
+    println!();
+    println!(
+        "regcred-bench: N={n} namespaces, M={m} credentials (1 ECR Public via stand-in, {} basic), \
+         --write-concurrency {}, --concurrency {}; {} cores, {:.1} GiB RAM; total run {}",
+        m - 1,
+        args.write_concurrency,
+        args.concurrency,
+        std::thread::available_parallelism().map(|p| p.get()).unwrap_or(0),
+        total_memory_gib(),
+        secs(started.elapsed())
+    );
+    println!();
+    let ratio = convergence.as_secs_f64() / limit.as_secs_f64();
+    let p = |v: &[Duration]| (percentile(v, 50.0), percentile(v, 99.0), *v.last().unwrap_or(&Duration::ZERO));
+    let (np50, np99, nmax) = p(&ns_latency);
+    let (sp50, sp99, smax) = p(&sa_latency);
+    let rows = vec![
+        row(format!("Initial convergence ({} Secrets, {n} ServiceAccounts)", n * m), secs(convergence), "", None),
+        row(
+            format!("Limit: minimal client creates {} Secrets, {limit_concurrency} in flight", n * m),
+            secs(limit),
+            "",
+            None,
+        ),
+        row("  the same by server-side apply (regcred's write)", secs(limit_apply), "", None),
+        row(
+            format!("Write requests regcred sent to converge ({} Secrets + {n} ServiceAccounts)", n * m),
+            convergence_writes.to_string(),
+            "",
+            None,
+        ),
+        row("Convergence ratio regcred/limit", format!("{ratio:.2}"), "<= 1.5", Some(ratio <= 1.5)),
+        row(
+            format!("New namespace -> {m} Secrets (p50 / p99 / max, {} samples)", ns_latency.len()),
+            format!("{} / {} / {}", ms(np50), ms(np99), ms(nmax)),
+            "p99 <= 1 s",
+            Some(np99 <= Duration::from_secs(1)),
+        ),
+        row(
+            format!("New ServiceAccount -> patched (p50 / p99 / max, {} samples)", sa_latency.len()),
+            format!("{} / {} / {}", ms(sp50), ms(sp99), ms(smax)),
+            "p99 <= 1 s",
+            Some(sp99 <= Duration::from_secs(1)),
+        ),
+        row(format!("Rotation rollout to {} namespaces", all_targets.len()), secs(rotation), "", None),
+        row("Provider calls per rotation", rotation_calls.to_string(), "1", Some(rotation_calls == 1)),
+        row("Provider calls for the initial mint", initial_calls.to_string(), "1", Some(initial_calls == 1)),
+        row(
+            format!(
+                "Idle write requests in {}s{}",
+                args.idle.as_secs(),
+                if idle_rotated { " (a rotation fell in the window)" } else { "" }
+            ),
+            idle_writes.to_string(),
+            "0",
+            Some(idle_writes == 0),
+        ),
+        row(
+            "Operator peak RSS (VmHWM; VmRSS now)",
+            format!("{:.1} MiB ({:.1} MiB)", mib(hwm), mib(rss)),
+            "<= 64 MiB",
+            Some(mib(hwm) <= 64.0),
+        ),
+    ];
+    print_table(&rows);
+    println!();
+    println!("operator log: {} (removed with the control plane)", operator.log_path().display());
+    drop(operator);
+    drop(standin);
+    // Behaviour, not speed: these fail the run (and `make bench-smoke`).
+    if rotation_calls != 1 || initial_calls != 1 {
+        bail!(
+            "expected exactly 1 provider call per mint, saw {initial_calls} initially and {rotation_calls} for the rotation"
+        );
+    }
+    if idle_writes != 0 && !idle_rotated {
+        bail!("regcred made {idle_writes} write requests while idle");
+    }
+    Ok(())
+}
+
+fn total_memory_gib() -> f64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map(|kib| kib / 1024.0 / 1024.0)
+        .unwrap_or(0.0)
+}
