@@ -695,6 +695,13 @@ impl<'a> Parser<'a> {
     }
 }
 
+/// Fuzzing entry point (`fuzz/`): the registry token answer parser on
+/// arbitrary input. Not an API.
+#[doc(hidden)]
+pub fn fuzz_token_response(data: &[u8]) {
+    let _ = parse_token_response(data);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -629,6 +629,11 @@ fn jwt_expiry(token: &str) -> Result<Timestamp, String> {
     Timestamp::from_second(seconds).map_err(|_| format!("exp {seconds} is out of range"))
 }
 
+/// Fuzzing entry point (`fuzz/`): the JWT expiry parser on arbitrary input.
+pub(super) fn fuzz_parse(data: &[u8]) {
+    let _ = jwt_expiry(&String::from_utf8_lossy(data));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,10 @@ use crate::render::{RegistryAuth, find_in_dockerconfigjson};
 
 const DOCKERCONFIGJSON_KEY: &str = ".dockerconfigjson";
 
+/// Largest username + password accepted: the rendered Secret holds the
+/// password twice (once base64-encoded), and a Secret is at most 1 MiB.
+const MAX_LOGIN_BYTES: usize = 256 * 1024;
+
 pub struct Basic {
     spec: BasicProvider,
 }
@@ -48,6 +52,12 @@ impl CredentialProvider for Basic {
                 (Some(_), None) => return Err(invalid("has no key password or token".into())),
             }
         };
+        let size = auth.username.len() + secrecy::ExposeSecret::expose_secret(&auth.password).len();
+        if size > MAX_LOGIN_BYTES {
+            return Err(invalid(format!(
+                "holds a login of {size} bytes; at most {MAX_LOGIN_BYTES} bytes fit in a pull Secret"
+            )));
+        }
         Ok(Minted { auths: vec![auth], ..Default::default() })
     }
 }

@@ -89,10 +89,13 @@ impl Redactor {
 }
 
 /// Maps an AWS SDK error to a precise reason. The message names the call.
-fn aws_error<E, R>(call: &str, err: &SdkError<E, R>, redactor: &Redactor) -> ProviderError
+fn aws_error<E>(
+    call: &str,
+    err: &SdkError<E, aws_sdk_ecr::config::http::HttpResponse>,
+    redactor: &Redactor,
+) -> ProviderError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
 {
     match err {
         SdkError::ServiceError(ctx) => {
@@ -143,8 +146,20 @@ where
             )
         }
         SdkError::TimeoutError(_) => ProviderError::new(reasons::PROVIDER_ERROR, format!("{call}: timed out")),
-        SdkError::ResponseError(_) => {
-            ProviderError::new(reasons::PROVIDER_RESPONSE_INVALID, format!("{call}: the response could not be read"))
+        SdkError::ResponseError(r) => {
+            // An error status whose body is not AWS's error format (a proxy
+            // or load balancer answering): the status says what happened.
+            let status = r.raw().status().as_u16();
+            match status {
+                429 => ProviderError::new(reasons::PROVIDER_THROTTLED, format!("{call}: throttled (HTTP 429)")),
+                500..=599 => {
+                    ProviderError::new(reasons::PROVIDER_ERROR, format!("{call}: the endpoint answered HTTP {status}"))
+                }
+                _ => ProviderError::new(
+                    reasons::PROVIDER_RESPONSE_INVALID,
+                    format!("{call}: the response (HTTP {status}) could not be read"),
+                ),
+            }
         }
         SdkError::ConstructionFailure(_) => ProviderError::new(
             reasons::PROVIDER_AUTH_FAILED,
@@ -357,6 +372,19 @@ impl CredentialProvider for EcrPublic {
             expires_at,
             state: None,
         })
+    }
+}
+
+/// Fuzzing entry point (`fuzz/`): the ECR authorization token decoder on
+/// arbitrary input; an error never echoes the token.
+pub(super) fn fuzz_parse(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    // A valid base64 token (no spaces, so no message words) is never echoed.
+    if let Err(e) = decode_token("ecr:GetAuthorizationToken", Some(&text))
+        && text.len() >= 8
+        && base64::engine::general_purpose::STANDARD.decode(text.as_bytes()).is_ok()
+    {
+        assert!(!e.message.contains(text.as_ref()), "the error echoes the token");
     }
 }
 

@@ -542,6 +542,9 @@ fn form(pairs: &[(&str, &str)]) -> String {
     form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish()
 }
 
+/// Largest answer read from a Google endpoint: token answers are a few KiB.
+const MAX_RESPONSE: usize = 1024 * 1024;
+
 /// One HTTP exchange, for precise error messages: the call, its URL and
 /// the HTTP status, never a token.
 struct Call<'a> {
@@ -561,12 +564,23 @@ impl Call<'_> {
         let response =
             request.send().await.map_err(|e| self.error(reasons::PROVIDER_ERROR, error_chain(&e.without_url())))?;
         let status = response.status();
-        let body = response
-            .bytes()
+        let mut response = response;
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
             .await
-            .map_err(|e| self.error(reasons::PROVIDER_ERROR, format!("reading the answer: {}", error_chain(&e))))?;
+            .map_err(|e| self.error(reasons::PROVIDER_ERROR, format!("reading the answer: {}", error_chain(&e))))?
+        {
+            if body.len() + chunk.len() > MAX_RESPONSE {
+                return Err(self.error(
+                    reasons::PROVIDER_RESPONSE_INVALID,
+                    format!("the answer is larger than {} KiB", MAX_RESPONSE / 1024),
+                ));
+            }
+            body.extend_from_slice(&chunk);
+        }
         if status.is_success() {
-            return Ok(body.to_vec());
+            return Ok(body);
         }
         let (code, description) = error_detail(&body, sent);
         let mut detail = format!("HTTP {status}");
@@ -678,6 +692,15 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = inner.source();
     }
     s
+}
+
+/// Fuzzing entry point (`fuzz/`): the credential file parser and the token
+/// answer parsers on arbitrary input.
+pub(super) fn fuzz_parse(data: &[u8]) {
+    let _ = Credentials::parse(&String::from_utf8_lossy(data));
+    let call = Call { what: "fuzz", url: "https://oauth2.googleapis.com/token" };
+    let _ = call.oauth_token(data);
+    let _ = call.iam_token(data);
 }
 
 #[cfg(test)]

@@ -848,6 +848,27 @@ impl HarborApi {
     }
 }
 
+/// Fuzzing entry point (`fuzz/`): Harbor's answers (robot lists, a robot,
+/// a created robot, a new secret, an error body) and the stored provider
+/// state on arbitrary input.
+pub(super) fn fuzz_parse(data: &[u8]) {
+    if let Ok(robots) = serde_json::from_slice::<Option<Vec<Robot>>>(data) {
+        for r in robots.iter().flatten() {
+            let _ = r.named("regcred-x-a");
+            let _ = r.day_seconds();
+        }
+    }
+    if let Ok(r) = serde_json::from_slice::<Robot>(data) {
+        let _ = r.day_seconds();
+    }
+    let _ = serde_json::from_slice::<CreatedWire>(data);
+    let _ = serde_json::from_slice::<SecretWire>(data);
+    let _ = serde_json::from_slice::<ErrorsWire>(data);
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
+        let _ = State::parse(Some(&v));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -78,6 +78,24 @@ pub fn for_spec(provider: &Provider) -> Box<dyn CredentialProvider> {
     }
 }
 
+/// Entry points for the `cargo fuzz` targets in `fuzz/`: each runs one
+/// provider's response parsers on arbitrary bytes. Not an API.
+#[doc(hidden)]
+pub mod fuzz {
+    pub fn ecr(data: &[u8]) {
+        super::ecr::fuzz_parse(data)
+    }
+    pub fn acr(data: &[u8]) {
+        super::acr::fuzz_parse(data)
+    }
+    pub fn google(data: &[u8]) {
+        super::google::fuzz_parse(data)
+    }
+    pub fn harbor(data: &[u8]) {
+        super::harbor::fuzz_parse(data)
+    }
+}
+
 /// Access to a credential's source objects, confined to the one namespace
 /// the credential may read from: its own for a RegistryCredential, the
 /// cluster resource namespace for a ClusterRegistryCredential. Providers

@@ -106,6 +106,7 @@ pub struct EcrPublicStandIn {
     issued: Arc<Mutex<HashMap<String, Instant>>>,
     calls: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
+    expired: Arc<AtomicBool>,
 }
 
 impl EcrPublicStandIn {
@@ -115,21 +116,29 @@ impl EcrPublicStandIn {
         let issued: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
         let calls = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (i, c, s) = (issued.clone(), calls.clone(), stop.clone());
+        let expired = Arc::new(AtomicBool::new(false));
+        let (i, c, s, x) = (issued.clone(), calls.clone(), stop.clone(), expired.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 if s.load(Ordering::Relaxed) {
                     break;
                 }
                 if let Ok(stream) = stream {
-                    let (i, c) = (i.clone(), c.clone());
+                    let (i, c, x) = (i.clone(), c.clone(), x.clone());
                     std::thread::spawn(move || {
+                        let lifetime = if x.load(Ordering::Relaxed) { None } else { Some(lifetime) };
                         let _ = serve(stream, &i, &c, lifetime);
                     });
                 }
             }
         });
-        Ok(EcrPublicStandIn { port, issued, calls, stop })
+        Ok(EcrPublicStandIn { port, issued, calls, stop, expired })
+    }
+
+    /// Fault knob: while set, tokens are issued already expired (an hour
+    /// ago), as a provider with a wrong clock would.
+    pub fn set_expired(&self, expired: bool) {
+        self.expired.store(expired, Ordering::Relaxed);
     }
 
     pub fn endpoint(&self) -> String {
@@ -162,7 +171,7 @@ fn serve(
     stream: TcpStream,
     issued: &Mutex<HashMap<String, Instant>>,
     calls: &AtomicUsize,
-    lifetime: Duration,
+    lifetime: Option<Duration>,
 ) -> Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut line = String::new();
@@ -189,8 +198,14 @@ fn serve(
     let (status, payload) = if target == "SpencerFrontendService.GetAuthorizationToken" {
         calls.fetch_add(1, Ordering::Relaxed);
         let token = format!("ecr-public-{:032x}", rand_u128());
-        issued.lock().unwrap().insert(token.clone(), Instant::now() + lifetime);
-        let expires = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs_f64() + lifetime.as_secs_f64();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs_f64();
+        let expires = match lifetime {
+            Some(lifetime) => {
+                issued.lock().unwrap().insert(token.clone(), Instant::now() + lifetime);
+                now + lifetime.as_secs_f64()
+            }
+            None => now - 3600.0,
+        };
         let auth = base64::engine::general_purpose::STANDARD.encode(format!("AWS:{token}"));
         (200, format!(r#"{{"authorizationData":{{"authorizationToken":"{auth}","expiresAt":{expires}}}}}"#))
     } else {

@@ -496,3 +496,90 @@ pub async fn install_crds(client: &Client, dir: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// A control-plane process stopped by [`ControlPlane::kill`], to be started
+/// again with the same arguments (same ports, data directory and
+/// certificates) by [`ControlPlane::start_again`].
+#[derive(Debug)]
+pub struct Stopped {
+    name: &'static str,
+    args: Vec<String>,
+}
+
+impl ControlPlane {
+    /// Sends SIGKILL to the control-plane process `name` (`etcd`,
+    /// `kube-apiserver` or `kube-controller-manager`) and waits until it has
+    /// exited. The other processes keep running.
+    pub fn kill(&mut self, name: &str) -> Result<Stopped> {
+        let (name, child) = self
+            .processes
+            .iter_mut()
+            .rev()
+            .find(|(n, _)| *n == name)
+            .ok_or_else(|| anyhow!("no control-plane process {name}"))?;
+        let cmdline = fs::read(format!("/proc/{}/cmdline", child.id()))
+            .with_context(|| format!("reading the command line of {name}"))?;
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .skip(1)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into())
+            .collect();
+        child.kill()?;
+        child.wait()?;
+        // The exited child stays in the list: the first one's pid is the
+        // process group id that teardown signals.
+        Ok(Stopped { name, args })
+    }
+
+    /// Starts a process stopped by [`ControlPlane::kill`] again, in the same
+    /// process group, and for kube-apiserver waits until it is ready.
+    pub async fn start_again(&mut self, stopped: Stopped) -> Result<()> {
+        let log =
+            fs::OpenOptions::new().append(true).create(true).open(self.dir.join(format!("{}.log", stopped.name)))?;
+        let mut cmd = Command::new(self.assets.join(stopped.name));
+        cmd.args(&stopped.args).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        cmd.process_group(self.process_group());
+        let child = cmd.spawn().with_context(|| format!("starting {} again", stopped.name))?;
+        self.processes.push((stopped.name, child));
+        if stopped.name == "kube-apiserver" {
+            self.wait_apiserver_ready().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until kube-apiserver answers `/readyz` with `ok`, failing early
+    /// if the newest kube-apiserver process exits.
+    async fn wait_apiserver_ready(&mut self) -> Result<()> {
+        let client = self.client().await?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let req = http::Request::get("/readyz").body(Vec::new())?;
+            if client.request_text(req).await.is_ok_and(|body| body.trim() == "ok") {
+                return Ok(());
+            }
+            if let Some((_, child)) = self.processes.iter_mut().rev().find(|(n, _)| *n == "kube-apiserver")
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("kube-apiserver exited with {status}:\n{}", log_tail(&self.dir.join("kube-apiserver.log")));
+            }
+            if Instant::now() > deadline {
+                bail!("kube-apiserver not ready after 120s:\n{}", log_tail(&self.dir.join("kube-apiserver.log")));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// SIGKILLs kube-apiserver; start it again with [`ControlPlane::start_again`].
+    pub fn kill_apiserver(&mut self) -> Result<Stopped> {
+        self.kill("kube-apiserver")
+    }
+
+    /// SIGKILLs etcd and starts it again on the same data directory, then
+    /// waits until kube-apiserver is ready again.
+    pub async fn restart_etcd(&mut self) -> Result<()> {
+        let stopped = self.kill("etcd")?;
+        self.start_again(stopped).await?;
+        self.wait_apiserver_ready().await
+    }
+}

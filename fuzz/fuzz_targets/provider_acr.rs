@@ -1,0 +1,7 @@
+#![no_main]
+//! The acr provider's response parsers on arbitrary bytes.
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    regcred::provider::fuzz::acr(data);
+});
