@@ -39,40 +39,7 @@ impl Operator {
         extra_args: &[&str],
         envs: &[(&str, &str)],
     ) -> Result<Operator> {
-        let port = free_port()?;
-        let log = match log_dir() {
-            Some(dir) => dir.join(format!("regcred-{}-{port}.log", std::process::id())),
-            None => cp.dir().join(format!("regcred-{port}.log")),
-        };
-        let out = fs::File::create(&log)?;
-        let child = Command::new(binary)
-            .arg("run")
-            .arg(format!("--kubeconfig={}", cp.kubeconfig_path().display()))
-            .arg(format!("--metrics-addr=127.0.0.1:{port}"))
-            .arg(format!("--cluster-resource-namespace={cluster_resource_namespace}"))
-            .args(extra_args)
-            .envs(envs.iter().copied())
-            .env("REGCRED_LOG_LEVEL", std::env::var("REGCRED_TEST_LOG_LEVEL").unwrap_or_else(|_| "debug".into()))
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .process_group(cp.process_group())
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        let mut op = Operator { child, metrics_url: format!("http://127.0.0.1:{port}"), log };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = op.child.try_wait()? {
-                bail!("regcred exited with {status}:\n{}", op.log_text());
-            }
-            if http_get(&format!("{}/readyz", op.metrics_url)).is_ok_and(|(code, _)| code == 200) {
-                return Ok(op);
-            }
-            if Instant::now() > deadline {
-                bail!("regcred not ready after 60s:\n{}", op.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        Self::start_as(cp, binary, cp.kubeconfig_path(), cluster_resource_namespace, extra_args, envs)
     }
 
     /// Like [`Operator::start_with_env`], but authenticated with
