@@ -76,6 +76,23 @@ pub enum ExchangeMode {
     Throttled,
     /// `200` with a refresh token that is not a JWT.
     MalformedToken,
+    /// The connection closes without an answer.
+    Down,
+    /// `500 Internal Server Error`.
+    Status500,
+    /// `429` with `Retry-After: 1`.
+    ThrottledRetryAfter,
+    /// No answer for 60 s, then the connection closes.
+    Hang,
+    /// `200` with a body that is not JSON.
+    MalformedJson,
+    /// `200` announcing 4096 bytes, sending a few, closing.
+    Truncated,
+    /// `200` with a 16 MiB body.
+    Huge,
+    /// Refresh tokens as in `Normal`, but their `exp` was an hour ago (a
+    /// registry with a wrong clock).
+    Expired,
 }
 
 /// Which endpoint a request reached.
@@ -417,6 +434,30 @@ impl State {
         token
     }
 
+    /// A refresh token that expired an hour ago.
+    fn expired_refresh_token(&self, tenant: &str, principal: &str) -> String {
+        let now = now_secs();
+        let header = json!({"alg": "HS256", "typ": "JWT"});
+        let claims = json!({
+            "jti": random_hex(&self.rng, 16),
+            "sub": principal,
+            "tenant": tenant,
+            "iss": "Azure Container Registry",
+            "aud": self.host,
+            "iat": now - 7200,
+            "nbf": now - 7200,
+            "exp": now - 3600,
+            "grant_type": "refresh_token",
+            "version": "1.0",
+        });
+        let signing_input =
+            format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
+        let tag = hmac::sign(&self.key, signing_input.as_bytes());
+        let token = format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()));
+        record_secret(&token);
+        token
+    }
+
     fn entra_token(&self, inner: &mut Inner, tenant: &str, principal: &str) -> String {
         let token = format!("entra-{}", random_hex(&self.rng, 24));
         record_secret(&token);
@@ -602,13 +643,69 @@ fn serve_connection(state: &State, tcp: TcpStream) {
             Ok(raw) => raw,
             Err(e) => Response::text(502, &format!("proxying to the registry: {e:#}")).to_bytes(),
         },
-        Ok(req) => handle(state, &req).to_bytes(),
+        Ok(req) => match raw_fault(state, &req) {
+            Some(Some(raw)) => raw,
+            Some(None) => return,
+            None => handle(state, &req).to_bytes(),
+        },
         Err(_) => return,
     };
     let _ = stream.write_all(&bytes);
     stream.conn.send_close_notify();
     let _ = stream.flush();
     let _ = stream.sock.shutdown(Shutdown::Both);
+}
+
+/// An exchange fault a [`Response`] cannot express, for the request's
+/// `tenant`: `Some(Some(raw))` to send, `Some(None)` to close without an
+/// answer, `None` to answer normally.
+fn raw_fault(state: &State, req: &Request) -> Option<Option<Vec<u8>>> {
+    if req.path != "/oauth2/exchange" {
+        return None;
+    }
+    let tenant = req.form().get("tenant").cloned().unwrap_or_default();
+    let mode = state.inner.lock().expect("not poisoned").tenants.get(&tenant).map(|t| t.exchange)?;
+    let head = |status: &str, extra: &str, len: usize| {
+        format!(
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n{extra}Connection: close\r\n\r\n"
+        )
+        .into_bytes()
+    };
+    match mode {
+        ExchangeMode::Down => Some(None),
+        ExchangeMode::Hang => {
+            std::thread::sleep(Duration::from_secs(60));
+            Some(None)
+        }
+        ExchangeMode::ThrottledRetryAfter => {
+            let body = json!({"errors": [{"code": "TOOMANYREQUESTS", "message": "too many requests"}]}).to_string();
+            let mut raw = head("429 Too Many Requests", "Retry-After: 1\r\n", body.len());
+            raw.extend_from_slice(body.as_bytes());
+            Some(Some(raw))
+        }
+        ExchangeMode::MalformedJson => {
+            let body = br#"{"refresh_token": "#;
+            let mut raw = head("200 OK", "", body.len());
+            raw.extend_from_slice(body);
+            Some(Some(raw))
+        }
+        ExchangeMode::Truncated => {
+            let mut raw = head("200 OK", "", 4096);
+            raw.extend_from_slice(br#"{"refresh_token":"#);
+            Some(Some(raw))
+        }
+        ExchangeMode::Huge => {
+            let size = 16usize << 20;
+            let mut raw = head("200 OK", "", size);
+            raw.push(b'{');
+            raw.resize(raw.len() + size - 1, b' ');
+            Some(Some(raw))
+        }
+        ExchangeMode::Normal | ExchangeMode::Unavailable | ExchangeMode::Throttled | ExchangeMode::MalformedToken => {
+            None
+        }
+        ExchangeMode::Status500 | ExchangeMode::Expired => None,
+    }
 }
 
 /// Forwards a registry request to the upstream registry and returns its raw
@@ -888,10 +985,18 @@ fn exchange(state: &State, req: &Request) -> Response {
             return Response::acr(401, "UNAUTHORIZED", "unknown tenant");
         };
         match t.exchange {
-            ExchangeMode::Normal => {}
+            ExchangeMode::Normal | ExchangeMode::Expired => {}
             ExchangeMode::Unavailable => return Response::text(503, "<html><body>Service Unavailable</body></html>"),
             ExchangeMode::Throttled => return Response::acr(429, "TOOMANYREQUESTS", "too many requests"),
             ExchangeMode::MalformedToken => return Response::json(200, &json!({"refresh_token": "not-a-jwt"})),
+            ExchangeMode::Status500 => return Response::acr(500, "INTERNAL", "injected failure"),
+            // Answered by `raw_fault` before `handle`.
+            ExchangeMode::Down
+            | ExchangeMode::ThrottledRetryAfter
+            | ExchangeMode::Hang
+            | ExchangeMode::MalformedJson
+            | ExchangeMode::Truncated
+            | ExchangeMode::Huge => return Response::text(500, "unexpected fault mode"),
         }
         if field("tenant") != tenant {
             return Response::acr(401, "UNAUTHORIZED", "the access token was not issued for this tenant");
@@ -905,7 +1010,11 @@ fn exchange(state: &State, req: &Request) -> Response {
         }
         inner.refresh_tokens_issued += 1;
         drop(inner);
-        let refresh = state.refresh_token(&tenant, &principal, t.refresh_lifetime);
+        let refresh = if t.exchange == ExchangeMode::Expired {
+            state.expired_refresh_token(&tenant, &principal)
+        } else {
+            state.refresh_token(&tenant, &principal, t.refresh_lifetime)
+        };
         Response::json(200, &json!({"refresh_token": refresh}))
     })();
     seen.status = response.status;

@@ -203,6 +203,9 @@ struct Inner {
     grants: HashMap<String, usize>,
     subjects: Vec<Subject>,
     refusals: Vec<String>,
+    /// Other URLs accepted as the `aud` of a key's assertion (a proxy in
+    /// front of the token endpoint).
+    token_uri_aliases: HashSet<String>,
 }
 
 struct State {
@@ -287,6 +290,12 @@ impl GoogleStandIn {
             KeyEntry { public_key_der: key.public_key_der.clone(), lifetime, fail_with: None },
         );
         Ok(key)
+    }
+
+    /// Also accepts `uri` as the `aud` of assertions: a key whose
+    /// `token_uri` is a proxy in front of this stand-in's token endpoint.
+    pub fn accept_token_uri(&self, uri: &str) {
+        self.inner().token_uri_aliases.insert(uri.to_string());
     }
 
     /// Makes the token endpoint answer `status` to grants of `client_email`
@@ -542,7 +551,8 @@ fn token_endpoint(state: &State, inner: &mut Inner, req: &Request) -> (u16, Valu
     let now = unix_now();
     let scope = claims["scope"].as_str().unwrap_or_default();
     let (iat, exp) = (claims["iat"].as_i64().unwrap_or(0), claims["exp"].as_i64().unwrap_or(0));
-    let problem = if claims["aud"] != token_uri.as_str() {
+    let aliased = claims["aud"].as_str().is_some_and(|a| inner.token_uri_aliases.contains(a));
+    let problem = if claims["aud"] != token_uri.as_str() && !aliased {
         Some(format!("aud is {}, not {token_uri}", claims["aud"]))
     } else if !scope.split_whitespace().any(|s| s == CLOUD_PLATFORM) {
         Some(format!("scope {scope:?} lacks {CLOUD_PLATFORM}"))

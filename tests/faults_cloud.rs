@@ -1,0 +1,495 @@
+//! Provider faults for Google and Azure ACR (issue 12; Harbor and ECR Public
+//! are in tests/faults.rs): the provider is down, answers 500, 429 with
+//! `Retry-After`, hangs for 60 s, answers malformed JSON, a truncated or a
+//! huge body, or hands out a token that has already expired. Each time the
+//! status says precisely what failed, the last good Secret is kept, and the
+//! credential recovers without restarting the operator.
+//!
+//! Google's token endpoint is reached through a plain-HTTP fault proxy (the
+//! key's `token_uri`); the ACR stand-in is HTTPS with a test CA, so its
+//! registry exchange has fault modes of its own. The two tests run
+//! concurrently, so their 60 s hangs overlap. Each scenario prints
+//! `RECOVERY | scenario | outcome | time` like tests/faults.rs.
+
+mod common;
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{apply_rcred, create_namespace, get_secret, login_in, wait_for_reason};
+use k8s_openapi::api::core::v1::Secret;
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use regcred::api::RegistryCredential;
+use regcred_testenv::acr_standin::{ACR_USERNAME, AzureStandIn, Endpoint, ExchangeMode};
+use regcred_testenv::google_standin::GoogleStandIn;
+use regcred_testenv::operator::{Operator, record_secret};
+use serde_json::{Value, json};
+
+/// Longer than the provider's 30 s request timeout.
+const HANG: Duration = Duration::from_secs(60);
+/// The Google registry in the pull Secret (nothing contacts it).
+const GAR: &str = "europe-docker.pkg.dev";
+
+fn report(scenario: &str, outcome: &str, took: Duration) {
+    eprintln!("RECOVERY | {scenario} | {outcome} | {:.1}s", took.as_secs_f64());
+}
+
+async fn poll<T, F, Fut>(what: &str, timeout: Duration, op: &Operator, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            let log = op.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\noperator log (last lines):\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Changes an annotation on a source Secret, which makes a refresh due.
+async fn touch(client: &Client, ns: &str, name: &str) {
+    let patch = json!({"metadata": {"annotations": {"faults/touched": format!("{:?}", Instant::now())}}});
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+}
+
+/// The Ready condition once its reason is one of `reasons`.
+async fn reported(
+    rcreds: &Api<RegistryCredential>,
+    op: &Operator,
+    what: &str,
+    reasons: &[&str],
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    let last = Mutex::new(String::new());
+    poll(&format!("{what} to be reported"), HANG + Duration::from_secs(30), op, || async {
+        let s = rcreds.get("cred").await.ok()?.status?;
+        let ready = s.conditions.iter().find(|c| c.type_ == "Ready")?.clone();
+        let seen = format!("{}: {}", ready.reason, ready.message);
+        if *last.lock().unwrap() != seen {
+            eprintln!("  {what}: {seen}");
+            *last.lock().unwrap() = seen;
+        }
+        reasons.contains(&ready.reason.as_str()).then_some(ready)
+    })
+    .await
+}
+
+/// Waits for Ready=Synced without any change to the credential (the retry
+/// backoff brings it back).
+async fn recovered(rcreds: &Api<RegistryCredential>, op: &Operator, what: &str) {
+    poll(&format!("recovery from {what}"), Duration::from_secs(90), op, || async {
+        let s = rcreds.get("cred").await.ok()?.status?;
+        (s.conditions.iter().find(|c| c.type_ == "Ready")?.reason == "Synced").then_some(())
+    })
+    .await
+}
+
+// ---------------------------------------------------------------- proxy --
+
+/// What the fault proxy does with each request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Forward to the stand-in.
+    Pass,
+    /// Close the connection without an answer.
+    Down,
+    Status500,
+    /// 429 with `Retry-After: 1`.
+    Throttled,
+    /// Answer nothing for 60 s.
+    Hang,
+    /// 200 with a body that is not JSON.
+    Malformed,
+    /// 200 announcing 4096 bytes, sending a few, closing.
+    Truncated,
+    /// 200 with a 16 MiB body.
+    Huge,
+    /// Forward, with `expires_in` in the answer rewritten to -3600: a token
+    /// that expired an hour ago.
+    Expired,
+}
+
+/// A plain-HTTP proxy in front of a provider stand-in that injects faults.
+struct FaultProxy {
+    mode: Arc<Mutex<Mode>>,
+    port: u16,
+}
+
+impl FaultProxy {
+    fn start(upstream: String) -> FaultProxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mode = Arc::new(Mutex::new(Mode::Pass));
+        let m = mode.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let Ok((conn, _)) = listener.accept().await else { continue };
+                    let mode = *m.lock().unwrap();
+                    let upstream = upstream.clone();
+                    tokio::spawn(async move {
+                        let _ = serve(conn, mode, &upstream).await;
+                    });
+                }
+            })
+        });
+        FaultProxy { mode, port }
+    }
+
+    fn set(&self, mode: Mode) {
+        *self.mode.lock().unwrap() = mode;
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// Reads one HTTP/1.1 message (head and Content-Length body).
+async fn read_request(conn: &mut tokio::net::TcpStream) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = conn.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(buf);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:").and_then(|v| v.trim().parse::<usize>().ok()))
+                .unwrap_or(0);
+            while buf.len() < end + 4 + len {
+                let n = conn.read(&mut chunk).await?;
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            return Ok(buf);
+        }
+    }
+}
+
+/// Sets `Connection: close` in an HTTP head, so one exchange uses one connection.
+fn connection_close(message: &[u8]) -> Vec<u8> {
+    let Some(end) = message.windows(4).position(|w| w == b"\r\n\r\n") else { return message.to_vec() };
+    let head = String::from_utf8_lossy(&message[..end]);
+    let mut lines: Vec<&str> =
+        head.split("\r\n").filter(|l| !l.to_ascii_lowercase().starts_with("connection:")).collect();
+    lines.push("Connection: close");
+    let mut out = lines.join("\r\n").into_bytes();
+    out.extend_from_slice(&message[end..]);
+    out
+}
+
+/// A response whose JSON body has `expires_in` set to -3600, with its
+/// Content-Length adjusted.
+fn expire(response: &[u8]) -> Vec<u8> {
+    let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") else { return response.to_vec() };
+    let Ok(mut body) = serde_json::from_slice::<Value>(&response[end + 4..]) else { return response.to_vec() };
+    if body.get("expires_in").is_none() {
+        return response.to_vec();
+    }
+    body["expires_in"] = json!(-3600);
+    let body = body.to_string();
+    let head = String::from_utf8_lossy(&response[..end]);
+    let mut lines: Vec<String> = head
+        .split("\r\n")
+        .filter(|l| !l.to_ascii_lowercase().starts_with("content-length:"))
+        .map(str::to_string)
+        .collect();
+    lines.push(format!("Content-Length: {}", body.len()));
+    let mut out = lines.join("\r\n").into_bytes();
+    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
+async fn serve(mut conn: tokio::net::TcpStream, mode: Mode, upstream: &str) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = read_request(&mut conn).await?;
+    let canned = |status: &str, extra: &str, body: &str| {
+        format!(
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    match mode {
+        Mode::Pass | Mode::Expired => {
+            let mut up = tokio::net::TcpStream::connect(upstream).await?;
+            up.write_all(&connection_close(&request)).await?;
+            let mut response = Vec::new();
+            up.read_to_end(&mut response).await?;
+            let response = if mode == Mode::Expired { expire(&response) } else { response };
+            conn.write_all(&connection_close(&response)).await?;
+        }
+        Mode::Down => {}
+        Mode::Status500 => {
+            let body = r#"{"error":{"code":500,"message":"injected","status":"INTERNAL"}}"#;
+            conn.write_all(canned("500 Internal Server Error", "", body).as_bytes()).await?
+        }
+        Mode::Throttled => conn.write_all(canned("429 Too Many Requests", "Retry-After: 1\r\n", "{}").as_bytes()).await?,
+        Mode::Hang => tokio::time::sleep(HANG).await,
+        Mode::Malformed => conn.write_all(canned("200 OK", "", r#"{"access_token": "#).as_bytes()).await?,
+        Mode::Truncated => {
+            conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 4096\r\nConnection: close\r\n\r\n{\"access_token\":").await?
+        }
+        Mode::Huge => {
+            let size = 16usize << 20;
+            conn.write_all(format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n{{").as_bytes()).await?;
+            let block = vec![b' '; 1 << 16];
+            for _ in 0..(size >> 16) {
+                conn.write_all(&block).await?;
+            }
+        }
+    }
+    conn.shutdown().await
+}
+
+// --------------------------------------------------------------- Google --
+
+#[tokio::test]
+async fn google_token_endpoint_faults_keep_the_last_good_secret_and_recover_without_a_restart() {
+    let client = common::setup().await;
+    let op = common::operator();
+    let g = GoogleStandIn::start().unwrap_or_else(|e| panic!("{e:#}"));
+    let proxy = FaultProxy::start(g.base_url().trim_start_matches("http://").to_string());
+    let token_uri = format!("{}/token", proxy.url());
+    g.accept_token_uri(&token_uri);
+    let email = "faults@regcred-test.iam.gserviceaccount.com";
+    let key = g.create_key(email, Duration::from_secs(3600)).unwrap_or_else(|e| panic!("{e:#}"));
+    let mut key_json: Value = serde_json::from_str(&key.json).unwrap();
+    record_secret(key_json["private_key"].as_str().unwrap());
+    key_json["token_uri"] = json!(token_uri);
+    let ns = "faults-google";
+    create_namespace(&client, ns, &[]).await;
+    let source: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "gsa-key", "namespace": ns},
+        "stringData": {"credentials.json": key_json.to_string()}
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), ns).create(&PostParams::default(), &source).await.unwrap();
+    apply_rcred(
+        &client,
+        ns,
+        "cred",
+        json!({
+            "provider": {"google": {"registries": [GAR], "auth": {"secretRef": {"name": "gsa-key"}}}},
+            "secret": {"name": "gar-pull"},
+        }),
+    )
+    .await;
+    let rcreds: Api<RegistryCredential> = Api::namespaced(client.clone(), ns);
+    wait_for_reason(&rcreds, "cred", "Synced").await;
+    let proxy_host = format!("127.0.0.1:{}", proxy.port);
+
+    // (fault, accepted reasons, a part of the message).
+    let cases: Vec<(Mode, &[&str], &str)> = vec![
+        (Mode::Down, &["ProviderError"], &proxy_host),
+        (Mode::Status500, &["ProviderError"], "500"),
+        (Mode::Throttled, &["ProviderThrottled"], "429"),
+        (Mode::Hang, &["ProviderError"], &proxy_host),
+        (Mode::Malformed, &["ProviderResponseInvalid"], "not JSON"),
+        (Mode::Truncated, &["ProviderError", "ProviderResponseInvalid"], &proxy_host),
+        (Mode::Huge, &["ProviderResponseInvalid"], "larger than"),
+    ];
+    for (mode, reasons, needle) in cases {
+        let what = format!("Google {mode:?}");
+        let last_good = get_secret(&client, ns, "gar-pull").await.unwrap();
+        let last_login = login_in(&last_good, GAR).expect("a login for the registry");
+        record_secret(&last_login.1);
+        proxy.set(mode);
+        let started = Instant::now();
+        touch(&client, ns, "gsa-key").await;
+        let status = reported(&rcreds, op, &what, reasons).await;
+        let took = started.elapsed();
+        assert_eq!(status.status, "False");
+        assert!(status.message.contains(needle), "{what}: {:?} lacks {needle:?}", status.message);
+        assert!(!status.message.contains(&last_login.1), "{what}: the message holds the token");
+        let kept = get_secret(&client, ns, "gar-pull").await.unwrap();
+        assert_eq!(login_in(&kept, GAR), Some(last_login.clone()), "{what}: the last good Secret was not kept");
+        assert!(g.principal_of(&last_login.1).is_some(), "{what}: the kept token is no longer valid");
+        proxy.set(Mode::Pass);
+        let t = Instant::now();
+        recovered(&rcreds, op, &what).await;
+        let now = get_secret(&client, ns, "gar-pull").await.unwrap();
+        let login = login_in(&now, GAR).unwrap();
+        record_secret(&login.1);
+        assert_ne!(login.1, last_login.1, "{what}: no new token after recovery");
+        assert_eq!(g.principal_of(&login.1).as_deref(), Some(email), "{what}: the new token is not the stand-in's");
+        report(
+            &what,
+            &format!("{} after {:.1}s, last good Secret kept, recovered", status.reason, took.as_secs_f64()),
+            t.elapsed(),
+        );
+    }
+
+    // A token that expired an hour ago: no hot loop.
+    let what = "Google token that expired an hour ago";
+    proxy.set(Mode::Expired);
+    let calls_before = g.token_calls(email);
+    touch(&client, ns, "gsa-key").await;
+    let t = Instant::now();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let calls = g.token_calls(email) - calls_before;
+    let status = rcreds.get("cred").await.unwrap().status.unwrap();
+    let ready = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    eprintln!("  {what}: {calls} call(s) in 10 s, Ready {}: {}", ready.reason, ready.message);
+    assert!(calls >= 1, "{what}: the touch did not refresh");
+    assert!(calls <= 2, "{what}: {calls} token calls in 10 s: a hot loop");
+    proxy.set(Mode::Pass);
+    let before = login_in(&get_secret(&client, ns, "gar-pull").await.unwrap(), GAR).unwrap();
+    touch(&client, ns, "gsa-key").await;
+    let t2 = Instant::now();
+    poll("a fresh token after the expired one", Duration::from_secs(90), op, || async {
+        let s = rcreds.get("cred").await.ok()?.status?;
+        let login = login_in(&get_secret(&client, ns, "gar-pull").await?, GAR)?;
+        let synced = s.conditions.iter().find(|c| c.type_ == "Ready")?.reason == "Synced";
+        (synced && login != before && s.expires_at?.0.as_second() > unix_now()).then_some(())
+    })
+    .await;
+    report(what, &format!("{calls} token call(s) in 10 s, no hot loop, recovered"), t.elapsed().max(t2.elapsed()));
+
+    assert!(op.metrics().is_ok(), "the operator stopped answering");
+    let log = op.log_text();
+    assert!(!log.contains(key_json["private_key"].as_str().unwrap()), "the operator log holds the private key");
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+// ------------------------------------------------------------------ ACR --
+
+#[tokio::test]
+async fn acr_exchange_faults_keep_the_last_good_secret_and_recover_without_a_restart() {
+    let client = common::setup().await;
+    let op = common::operator();
+    let az = AzureStandIn::start().unwrap_or_else(|e| panic!("{e:#}"));
+    let tenant = "tenant-faults";
+    let sp_secret = "faults-acr-client-secret";
+    record_secret(sp_secret);
+    az.add_service_principal(tenant, "faults-app", sp_secret);
+    az.grant_acr_pull(tenant, "faults-app");
+    let ns = "faults-acr";
+    let host = az.host();
+    create_namespace(&client, ns, &[]).await;
+    let source: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "sp", "namespace": ns},
+        "stringData": {"client-id": "faults-app", "client-secret": sp_secret}
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), ns).create(&PostParams::default(), &source).await.unwrap();
+    apply_rcred(
+        &client,
+        ns,
+        "cred",
+        json!({
+            "provider": {"acr": {
+                "registry": host,
+                "tenantId": tenant,
+                "auth": {"servicePrincipal": {"secretRef": {"name": "sp"}}},
+                "authorityHost": az.authority_host(),
+                "caBundle": az.ca_pem(),
+            }},
+            "secret": {"name": "acr-pull"},
+        }),
+    )
+    .await;
+    let rcreds: Api<RegistryCredential> = Api::namespaced(client.clone(), ns);
+    wait_for_reason(&rcreds, "cred", "Synced").await;
+
+    let cases: Vec<(ExchangeMode, &[&str], &str)> = vec![
+        (ExchangeMode::Down, &["ProviderError"], "/oauth2/exchange"),
+        (ExchangeMode::Status500, &["ProviderError"], "HTTP 500"),
+        (ExchangeMode::ThrottledRetryAfter, &["ProviderThrottled"], "429"),
+        (ExchangeMode::Hang, &["ProviderError"], "/oauth2/exchange"),
+        (ExchangeMode::MalformedJson, &["ProviderResponseInvalid"], "/oauth2/exchange"),
+        (ExchangeMode::Truncated, &["ProviderError", "ProviderResponseInvalid"], "/oauth2/exchange"),
+        (ExchangeMode::Huge, &["ProviderError", "ProviderResponseInvalid"], "larger than"),
+    ];
+    for (mode, reasons, needle) in cases {
+        let what = format!("ACR {mode:?}");
+        let last_good = get_secret(&client, ns, "acr-pull").await.unwrap();
+        let last_login = login_in(&last_good, &host).expect("a login for the registry");
+        record_secret(&last_login.1);
+        az.set_exchange_mode(tenant, mode);
+        let started = Instant::now();
+        touch(&client, ns, "sp").await;
+        let status = reported(&rcreds, op, &what, reasons).await;
+        let took = started.elapsed();
+        assert_eq!(status.status, "False");
+        assert!(status.message.contains(needle), "{what}: {:?} lacks {needle:?}", status.message);
+        for secret in [sp_secret, last_login.1.as_str()] {
+            assert!(!status.message.contains(secret), "{what}: the message holds a secret");
+        }
+        let kept = get_secret(&client, ns, "acr-pull").await.unwrap();
+        assert_eq!(login_in(&kept, &host), Some(last_login.clone()), "{what}: the last good Secret was not kept");
+        assert!(az.refresh_token_valid(ACR_USERNAME, &last_login.1), "{what}: the kept token is no longer valid");
+        az.set_exchange_mode(tenant, ExchangeMode::Normal);
+        let t = Instant::now();
+        recovered(&rcreds, op, &what).await;
+        let login = login_in(&get_secret(&client, ns, "acr-pull").await.unwrap(), &host).unwrap();
+        record_secret(&login.1);
+        assert_ne!(login.1, last_login.1, "{what}: no new token after recovery");
+        assert!(az.refresh_token_valid(ACR_USERNAME, &login.1), "{what}: the new token is not valid");
+        report(
+            &what,
+            &format!("{} after {:.1}s, last good Secret kept, recovered", status.reason, took.as_secs_f64()),
+            t.elapsed(),
+        );
+    }
+
+    // A refresh token that expired an hour ago: no hot loop.
+    let what = "ACR refresh token that expired an hour ago";
+    let exchanges = || {
+        az.seen().iter().filter(|s| s.endpoint == Endpoint::Exchange && s.tenant == tenant && s.status == 200).count()
+    };
+    az.set_exchange_mode(tenant, ExchangeMode::Expired);
+    let calls_before = exchanges();
+    touch(&client, ns, "sp").await;
+    let t = Instant::now();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let calls = exchanges() - calls_before;
+    let status = rcreds.get("cred").await.unwrap().status.unwrap();
+    let ready = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    eprintln!("  {what}: {calls} exchange(s) in 10 s, Ready {}: {}", ready.reason, ready.message);
+    assert!(calls >= 1, "{what}: the touch did not refresh");
+    assert!(calls <= 2, "{what}: {calls} exchanges in 10 s: a hot loop");
+    az.set_exchange_mode(tenant, ExchangeMode::Normal);
+    touch(&client, ns, "sp").await;
+    let t2 = Instant::now();
+    poll("a valid refresh token after the expired one", Duration::from_secs(90), op, || async {
+        let s = rcreds.get("cred").await.ok()?.status?;
+        let login = login_in(&get_secret(&client, ns, "acr-pull").await?, &host)?;
+        let synced = s.conditions.iter().find(|c| c.type_ == "Ready")?.reason == "Synced";
+        (synced && az.refresh_token_valid(ACR_USERNAME, &login.1)).then_some(())
+    })
+    .await;
+    report(what, &format!("{calls} exchange(s) in 10 s, no hot loop, recovered"), t.elapsed().max(t2.elapsed()));
+
+    assert!(op.metrics().is_ok(), "the operator stopped answering");
+    let log = op.log_text();
+    assert!(!log.contains(sp_secret), "the operator log holds the client secret");
+}
