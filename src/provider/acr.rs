@@ -356,7 +356,7 @@ impl HttpClient for Transport {
         }
         let body = match read_limited(response).await {
             Ok(b) => b,
-            Err(e) => return Err(failed(ErrorKind::Io, e)),
+            Err(e) => return Err(failed(ErrorKind::Io, e.to_string())),
         };
         let success = (200..300).contains(&status);
         self.record(Answer::Response {
@@ -368,12 +368,30 @@ impl HttpClient for Transport {
     }
 }
 
+/// Why a response body could not be read.
+#[derive(Debug)]
+enum BodyError {
+    /// The connection failed while reading.
+    Read(String),
+    /// More than [`MAX_BODY`] bytes: not an answer we can use.
+    TooLarge,
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::Read(e) => write!(f, "reading the response: {e}"),
+            BodyError::TooLarge => write!(f, "response larger than {MAX_BODY} bytes"),
+        }
+    }
+}
+
 /// The body of a response, at most [`MAX_BODY`] bytes.
-async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
+async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, BodyError> {
     let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| format!("reading the response: {}", error_chain(&e)))? {
+    while let Some(chunk) = response.chunk().await.map_err(|e| BodyError::Read(error_chain(&e)))? {
         if body.len() + chunk.len() > MAX_BODY {
-            return Err(format!("response larger than {MAX_BODY} bytes"));
+            return Err(BodyError::TooLarge);
         }
         body.extend_from_slice(&chunk);
     }
@@ -565,7 +583,11 @@ async fn exchange(
         })?;
     let status = response.status().as_u16();
     let body = read_limited(response).await.map_err(|e| {
-        ProviderError::new(reasons::PROVIDER_ERROR, format!("exchanging the Entra token at {url}: {e}"))
+        let reason = match e {
+            BodyError::TooLarge => reasons::PROVIDER_RESPONSE_INVALID,
+            BodyError::Read(_) => reasons::PROVIDER_ERROR,
+        };
+        ProviderError::new(reason, format!("exchanging the Entra token at {url}: {e}"))
     })?;
     let secrets = [entra_token.expose_secret().to_string()];
     if (200..300).contains(&status) {

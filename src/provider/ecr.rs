@@ -13,7 +13,7 @@
 //! `AWS_ENDPOINT_URL_STS`, `AWS_ENDPOINT_URL_ECR`, ...) plus the spec's
 //! `endpoint` for the ECR API (VPC endpoints, FIPS).
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
@@ -68,9 +68,17 @@ async fn sdk_config(region: &str) -> SdkConfig {
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
         .build_https();
+    // A hanging endpoint must fail the refresh (retried on the backoff),
+    // not stall it: the SDK sets no read or operation timeout by default.
+    let timeouts = aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .operation_attempt_timeout(Duration::from_secs(10))
+        .operation_timeout(crate::http::PROVIDER_TIMEOUT)
+        .build();
     aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new(region.to_string()))
         .http_client(http)
+        .timeout_config(timeouts)
         .load()
         .await
 }
@@ -100,7 +108,9 @@ where
     match err {
         SdkError::ServiceError(ctx) => {
             let e = ctx.err();
-            let code = e.code().unwrap_or("Unknown");
+            // No AWS error code: the body is not AWS's error format (a proxy
+            // or load balancer answered), so the HTTP status says more.
+            let Some(code) = e.code() else { return status_error(call, ctx.raw().status().as_u16()) };
             let detail = redactor.clean(e.message().unwrap_or(""));
             let reason = match code {
                 "AccessDenied"
@@ -146,26 +156,26 @@ where
             )
         }
         SdkError::TimeoutError(_) => ProviderError::new(reasons::PROVIDER_ERROR, format!("{call}: timed out")),
-        SdkError::ResponseError(r) => {
-            // An error status whose body is not AWS's error format (a proxy
-            // or load balancer answering): the status says what happened.
-            let status = r.raw().status().as_u16();
-            match status {
-                429 => ProviderError::new(reasons::PROVIDER_THROTTLED, format!("{call}: throttled (HTTP 429)")),
-                500..=599 => {
-                    ProviderError::new(reasons::PROVIDER_ERROR, format!("{call}: the endpoint answered HTTP {status}"))
-                }
-                _ => ProviderError::new(
-                    reasons::PROVIDER_RESPONSE_INVALID,
-                    format!("{call}: the response (HTTP {status}) could not be read"),
-                ),
-            }
-        }
+        SdkError::ResponseError(r) => status_error(call, r.raw().status().as_u16()),
         SdkError::ConstructionFailure(_) => ProviderError::new(
             reasons::PROVIDER_AUTH_FAILED,
             format!("{call}: the request could not be built (no usable AWS credentials?)"),
         ),
         _ => ProviderError::new(reasons::PROVIDER_ERROR, format!("{call}: failed")),
+    }
+}
+
+/// A failure described by its HTTP status alone.
+fn status_error(call: &str, status: u16) -> ProviderError {
+    match status {
+        429 => ProviderError::new(reasons::PROVIDER_THROTTLED, format!("{call}: throttled (HTTP 429)")),
+        500..=599 => {
+            ProviderError::new(reasons::PROVIDER_ERROR, format!("{call}: the endpoint answered HTTP {status}"))
+        }
+        _ => ProviderError::new(
+            reasons::PROVIDER_RESPONSE_INVALID,
+            format!("{call}: the response (HTTP {status}) could not be understood"),
+        ),
     }
 }
 
