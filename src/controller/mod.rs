@@ -8,6 +8,7 @@
 //! namespace, a new ServiceAccount or a deleted Secret is handled at once
 //! without polling.
 
+mod accounts;
 mod kinds;
 mod reconcile;
 mod status;
@@ -90,20 +91,37 @@ struct MintedEntry {
     jitter: f64,
 }
 
-/// The resourceVersion regcred's own last write produced for an object, and
-/// for Secrets a hash of what it wrote. Caches lag behind writes; this keeps a
-/// reconcile that runs before the watch event arrives from writing the same
-/// thing again.
+/// The resourceVersion regcred's own last write of a Secret produced, a hash
+/// of what it wrote and of the owner it wrote it for. Caches lag behind
+/// writes; this keeps a reconcile that runs before the watch event arrives
+/// from writing the same thing again.
 #[derive(Clone, Copy, Debug)]
 struct Written {
     content: u64,
+    owner: u64,
     resource_version: u64,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
-enum WrittenKey {
-    Secret(String, String),
-    ServiceAccount(String, String),
+/// `(namespace, name)` of a written Secret.
+type WrittenKey = (String, String);
+
+fn owner_hash(owner: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    owner.hash(&mut h);
+    h.finish()
+}
+
+/// The stores of both credential kinds.
+struct CredentialStores {
+    namespaced: Store<RegistryCredential>,
+    cluster: Store<ClusterRegistryCredential>,
+}
+
+/// Requests a reconcile of a credential.
+struct Wake {
+    namespaced: UnboundedSender<ObjectRef<RegistryCredential>>,
+    cluster: UnboundedSender<ObjectRef<ClusterRegistryCredential>>,
 }
 
 /// Shared by every reconcile.
@@ -114,11 +132,16 @@ pub struct Context {
     recorder: Recorder,
     namespaces: Store<PartialObjectMeta<Namespace>>,
     service_accounts: Store<ServiceAccount>,
-    /// Full Secrets labelled as managed by regcred.
+    /// Secrets labelled as managed by regcred, with digests in place of their
+    /// data ([`digest_secret_data`]).
     managed_secrets: Store<Secret>,
     /// Metadata of every Secret (name, uid, resourceVersion, and only
     /// regcred's own label and annotations), to see name clashes.
     all_secrets: Store<PartialObjectMeta<Secret>>,
+    credentials: CredentialStores,
+    wake: Wake,
+    /// The ServiceAccount writer's queue and memory.
+    accounts: accounts::Accounts,
     state: Mutex<HashMap<String, CredentialState>>,
     written: Mutex<HashMap<WrittenKey, Written>>,
 }
@@ -126,12 +149,41 @@ pub struct Context {
 /// A change to a related object, reduced to what routing needs.
 enum Related {
     Namespace,
-    ServiceAccount { namespace: String },
+    ServiceAccount { namespace: String, name: String },
     Secret { namespace: String, name: String, owner: Option<String> },
 }
 
-fn strip_managed_fields<K: Resource>(obj: &mut K) {
-    obj.meta_mut().managed_fields = None;
+/// Namespaces are cached for their name, labels and phase only.
+fn slim_namespace(obj: &mut PartialObjectMeta<Namespace>) {
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    meta.annotations = None;
+}
+
+/// ServiceAccounts are cached for their name, labels and `imagePullSecrets`
+/// only (a serviceAccountRef's annotations are read when a token is
+/// requested, not from the cache).
+fn slim_service_account(sa: &mut ServiceAccount) {
+    sa.metadata.managed_fields = None;
+    sa.metadata.annotations = None;
+    sa.secrets = None;
+}
+
+/// Managed Secrets are cached with a SHA-256 digest of each data value in
+/// place of the value: enough to tell whether a Secret holds what regcred
+/// would write, without keeping a copy of every credential in memory.
+fn digest_secret_data(secret: &mut Secret) {
+    secret.metadata.managed_fields = None;
+    secret.string_data = None;
+    for value in secret.data.iter_mut().flat_map(|d| d.values_mut()) {
+        value.0 = data_digest(&value.0).to_vec();
+    }
+}
+
+/// What [`digest_secret_data`] keeps of a data value.
+fn data_digest(value: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(value).into()
 }
 
 /// Keeps only regcred's own label and annotations, so caching every Secret's
@@ -182,20 +234,23 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
 
     let namespaces = related_stream(
         watcher::watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watcher::Config::default())
-            .modify(strip_managed_fields),
+            .modify(slim_namespace),
         ns_writer,
         "namespaces",
         |_| Related::Namespace,
     );
     let service_accounts = related_stream(
         watcher::watcher(Api::<ServiceAccount>::all(client.clone()), watcher::Config::default())
-            .modify(strip_managed_fields),
+            .modify(slim_service_account),
         sa_writer,
         "serviceaccounts",
-        |sa: &ServiceAccount| Related::ServiceAccount { namespace: sa.namespace().unwrap_or_default() },
+        |sa: &ServiceAccount| Related::ServiceAccount {
+            namespace: sa.namespace().unwrap_or_default(),
+            name: sa.name_any(),
+        },
     );
     let managed = related_stream(
-        watcher::watcher(Api::<Secret>::all(client.clone()), managed_cfg).modify(strip_managed_fields),
+        watcher::watcher(Api::<Secret>::all(client.clone()), managed_cfg).modify(digest_secret_data),
         managed_writer,
         "managed secrets",
         secret_related,
@@ -208,6 +263,12 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
         secret_related,
     );
 
+    let (rtx, rrx) = unbounded::<ObjectRef<RegistryCredential>>();
+    let (ctx_tx, ctx_rx) = unbounded::<ObjectRef<ClusterRegistryCredential>>();
+    let config = ControllerConfig::default().concurrency(settings.concurrency);
+    let rcreds = spec_controller::<RegistryCredential>(&client).with_config(config.clone()).reconcile_on(rrx);
+    let crcreds = spec_controller::<ClusterRegistryCredential>(&client).with_config(config).reconcile_on(ctx_rx);
+
     let reporter = Reporter { controller: "regcred".into(), instance: std::env::var("POD_NAME").ok() };
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -218,16 +279,13 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
         service_accounts: sa_store,
         managed_secrets: managed_store,
         all_secrets: all_store,
+        credentials: CredentialStores { namespaced: rcreds.store(), cluster: crcreds.store() },
+        wake: Wake { namespaced: rtx, cluster: ctx_tx },
+        accounts: accounts::Accounts::default(),
         state: Mutex::default(),
         written: Mutex::default(),
     });
-
-    let (rtx, rrx) = unbounded::<ObjectRef<RegistryCredential>>();
-    let (ctx_tx, ctx_rx) = unbounded::<ObjectRef<ClusterRegistryCredential>>();
-    let config = ControllerConfig::default().concurrency(settings.concurrency);
-    let rcreds = spec_controller::<RegistryCredential>(&client).with_config(config.clone()).reconcile_on(rrx);
-    let crcreds = spec_controller::<ClusterRegistryCredential>(&client).with_config(config).reconcile_on(ctx_rx);
-    let router = Router { ctx: ctx.clone(), rcreds: rcreds.store(), crcreds: crcreds.store(), rtx, ctx_tx };
+    let router = Router { ctx: ctx.clone() };
     let related = futures::stream::select_all([
         namespaces.boxed(),
         service_accounts.boxed(),
@@ -251,6 +309,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
     wait("secret", ctx.all_secrets.wait_until_ready().await)?;
     metrics.set_ready();
     tracing::info!("caches filled; reconciling");
+    tokio::spawn(accounts::run(ctx.clone()));
 
     let rcreds = rcreds
         .shutdown_on_signal()
@@ -305,10 +364,6 @@ fn owner_of(meta: &kube::api::ObjectMeta) -> Option<String> {
 /// Maps changes of related objects to the credentials they concern.
 struct Router {
     ctx: Arc<Context>,
-    rcreds: Store<RegistryCredential>,
-    crcreds: Store<ClusterRegistryCredential>,
-    rtx: UnboundedSender<ObjectRef<RegistryCredential>>,
-    ctx_tx: UnboundedSender<ObjectRef<ClusterRegistryCredential>>,
 }
 
 impl Router {
@@ -318,56 +373,41 @@ impl Router {
             // Selection depends on namespace labels and phase: every cluster
             // credential re-evaluates (in memory, no API calls).
             Related::Namespace => {
-                for c in self.crcreds.state() {
-                    self.send_cluster(&c);
+                for c in ctx.credentials.cluster.state() {
+                    ctx.wake_cluster(&c);
                 }
             }
-            Related::ServiceAccount { namespace } => {
-                for c in self.rcreds.state() {
-                    if c.namespace().as_deref() == Some(namespace.as_str()) {
-                        self.send_namespaced(&c);
-                    }
-                }
-                for c in self.crcreds.state() {
-                    if c.targets_namespace(ctx, &namespace) {
-                        self.send_cluster(&c);
-                    }
-                }
+            // The ServiceAccount writer handles every credential at once.
+            Related::ServiceAccount { namespace, name } => {
+                ctx.accounts.observe(&namespace, &name, deleted);
+                ctx.accounts.enqueue(&namespace);
             }
             Related::Secret { namespace, name, owner } => {
                 if deleted {
-                    ctx.forget_written(&WrittenKey::Secret(namespace.clone(), name.clone()));
+                    ctx.forget_written(&(namespace.clone(), name.clone()));
                 }
                 let interested = |spec: &crate::api::CredentialSpec| {
                     spec.secret.name == name || spec.provider.secret_names().contains(&name.as_str())
                 };
-                for c in self.rcreds.state() {
+                for c in ctx.credentials.namespaced.state() {
                     let mine = owner.as_deref() == Some(c.owner_key().as_str());
                     if mine || (c.namespace().as_deref() == Some(namespace.as_str()) && interested(c.credential())) {
-                        self.send_namespaced(&c);
+                        ctx.wake_namespaced(&c);
                     }
                 }
                 let source_ns = ctx.settings.cluster_resource_namespace.as_deref();
-                for c in self.crcreds.state() {
+                for c in ctx.credentials.cluster.state() {
                     let spec = c.credential();
                     let mine = owner.as_deref() == Some(c.owner_key().as_str());
                     let source =
                         source_ns == Some(namespace.as_str()) && spec.provider.secret_names().contains(&name.as_str());
                     let target = spec.secret.name == name && c.targets_namespace(ctx, &namespace);
                     if mine || source || target {
-                        self.send_cluster(&c);
+                        ctx.wake_cluster(&c);
                     }
                 }
             }
         }
-    }
-
-    fn send_namespaced(&self, c: &RegistryCredential) {
-        let _ = self.rtx.unbounded_send(ObjectRef::from_obj(c));
-    }
-
-    fn send_cluster(&self, c: &ClusterRegistryCredential) {
-        let _ = self.ctx_tx.unbounded_send(ObjectRef::from_obj(c));
     }
 }
 
@@ -376,11 +416,46 @@ impl Context {
         self.written.lock().expect("not poisoned").remove(key);
     }
 
-    fn remember_written(&self, key: WrittenKey, content: u64, resource_version: Option<&str>) {
+    fn remember_written(&self, key: WrittenKey, owner: &str, content: u64, resource_version: Option<&str>) {
         let Some(rv) = resource_version.and_then(|v| v.parse().ok()) else {
             return;
         };
-        self.written.lock().expect("not poisoned").insert(key, Written { content, resource_version: rv });
+        let written = Written { content, owner: owner_hash(owner), resource_version: rv };
+        self.written.lock().expect("not poisoned").insert(key, written);
+    }
+
+    /// Whether `owner`'s pull Secret `name` is in `namespace`: in the cache,
+    /// or just written and not in the cache yet.
+    fn secret_in_place(&self, namespace: &str, name: &str, owner: &str) -> bool {
+        let cached = self.managed_secrets.get(&ObjectRef::new(name).within(namespace));
+        if let Some(w) = self.written(&(namespace.to_string(), name.to_string()))
+            && cached.as_ref().is_none_or(|s| Some(w.resource_version) > rv_of(&s.metadata))
+        {
+            return w.owner == owner_hash(owner);
+        }
+        cached.is_some_and(|s| owner_of(&s.metadata).as_deref() == Some(owner))
+    }
+
+    fn wake_namespaced(&self, c: &RegistryCredential) {
+        let _ = self.wake.namespaced.unbounded_send(ObjectRef::from_obj(c));
+    }
+
+    fn wake_cluster(&self, c: &ClusterRegistryCredential) {
+        let _ = self.wake.cluster.unbounded_send(ObjectRef::from_obj(c));
+    }
+
+    /// Wakes every credential that targets `namespace`.
+    fn wake_credentials_targeting(&self, namespace: &str) {
+        for c in self.credentials.namespaced.state() {
+            if c.targets_namespace(self, namespace) {
+                self.wake_namespaced(&c);
+            }
+        }
+        for c in self.credentials.cluster.state() {
+            if c.targets_namespace(self, namespace) {
+                self.wake_cluster(&c);
+            }
+        }
     }
 
     fn written(&self, key: &WrittenKey) -> Option<Written> {
@@ -395,6 +470,10 @@ impl Context {
         }
         Some(ns.metadata.labels.clone().unwrap_or_default())
     }
+}
+
+fn rv_of(meta: &kube::api::ObjectMeta) -> Option<u64> {
+    meta.resource_version.as_deref()?.parse().ok()
 }
 
 /// Backoff after `failures` consecutive failures: 5s doubling to 5 minutes.

@@ -182,7 +182,7 @@ async fn apply<K: CredentialKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Acti
     }
     let name = spec.secret.name.as_str();
     sync::remove_secrets(&ctx, &owner, |ns, n| n == name && targets.contains(ns), &mut report).await;
-    sync::sync_service_accounts(&ctx, spec, &mut report).await;
+    sync::sync_service_accounts(&ctx, spec, &mut report);
 
     let failures = {
         let mut state = ctx.state.lock().expect("not poisoned");

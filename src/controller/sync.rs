@@ -3,24 +3,23 @@
 //! Everything here compares the cached state with the desired state first and
 //! writes only the difference, with a bounded number of writes in flight.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{LocalObjectReference, Secret, ServiceAccount};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::{Context, FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL, OWNER_ANNOTATION, WrittenKey, owner_of};
+use super::accounts::{accounts_in, patch_entries};
+use super::{Context, FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL, OWNER_ANNOTATION, data_digest, owner_of};
 use crate::api::{CredentialSpec, TargetFailure};
 use crate::provider::Minted;
 use crate::reasons;
 use crate::render::dockerconfigjson;
-use crate::targets::service_account_selected;
 
 const SECRET_TYPE: &str = "kubernetes.io/dockerconfigjson";
 const DATA_KEY: &str = ".dockerconfigjson";
@@ -29,6 +28,8 @@ const DATA_KEY: &str = ".dockerconfigjson";
 pub struct DesiredSecret {
     pub name: String,
     data: Vec<u8>,
+    /// What the cache holds in place of `data`.
+    digest: [u8; 32],
     labels: BTreeMap<String, String>,
     annotations: BTreeMap<String, String>,
     /// Hash of all of the above, to recognise regcred's own writes.
@@ -51,17 +52,19 @@ impl DesiredSecret {
             h.update([0]);
         }
         let hash = u64::from_be_bytes(h.finalize()[..8].try_into().expect("sha256 is 32 bytes"));
-        DesiredSecret { name: spec.secret.name.clone(), data, labels, annotations, hash }
+        let digest = data_digest(&data);
+        DesiredSecret { name: spec.secret.name.clone(), data, digest, labels, annotations, hash }
     }
 
-    /// Whether an existing Secret already holds this content. Labels and
-    /// annotations others added are left alone and do not count.
+    /// Whether a cached Secret already holds this content (its data values
+    /// are digests). Labels and annotations others added are left alone and
+    /// do not count.
     fn matches(&self, s: &Secret) -> bool {
         let subset = |want: &BTreeMap<String, String>, have: Option<&BTreeMap<String, String>>| {
             want.iter().all(|(k, v)| have.and_then(|h| h.get(k)) == Some(v))
         };
         s.type_.as_deref() == Some(SECRET_TYPE)
-            && s.data.as_ref().and_then(|d| d.get(DATA_KEY)).is_some_and(|b| b.0 == self.data)
+            && s.data.as_ref().and_then(|d| d.get(DATA_KEY)).is_some_and(|b| b.0 == self.digest)
             && subset(&self.labels, s.metadata.labels.as_ref())
             && subset(&self.annotations, s.metadata.annotations.as_ref())
     }
@@ -88,7 +91,6 @@ pub struct Report {
     pub created: usize,
     pub updated: usize,
     pub deleted: usize,
-    pub service_accounts_patched: usize,
     /// Target namespaces holding this credential's current Secret.
     pub synced: BTreeSet<String>,
     pub failed: Vec<TargetFailure>,
@@ -115,7 +117,7 @@ enum Plan {
 fn plan_secret(ctx: &Context, owner: &str, desired: &DesiredSecret, namespace: &str) -> Plan {
     let key = ObjectRef::<Secret>::new(&desired.name).within(namespace);
     let meta_key = ObjectRef::<kube::api::PartialObjectMeta<Secret>>::new(&desired.name).within(namespace);
-    let written = ctx.written(&WrittenKey::Secret(namespace.into(), desired.name.clone()));
+    let written = ctx.written(&(namespace.into(), desired.name.clone()));
     let ours_in_flight = written.is_some_and(|w| w.content == desired.hash);
     let Some(meta) = ctx.all_secrets.get(&meta_key) else {
         // Not in the cache: absent, or just written by us and not seen yet.
@@ -150,6 +152,8 @@ enum Outcome {
     Updated,
     /// The namespace went away or is terminating.
     Gone,
+    /// Someone created it between the cache and the write: look again.
+    Raced,
     Conflict(String),
     Failed(String),
 }
@@ -162,18 +166,29 @@ pub async fn write_secrets(
     targets: &BTreeSet<String>,
     report: &mut Report,
 ) {
-    let outcomes: Vec<(String, Outcome)> = futures::stream::iter(targets.iter().cloned())
-        .map(|namespace| async move {
-            let outcome = match plan_secret(ctx, owner, desired, &namespace) {
-                Plan::InSync => Outcome::Synced,
-                Plan::Conflict(msg) => Outcome::Conflict(msg),
-                Plan::Write { exists } => apply_secret(ctx, desired, &namespace, exists).await,
-            };
+    let mut outcomes = Vec::new();
+    let mut writes = Vec::new();
+    for namespace in targets {
+        match plan_secret(ctx, owner, desired, namespace) {
+            Plan::InSync => outcomes.push((namespace.clone(), Outcome::Synced)),
+            Plan::Conflict(msg) => outcomes.push((namespace.clone(), Outcome::Conflict(msg))),
+            // The namespace's ServiceAccounts wait until the write is done.
+            Plan::Write { exists } => writes.push((namespace.clone(), exists, ctx.accounts.begin_write(namespace))),
+        }
+    }
+    let written: Vec<(String, Outcome)> = futures::stream::iter(writes)
+        .map(|(namespace, exists, pending)| async move {
+            let outcome = write_secret(ctx, owner, desired, &namespace, exists).await;
+            if matches!(outcome, Outcome::Created) {
+                ctx.accounts.enqueue(&namespace);
+            }
+            drop(pending);
             (namespace, outcome)
         })
         .buffer_unordered(ctx.settings.write_concurrency.max(1))
         .collect()
         .await;
+    outcomes.extend(written);
     for (namespace, outcome) in outcomes {
         match outcome {
             Outcome::Synced => {
@@ -188,6 +203,7 @@ pub async fn write_secrets(
                 report.synced.insert(namespace);
             }
             Outcome::Gone => {}
+            Outcome::Raced => report.retry = true,
             Outcome::Conflict(msg) => report.fail(&namespace, reasons::SECRET_CONFLICT, msg),
             Outcome::Failed(msg) => {
                 report.retry = true;
@@ -197,30 +213,30 @@ pub async fn write_secrets(
     }
 }
 
-async fn apply_secret(ctx: &Context, desired: &DesiredSecret, namespace: &str, exists: bool) -> Outcome {
+/// Creates a missing Secret with a plain create (the cheapest write: a
+/// Secret created in the meantime by someone else makes it fail instead of
+/// being taken over), and updates one of regcred's own by server-side apply,
+/// forced, so fields another manager changed are taken back.
+async fn write_secret(ctx: &Context, owner: &str, desired: &DesiredSecret, namespace: &str, exists: bool) -> Outcome {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    // Force only over a Secret that is ours (someone edited it: take it
-    // back). Creating without force makes an apply over a Secret someone
-    // else just created fail with a conflict instead of taking it over.
-    let mut params = PatchParams::apply(FIELD_MANAGER);
-    params.force = exists;
-    match api.patch(&desired.name, &params, &Patch::Apply(desired.object(namespace))).await {
+    let result = if exists {
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        api.patch(&desired.name, &params, &Patch::Apply(desired.object(namespace))).await
+    } else {
+        let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+        api.create(&params, &desired.object(namespace)).await
+    };
+    match result {
         Ok(written) => {
             ctx.remember_written(
-                WrittenKey::Secret(namespace.into(), desired.name.clone()),
+                (namespace.into(), desired.name.clone()),
+                owner,
                 desired.hash,
                 written.metadata.resource_version.as_deref(),
             );
             if exists { Outcome::Updated } else { Outcome::Created }
         }
-        Err(kube::Error::Api(e)) if e.code == 409 => Outcome::Conflict(format!(
-            "Secret {namespace}/{} exists and is owned by another field manager; it is left alone",
-            desired.name
-        )),
-        Err(kube::Error::Api(e)) if e.code == 422 && !exists => Outcome::Conflict(format!(
-            "Secret {namespace}/{} exists with another type and is not managed by regcred",
-            desired.name
-        )),
+        Err(kube::Error::Api(e)) if e.code == 409 && !exists => Outcome::Raced,
         Err(kube::Error::Api(e))
             if (e.code == 403 || e.code == 404) && ctx.live_namespace_labels(namespace).is_none() =>
         {
@@ -277,9 +293,12 @@ pub async fn remove_secrets(ctx: &Arc<Context>, owner: &str, keep: impl Fn(&str,
 async fn remove_secret(ctx: &Context, secret: &Secret, ns: &str, name: &str) -> Result<(), String> {
     // First the ServiceAccount entries, so no ServiceAccount points at a
     // missing Secret.
-    for sa in service_accounts_in(ctx, ns) {
-        if has_entry(&sa, name) {
-            patch_entry(ctx, &sa, name, false).await.map_err(|e| e.to_string())?;
+    for sa in accounts_in(ctx, ns) {
+        if sa.has(name) {
+            let entries = sa.entries.iter().filter(|e| *e != name).cloned().collect();
+            patch_entries(ctx, ns, &sa.name, sa.resource_version.as_deref(), entries)
+                .await
+                .map_err(|e| format!("removing {name} from ServiceAccount {ns}/{}: {e}", sa.name))?;
         }
     }
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
@@ -293,92 +312,27 @@ async fn remove_secret(ctx: &Context, secret: &Secret, ns: &str, name: &str) -> 
         Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
         Err(e) => return Err(format!("deleting Secret {ns}/{name}: {e}")),
     }
-    ctx.forget_written(&WrittenKey::Secret(ns.into(), name.into()));
+    ctx.forget_written(&(ns.into(), name.into()));
     Ok(())
 }
 
-fn service_accounts_in(ctx: &Context, namespace: &str) -> Vec<Arc<ServiceAccount>> {
-    ctx.service_accounts.state().into_iter().filter(|sa| sa.namespace().as_deref() == Some(namespace)).collect()
-}
-
-fn has_entry(sa: &ServiceAccount, secret: &str) -> bool {
-    sa.image_pull_secrets.iter().flatten().any(|r| r.name == secret)
-}
-
-/// Adds or removes one `imagePullSecrets` entry, leaving the others as they
-/// are. The patch carries the resourceVersion it was computed from, so a
-/// concurrent change makes it fail (409) instead of dropping someone's entry.
-async fn patch_entry(ctx: &Context, sa: &ServiceAccount, secret: &str, add: bool) -> Result<(), kube::Error> {
-    let mut entries: Vec<LocalObjectReference> = sa.image_pull_secrets.clone().unwrap_or_default();
-    if add {
-        entries.push(LocalObjectReference { name: secret.into() });
-    } else {
-        entries.retain(|r| r.name != secret);
-    }
-    let ns = sa.namespace().unwrap_or_default();
-    let api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &ns);
-    let patch = json!({
-        "metadata": {"resourceVersion": sa.metadata.resource_version},
-        "imagePullSecrets": entries,
-    });
-    let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-    let written = api.patch(&sa.name_any(), &params, &Patch::Merge(&patch)).await?;
-    ctx.remember_written(
-        WrittenKey::ServiceAccount(ns, sa.name_any()),
-        0,
-        written.metadata.resource_version.as_deref(),
-    );
-    Ok(())
-}
-
-/// Puts the Secret into the `imagePullSecrets` of the selected
-/// ServiceAccounts of every synced namespace, and takes it out of the others.
-pub async fn sync_service_accounts(ctx: &Arc<Context>, spec: &CredentialSpec, report: &mut Report) {
+/// Asks the ServiceAccount writer to look at every synced namespace where a
+/// selected ServiceAccount lacks the pull Secret or an unselected one has it,
+/// and reports the namespaces where its last patch failed.
+pub fn sync_service_accounts(ctx: &Context, spec: &CredentialSpec, report: &mut Report) {
     let secret = spec.secret.name.as_str();
     let selector = spec.service_accounts.as_ref();
-    let mut by_namespace: HashMap<String, Vec<Arc<ServiceAccount>>> = HashMap::new();
-    for sa in ctx.service_accounts.state() {
-        let ns = sa.namespace().unwrap_or_default();
-        if report.synced.contains(&ns) {
-            by_namespace.entry(ns).or_default().push(sa);
+    let mut failed = Vec::new();
+    for ns in &report.synced {
+        if accounts_in(ctx, ns).iter().any(|sa| sa.selected_by(selector) != sa.has(secret)) {
+            ctx.accounts.enqueue(ns);
+        }
+        if let Some(message) = ctx.accounts.failure(ns) {
+            failed.push((ns.clone(), message));
         }
     }
-    let work: Vec<(Arc<ServiceAccount>, bool)> = by_namespace
-        .into_values()
-        .flatten()
-        .filter_map(|sa| {
-            let empty = BTreeMap::new();
-            let want =
-                service_account_selected(selector, &sa.name_any(), sa.metadata.labels.as_ref().unwrap_or(&empty));
-            if want == has_entry(&sa, secret) {
-                return None;
-            }
-            // The cache may not show our last patch yet.
-            let written = ctx.written(&WrittenKey::ServiceAccount(sa.namespace().unwrap_or_default(), sa.name_any()));
-            if written.is_some_and(|w| Some(w.resource_version) > rv_number(&*sa)) {
-                return None;
-            }
-            Some((sa, want))
-        })
-        .collect();
-    let results: Vec<(String, String, Result<(), kube::Error>)> = futures::stream::iter(work)
-        .map(|(sa, add)| async move {
-            let r = patch_entry(ctx, &sa, secret, add).await;
-            (sa.namespace().unwrap_or_default(), sa.name_any(), r)
-        })
-        .buffer_unordered(ctx.settings.write_concurrency.max(1))
-        .collect()
-        .await;
-    for (ns, name, r) in results {
-        match r {
-            Ok(()) => report.service_accounts_patched += 1,
-            // Changed or deleted since it was cached: the watch brings the
-            // new version and another reconcile.
-            Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => report.retry = true,
-            Err(e) => {
-                report.retry = true;
-                report.fail(&ns, reasons::WRITE_FAILED, format!("patching ServiceAccount {ns}/{name}: {e}"));
-            }
-        }
+    for (ns, message) in failed {
+        report.retry = true;
+        report.fail(&ns, reasons::WRITE_FAILED, message);
     }
 }
