@@ -42,7 +42,8 @@ pub struct RunArgs {
     /// Credentials reconciled in parallel.
     #[arg(long, env = "REGCRED_CONCURRENCY", default_value_t = 4)]
     pub concurrency: u16,
-    /// Kubernetes writes in flight per credential during a fan-out.
+    /// Kubernetes writes in flight per credential during a fan-out, and
+    /// ServiceAccount patches in flight.
     #[arg(long, env = "REGCRED_WRITE_CONCURRENCY", default_value_t = 32)]
     pub write_concurrency: usize,
     /// Let namespaced RegistryCredentials use the operator's own cloud

@@ -10,7 +10,7 @@
 //! flight, so the entries of credentials fanning out together land in one
 //! patch.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
@@ -18,7 +18,6 @@ use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
 use k8s_openapi::api::core::v1::{LocalObjectReference, ServiceAccount};
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::reflector::ObjectRef;
 
 use super::{Context, CredentialKind, FIELD_MANAGER};
 use crate::api::ServiceAccountSelector;
@@ -76,8 +75,6 @@ impl Queue {
 pub struct Accounts {
     queue: Arc<Queue>,
     rx: Mutex<Option<UnboundedReceiver<String>>>,
-    /// ServiceAccount names per namespace (the cache has no index).
-    index: Mutex<HashMap<String, BTreeSet<String>>>,
     written: Mutex<HashMap<(String, String), WrittenAccount>>,
     /// Namespaces where a patch failed, with the message.
     failures: Mutex<HashMap<String, String>>,
@@ -89,7 +86,6 @@ impl Default for Accounts {
         Accounts {
             queue: Arc::new(Queue { state: Mutex::default(), tx }),
             rx: Mutex::new(Some(rx)),
-            index: Mutex::default(),
             written: Mutex::default(),
             failures: Mutex::default(),
         }
@@ -144,20 +140,9 @@ impl Accounts {
         self.queue.send_if_due(&mut state, namespace);
     }
 
-    /// Keeps the per-namespace index in step with the ServiceAccount watch.
-    pub fn observe(&self, namespace: &str, name: &str, deleted: bool) {
-        let mut index = self.index.lock().expect("not poisoned");
-        if deleted {
-            if let Some(names) = index.get_mut(namespace) {
-                names.remove(name);
-                if names.is_empty() {
-                    index.remove(namespace);
-                }
-            }
-            self.written.lock().expect("not poisoned").remove(&(namespace.to_string(), name.to_string()));
-        } else {
-            index.entry(namespace.to_string()).or_default().insert(name.to_string());
-        }
+    /// Forgets what was written to a deleted ServiceAccount.
+    pub fn forget(&self, namespace: &str, name: &str) {
+        self.written.lock().expect("not poisoned").remove(&(namespace.to_string(), name.to_string()));
     }
 
     /// The message of the last failed patch in `namespace`, if it still fails.
@@ -191,32 +176,24 @@ fn rv_number(rv: Option<&str>) -> Option<u64> {
 
 /// The ServiceAccounts of a namespace, newest known version of each.
 pub fn accounts_in(ctx: &Context, namespace: &str) -> Vec<AccountView> {
-    let names: Vec<String> = ctx
-        .accounts
-        .index
-        .lock()
-        .expect("not poisoned")
-        .get(namespace)
-        .map(|n| n.iter().cloned().collect())
-        .unwrap_or_default();
+    let cached = ctx.service_accounts.in_namespace(namespace);
     let written = ctx.accounts.written.lock().expect("not poisoned");
-    names
+    cached
         .into_iter()
-        .filter_map(|name| {
-            let sa = ctx.service_accounts.get(&ObjectRef::new(&name).within(namespace))?;
+        .map(|(name, sa)| {
             let mut view = AccountView {
-                resource_version: sa.metadata.resource_version.clone(),
-                labels: sa.metadata.labels.clone().unwrap_or_default(),
-                entries: sa.image_pull_secrets.iter().flatten().map(|r| r.name.clone()).collect(),
+                resource_version: sa.resource_version.map(|rv| rv.to_string()),
+                labels: sa.labels,
+                entries: sa.image_pull_secrets,
                 name,
             };
             if let Some(w) = written.get(&(namespace.to_string(), view.name.clone()))
-                && Some(w.resource_version) > rv_number(view.resource_version.as_deref())
+                && Some(w.resource_version) > sa.resource_version
             {
                 view.resource_version = Some(w.resource_version.to_string());
                 view.entries = w.entries.clone();
             }
-            Some(view)
+            view
         })
         .collect()
 }

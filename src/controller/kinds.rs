@@ -99,16 +99,12 @@ impl CredentialKind for ClusterRegistryCredential {
     }
 
     fn target_namespaces(&self, ctx: &Context) -> BTreeSet<String> {
-        let all = ctx.namespaces.state();
-        let empty = Default::default();
-        cluster_target_set(
-            &self.spec,
-            all.iter().map(|ns| NamespaceInfo {
-                name: ns.metadata.name.as_deref().unwrap_or_default(),
-                labels: ns.metadata.labels.as_ref().unwrap_or(&empty),
-                terminating: ns.metadata.deletion_timestamp.is_some(),
-            }),
-        )
+        ctx.namespaces.with_all(|all| {
+            cluster_target_set(
+                &self.spec,
+                all.map(|(_, name, ns)| NamespaceInfo { name, labels: &ns.labels, terminating: ns.terminating }),
+            )
+        })
     }
 
     fn targets_namespace(&self, ctx: &Context, namespace: &str) -> bool {

@@ -9,6 +9,7 @@
 //! without polling.
 
 mod accounts;
+mod cache;
 mod kinds;
 mod reconcile;
 mod status;
@@ -25,6 +26,8 @@ use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::controller::{Action, Config as ControllerConfig};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
+
+use cache::{Cache, Pairs};
 use kube::runtime::utils::Predicate as _;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{Controller, WatchStreamExt, predicates};
@@ -55,7 +58,8 @@ pub struct Settings {
     pub cluster_resource_namespace: Option<String>,
     /// Credentials reconciled in parallel.
     pub concurrency: u16,
-    /// Writes in flight per credential during a fan-out.
+    /// Writes in flight per credential during a fan-out, and ServiceAccount
+    /// patches in flight.
     pub write_concurrency: usize,
     /// Let RegistryCredentials use the operator's own cloud identity.
     pub allow_namespaced_ambient_identity: bool,
@@ -130,14 +134,12 @@ pub struct Context {
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
     recorder: Recorder,
-    namespaces: Store<PartialObjectMeta<Namespace>>,
-    service_accounts: Store<ServiceAccount>,
-    /// Secrets labelled as managed by regcred, with digests in place of their
-    /// data ([`digest_secret_data`]).
-    managed_secrets: Store<Secret>,
-    /// Metadata of every Secret (name, uid, resourceVersion, and only
-    /// regcred's own label and annotations), to see name clashes.
-    all_secrets: Store<PartialObjectMeta<Secret>>,
+    namespaces: Arc<Cache<NamespaceEntry>>,
+    service_accounts: Arc<Cache<AccountEntry>>,
+    /// Secrets labelled as managed by regcred.
+    managed_secrets: Arc<Cache<ManagedEntry>>,
+    /// Every Secret, to see name clashes and source Secret changes.
+    all_secrets: Arc<Cache<SecretEntry>>,
     credentials: CredentialStores,
     wake: Wake,
     /// The ServiceAccount writer's queue and memory.
@@ -153,68 +155,122 @@ enum Related {
     Secret { namespace: String, name: String, owner: Option<String> },
 }
 
-/// Namespaces are cached for their name, labels and phase only.
-fn slim_namespace(obj: &mut PartialObjectMeta<Namespace>) {
-    let meta = obj.meta_mut();
-    meta.managed_fields = None;
-    meta.annotations = None;
+/// What is cached of a namespace.
+#[derive(Clone)]
+struct NamespaceEntry {
+    labels: BTreeMap<String, String>,
+    terminating: bool,
 }
 
-/// ServiceAccounts are cached for their name, labels and `imagePullSecrets`
-/// only (a serviceAccountRef's annotations are read when a token is
-/// requested, not from the cache).
-fn slim_service_account(sa: &mut ServiceAccount) {
-    sa.metadata.managed_fields = None;
-    sa.metadata.annotations = None;
-    sa.secrets = None;
-}
-
-/// Managed Secrets are cached with a SHA-256 digest of each data value in
-/// place of the value: enough to tell whether a Secret holds what regcred
-/// would write, without keeping a copy of every credential in memory.
-fn digest_secret_data(secret: &mut Secret) {
-    secret.metadata.managed_fields = None;
-    secret.string_data = None;
-    for value in secret.data.iter_mut().flat_map(|d| d.values_mut()) {
-        value.0 = data_digest(&value.0).to_vec();
+impl NamespaceEntry {
+    fn of(ns: &PartialObjectMeta<Namespace>) -> Self {
+        NamespaceEntry {
+            labels: ns.metadata.labels.clone().unwrap_or_default(),
+            terminating: ns.metadata.deletion_timestamp.is_some(),
+        }
     }
 }
 
-/// What [`digest_secret_data`] keeps of a data value.
+/// What is cached of a ServiceAccount (a serviceAccountRef's annotations are
+/// read when a token is requested, not from the cache).
+#[derive(Clone)]
+struct AccountEntry {
+    resource_version: Option<u64>,
+    labels: BTreeMap<String, String>,
+    image_pull_secrets: Vec<String>,
+}
+
+impl AccountEntry {
+    fn of(sa: &ServiceAccount) -> Self {
+        AccountEntry {
+            resource_version: rv_of(&sa.metadata),
+            labels: sa.metadata.labels.clone().unwrap_or_default(),
+            image_pull_secrets: sa.image_pull_secrets.iter().flatten().map(|r| r.name.clone()).collect(),
+        }
+    }
+}
+
+/// What is cached of a Secret regcred manages: enough to tell whether it
+/// holds what regcred would write (a SHA-256 digest of the pull secret, not
+/// the secret itself), and to delete exactly it.
+#[derive(Clone)]
+struct ManagedEntry {
+    resource_version: Option<u64>,
+    uid: Option<Box<str>>,
+    type_: Option<Box<str>>,
+    digest: Option<[u8; 32]>,
+    labels: Pairs,
+    annotations: Pairs,
+}
+
+impl ManagedEntry {
+    fn of(secret: &Secret) -> Self {
+        let data = secret.data.as_ref().and_then(|d| d.get(sync::DATA_KEY));
+        ManagedEntry {
+            resource_version: rv_of(&secret.metadata),
+            uid: secret.metadata.uid.as_deref().map(Into::into),
+            type_: secret.type_.as_deref().map(Into::into),
+            digest: data.map(|b| data_digest(&b.0)),
+            labels: Pairs::from_map(secret.metadata.labels.as_ref()),
+            annotations: Pairs::from_map(secret.metadata.annotations.as_ref()),
+        }
+    }
+
+    fn owner(&self) -> Option<&str> {
+        (self.labels.get(MANAGED_BY_LABEL) == Some(MANAGED_BY)).then(|| self.annotations.get(OWNER_ANNOTATION))?
+    }
+}
+
+/// What is cached of any Secret.
+#[derive(Clone)]
+struct SecretEntry {
+    resource_version: Option<Box<str>>,
+    /// The owner annotation, if regcred manages it.
+    owner: Option<Box<str>>,
+}
+
+impl SecretEntry {
+    fn of(secret: &PartialObjectMeta<Secret>) -> Self {
+        SecretEntry {
+            resource_version: secret.metadata.resource_version.as_deref().map(Into::into),
+            owner: owner_of(&secret.metadata).map(Into::into),
+        }
+    }
+}
+
+/// A SHA-256 digest of a Secret's data value.
 fn data_digest(value: &[u8]) -> [u8; 32] {
     use sha2::Digest;
     sha2::Sha256::digest(value).into()
 }
 
-/// Keeps only regcred's own label and annotations, so caching every Secret's
-/// metadata stays small (no last-applied-configuration copies of data).
-fn slim_secret_meta(obj: &mut PartialObjectMeta<Secret>) {
-    let meta = obj.meta_mut();
-    meta.managed_fields = None;
-    if let Some(labels) = meta.labels.as_mut() {
-        labels.retain(|k, _| k == MANAGED_BY_LABEL);
-    }
-    if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.retain(|k, _| k.starts_with("regcred.dev/"));
-    }
+fn key_of<K: Resource>(obj: &K) -> (String, String) {
+    (obj.meta().namespace.clone().unwrap_or_default(), obj.meta().name.clone().unwrap_or_default())
 }
 
-/// Runs a reflector and turns its events into [`Related`] changes.
-fn related_stream<K, F>(
+/// Runs a watch into a cache and turns its events into [`Related`] changes.
+fn related_stream<K, V, F>(
     stream: impl Stream<Item = Result<Event<K>, watcher::Error>> + Send + 'static,
-    writer: reflector::store::Writer<K>,
+    cache: Arc<Cache<V>>,
+    project: fn(&K) -> V,
     what: &'static str,
     map: F,
 ) -> impl Stream<Item = (Related, bool)> + Send
 where
     K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
     F: Fn(&K) -> Related + Send + 'static,
 {
-    stream.default_backoff().reflect(writer).filter_map(move |event| {
+    stream.default_backoff().filter_map(move |event| {
         let out = match event {
-            Ok(Event::Apply(o)) | Ok(Event::InitApply(o)) => Some((map(&o), false)),
-            Ok(Event::Delete(o)) => Some((map(&o), true)),
-            Ok(Event::Init) | Ok(Event::InitDone) => None,
+            Ok(event) => {
+                cache.apply(&event, key_of, project);
+                match event {
+                    Event::Apply(o) | Event::InitApply(o) => Some((map(&o), false)),
+                    Event::Delete(o) => Some((map(&o), true)),
+                    Event::Init | Event::InitDone => None,
+                }
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "watching {what} failed; retrying");
                 None
@@ -226,23 +282,23 @@ where
 
 /// Runs the controller until the process is asked to stop.
 pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> anyhow::Result<()> {
-    let (ns_store, ns_writer) = reflector::store();
-    let (sa_store, sa_writer) = reflector::store();
-    let (managed_store, managed_writer) = reflector::store();
-    let (all_store, all_writer) = reflector::store();
+    let namespace_cache = Arc::new(Cache::default());
+    let account_cache = Arc::new(Cache::default());
+    let managed_cache = Arc::new(Cache::default());
+    let secret_cache = Arc::new(Cache::default());
     let managed_cfg = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
 
     let namespaces = related_stream(
-        watcher::watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watcher::Config::default())
-            .modify(slim_namespace),
-        ns_writer,
+        watcher::watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watcher::Config::default()),
+        namespace_cache.clone(),
+        NamespaceEntry::of,
         "namespaces",
         |_| Related::Namespace,
     );
     let service_accounts = related_stream(
-        watcher::watcher(Api::<ServiceAccount>::all(client.clone()), watcher::Config::default())
-            .modify(slim_service_account),
-        sa_writer,
+        watcher::watcher(Api::<ServiceAccount>::all(client.clone()), watcher::Config::default()),
+        account_cache.clone(),
+        AccountEntry::of,
         "serviceaccounts",
         |sa: &ServiceAccount| Related::ServiceAccount {
             namespace: sa.namespace().unwrap_or_default(),
@@ -250,15 +306,16 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
         },
     );
     let managed = related_stream(
-        watcher::watcher(Api::<Secret>::all(client.clone()), managed_cfg).modify(digest_secret_data),
-        managed_writer,
+        watcher::watcher(Api::<Secret>::all(client.clone()), managed_cfg),
+        managed_cache.clone(),
+        ManagedEntry::of,
         "managed secrets",
         secret_related,
     );
     let all_secrets = related_stream(
-        watcher::watcher(Api::<PartialObjectMeta<Secret>>::all(client.clone()), watcher::Config::default())
-            .modify(slim_secret_meta),
-        all_writer,
+        watcher::watcher(Api::<PartialObjectMeta<Secret>>::all(client.clone()), watcher::Config::default()),
+        secret_cache.clone(),
+        SecretEntry::of,
         "secrets",
         secret_related,
     );
@@ -275,10 +332,10 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
         settings: settings.clone(),
         metrics: metrics.clone(),
         recorder: Recorder::new(client.clone(), reporter),
-        namespaces: ns_store,
-        service_accounts: sa_store,
-        managed_secrets: managed_store,
-        all_secrets: all_store,
+        namespaces: namespace_cache,
+        service_accounts: account_cache,
+        managed_secrets: managed_cache,
+        all_secrets: secret_cache,
         credentials: CredentialStores { namespaced: rcreds.store(), cluster: crcreds.store() },
         wake: Wake { namespaced: rtx, cluster: ctx_tx },
         accounts: accounts::Accounts::default(),
@@ -300,13 +357,10 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
     // Reconciling before every cache is filled would see namespaces or
     // Secrets as missing, and remove or rewrite what is in place.
     tracing::info!("waiting for caches");
-    let wait = |what: &'static str, r: Result<(), reflector::store::WriterDropped>| {
-        r.map_err(|_| anyhow::anyhow!("the {what} watch stopped before its cache was filled"))
-    };
-    wait("namespace", ctx.namespaces.wait_until_ready().await)?;
-    wait("serviceaccount", ctx.service_accounts.wait_until_ready().await)?;
-    wait("managed secret", ctx.managed_secrets.wait_until_ready().await)?;
-    wait("secret", ctx.all_secrets.wait_until_ready().await)?;
+    ctx.namespaces.wait_until_ready().await;
+    ctx.service_accounts.wait_until_ready().await;
+    ctx.managed_secrets.wait_until_ready().await;
+    ctx.all_secrets.wait_until_ready().await;
     metrics.set_ready();
     tracing::info!("caches filled; reconciling");
     tokio::spawn(accounts::run(ctx.clone()));
@@ -379,7 +433,9 @@ impl Router {
             }
             // The ServiceAccount writer handles every credential at once.
             Related::ServiceAccount { namespace, name } => {
-                ctx.accounts.observe(&namespace, &name, deleted);
+                if deleted {
+                    ctx.accounts.forget(&namespace, &name);
+                }
                 ctx.accounts.enqueue(&namespace);
             }
             Related::Secret { namespace, name, owner } => {
@@ -427,13 +483,13 @@ impl Context {
     /// Whether `owner`'s pull Secret `name` is in `namespace`: in the cache,
     /// or just written and not in the cache yet.
     fn secret_in_place(&self, namespace: &str, name: &str, owner: &str) -> bool {
-        let cached = self.managed_secrets.get(&ObjectRef::new(name).within(namespace));
+        let cached = self.managed_secrets.with(namespace, name, |s| (s.resource_version, s.owner() == Some(owner)));
         if let Some(w) = self.written(&(namespace.to_string(), name.to_string()))
-            && cached.as_ref().is_none_or(|s| Some(w.resource_version) > rv_of(&s.metadata))
+            && cached.is_none_or(|(rv, _)| Some(w.resource_version) > rv)
         {
             return w.owner == owner_hash(owner);
         }
-        cached.is_some_and(|s| owner_of(&s.metadata).as_deref() == Some(owner))
+        cached.is_some_and(|(_, ours)| ours)
     }
 
     fn wake_namespaced(&self, c: &RegistryCredential) {
@@ -464,11 +520,7 @@ impl Context {
 
     /// Labels of a namespace, or `None` if it does not exist or is terminating.
     fn live_namespace_labels(&self, name: &str) -> Option<BTreeMap<String, String>> {
-        let ns = self.namespaces.get(&ObjectRef::new(name))?;
-        if ns.metadata.deletion_timestamp.is_some() {
-            return None;
-        }
-        Some(ns.metadata.labels.clone().unwrap_or_default())
+        self.namespaces.with("", name, |ns| (!ns.terminating).then(|| ns.labels.clone())).flatten()
     }
 }
 

@@ -10,7 +10,6 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::runtime::finalizer::{self, finalizer};
-use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 
 use super::status::{self, MintOutcome};
@@ -70,8 +69,8 @@ async fn mint<K: CredentialKind>(obj: &K, ctx: &Context, now: Timestamp) -> Resu
         if let Some(entry) = state.get(&key).and_then(|s| s.minted.as_ref()) {
             let inputs_unchanged = entry.fingerprint.iter().all(|(name, rv)| {
                 ctx.all_secrets
-                    .get(&ObjectRef::new(name).within(&source_ns))
-                    .is_some_and(|s| s.metadata.resource_version.as_deref() == Some(rv.as_str()))
+                    .with(&source_ns, name, |s| s.resource_version.as_deref() == Some(rv.as_str()))
+                    .unwrap_or(false)
             });
             let refresh_at = refresh_at_of(entry, spec);
             if entry.generation == generation && inputs_unchanged && now < refresh_at {

@@ -10,19 +10,18 @@ use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::runtime::reflector::ObjectRef;
-use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
 use super::accounts::{accounts_in, patch_entries};
-use super::{Context, FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL, OWNER_ANNOTATION, data_digest, owner_of};
+use super::cache::Pairs;
+use super::{Context, FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL, ManagedEntry, OWNER_ANNOTATION, data_digest};
 use crate::api::{CredentialSpec, TargetFailure};
 use crate::provider::Minted;
 use crate::reasons;
 use crate::render::dockerconfigjson;
 
 const SECRET_TYPE: &str = "kubernetes.io/dockerconfigjson";
-const DATA_KEY: &str = ".dockerconfigjson";
+pub(super) const DATA_KEY: &str = ".dockerconfigjson";
 
 /// The pull Secret a credential should have in every target namespace.
 pub struct DesiredSecret {
@@ -56,17 +55,15 @@ impl DesiredSecret {
         DesiredSecret { name: spec.secret.name.clone(), data, digest, labels, annotations, hash }
     }
 
-    /// Whether a cached Secret already holds this content (its data values
-    /// are digests). Labels and annotations others added are left alone and
-    /// do not count.
-    fn matches(&self, s: &Secret) -> bool {
-        let subset = |want: &BTreeMap<String, String>, have: Option<&BTreeMap<String, String>>| {
-            want.iter().all(|(k, v)| have.and_then(|h| h.get(k)) == Some(v))
-        };
+    /// Whether a cached Secret already holds this content. Labels and
+    /// annotations others added are left alone and do not count.
+    fn matches(&self, s: &ManagedEntry) -> bool {
+        let subset =
+            |want: &BTreeMap<String, String>, have: &Pairs| want.iter().all(|(k, v)| have.get(k) == Some(v.as_str()));
         s.type_.as_deref() == Some(SECRET_TYPE)
-            && s.data.as_ref().and_then(|d| d.get(DATA_KEY)).is_some_and(|b| b.0 == self.digest)
-            && subset(&self.labels, s.metadata.labels.as_ref())
-            && subset(&self.annotations, s.metadata.annotations.as_ref())
+            && s.digest == Some(self.digest)
+            && subset(&self.labels, &s.labels)
+            && subset(&self.annotations, &s.annotations)
     }
 
     fn object(&self, namespace: &str) -> Secret {
@@ -104,10 +101,6 @@ impl Report {
     }
 }
 
-fn rv_number(obj: &impl Resource) -> Option<u64> {
-    obj.meta().resource_version.as_deref()?.parse().ok()
-}
-
 enum Plan {
     InSync,
     Write { exists: bool },
@@ -115,15 +108,13 @@ enum Plan {
 }
 
 fn plan_secret(ctx: &Context, owner: &str, desired: &DesiredSecret, namespace: &str) -> Plan {
-    let key = ObjectRef::<Secret>::new(&desired.name).within(namespace);
-    let meta_key = ObjectRef::<kube::api::PartialObjectMeta<Secret>>::new(&desired.name).within(namespace);
     let written = ctx.written(&(namespace.into(), desired.name.clone()));
     let ours_in_flight = written.is_some_and(|w| w.content == desired.hash);
-    let Some(meta) = ctx.all_secrets.get(&meta_key) else {
+    let Some(meta) = ctx.all_secrets.get(namespace, &desired.name) else {
         // Not in the cache: absent, or just written by us and not seen yet.
         return if ours_in_flight { Plan::InSync } else { Plan::Write { exists: false } };
     };
-    match owner_of(&meta.metadata) {
+    match meta.owner.as_deref() {
         Some(o) if o == owner => {}
         Some(other) => {
             return Plan::Conflict(format!("Secret {namespace}/{} is managed by regcred for {other}", desired.name));
@@ -135,12 +126,11 @@ fn plan_secret(ctx: &Context, owner: &str, desired: &DesiredSecret, namespace: &
             ));
         }
     }
-    match ctx.managed_secrets.get(&key) {
-        Some(actual) if desired.matches(&actual) => Plan::InSync,
+    let cached = ctx.managed_secrets.with(namespace, &desired.name, |s| (desired.matches(s), s.resource_version));
+    match cached {
+        Some((true, _)) => Plan::InSync,
         // The cache still shows an older version than our own last write.
-        Some(actual) if ours_in_flight && written.is_some_and(|w| Some(w.resource_version) > rv_number(&*actual)) => {
-            Plan::InSync
-        }
+        Some((false, rv)) if ours_in_flight && written.is_some_and(|w| Some(w.resource_version) > rv) => Plan::InSync,
         None if ours_in_flight => Plan::InSync,
         _ => Plan::Write { exists: true },
     }
@@ -250,8 +240,7 @@ async fn write_secret(ctx: &Context, owner: &str, desired: &DesiredSecret, names
 /// the provider fails: what is in place stays).
 pub fn count_in_place(ctx: &Context, owner: &str, name: &str, targets: &BTreeSet<String>, report: &mut Report) {
     for namespace in targets {
-        let key = ObjectRef::new(name).within(namespace);
-        if ctx.managed_secrets.get(&key).is_some_and(|s| owner_of(&s.metadata).as_deref() == Some(owner)) {
+        if ctx.managed_secrets.with(namespace, name, |s| s.owner() == Some(owner)).unwrap_or(false) {
             report.synced.insert(namespace.clone());
         }
     }
@@ -261,20 +250,17 @@ pub fn count_in_place(ctx: &Context, owner: &str, name: &str, targets: &BTreeSet
 /// the selection, or the Secret name changed. `keep` returns whether a
 /// `(namespace, name)` is still wanted.
 pub async fn remove_secrets(ctx: &Arc<Context>, owner: &str, keep: impl Fn(&str, &str) -> bool, report: &mut Report) {
-    let stale: Vec<Arc<Secret>> = ctx
-        .managed_secrets
-        .state()
-        .into_iter()
-        .filter(|s| owner_of(&s.metadata).as_deref() == Some(owner))
-        .filter(|s| !keep(&s.namespace().unwrap_or_default(), &s.name_any()))
-        // A terminating namespace takes its Secrets with it.
-        .filter(|s| ctx.live_namespace_labels(&s.namespace().unwrap_or_default()).is_some())
-        .collect();
+    let stale: Vec<(String, String, Option<Box<str>>)> = ctx.managed_secrets.with_all(|all| {
+        all.filter(|(ns, name, s)| s.owner() == Some(owner) && !keep(ns, name))
+            .map(|(ns, name, s)| (ns.to_string(), name.to_string(), s.uid.clone()))
+            .collect()
+    });
+    // A terminating namespace takes its Secrets with it.
+    let stale: Vec<_> = stale.into_iter().filter(|(ns, _, _)| ctx.live_namespace_labels(ns).is_some()).collect();
     let results: Vec<(String, Result<(), String>)> = futures::stream::iter(stale)
-        .map(|secret| async move {
-            let ns = secret.namespace().unwrap_or_default();
-            let name = secret.name_any();
-            (ns.clone(), remove_secret(ctx, &secret, &ns, &name).await)
+        .map(|(ns, name, uid)| async move {
+            let result = remove_secret(ctx, uid, &ns, &name).await;
+            (ns, result)
         })
         .buffer_unordered(ctx.settings.write_concurrency.max(1))
         .collect()
@@ -290,7 +276,7 @@ pub async fn remove_secrets(ctx: &Arc<Context>, owner: &str, keep: impl Fn(&str,
     }
 }
 
-async fn remove_secret(ctx: &Context, secret: &Secret, ns: &str, name: &str) -> Result<(), String> {
+async fn remove_secret(ctx: &Context, uid: Option<Box<str>>, ns: &str, name: &str) -> Result<(), String> {
     // First the ServiceAccount entries, so no ServiceAccount points at a
     // missing Secret.
     for sa in accounts_in(ctx, ns) {
@@ -304,7 +290,7 @@ async fn remove_secret(ctx: &Context, secret: &Secret, ns: &str, name: &str) -> 
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let params = DeleteParams {
         // Never delete a Secret that replaced ours in the meantime.
-        preconditions: Some(Preconditions { uid: secret.metadata.uid.clone(), resource_version: None }),
+        preconditions: Some(Preconditions { uid: uid.map(String::from), resource_version: None }),
         ..Default::default()
     };
     match api.delete(name, &params).await {

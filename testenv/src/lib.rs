@@ -431,6 +431,12 @@ impl ControlPlane {
         self.processes.first().map(|(_, c)| c.id() as i32).unwrap_or(0)
     }
 
+    /// The pid of the running control-plane process `name` (`etcd`,
+    /// `kube-apiserver`, `kube-controller-manager`): the newest one started.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.processes.iter().rev().find(|(n, _)| *n == name).map(|(_, c)| c.id())
+    }
+
     /// The directory holding the control-plane binaries.
     pub fn assets(&self) -> &Path {
         &self.assets

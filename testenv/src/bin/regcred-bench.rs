@@ -268,8 +268,17 @@ fn limit_secret(ns: &str, name: &str) -> Secret {
 
 /// Creates `m` Secrets in each of `targets` with `concurrency` requests in
 /// flight, by POST or by server-side apply, and returns the time taken; then
-/// deletes them, so regcred's caches do not hold them.
-async fn limit_run(client: &Client, targets: &[String], m: usize, concurrency: usize, apply: bool) -> Result<Duration> {
+/// deletes them, so regcred's caches do not hold them. Also returns the CPU
+/// the creates cost.
+async fn limit_run(
+    cp: &ControlPlane,
+    client: &Client,
+    targets: &[String],
+    m: usize,
+    concurrency: usize,
+    apply: bool,
+) -> Result<(Duration, Cpu)> {
+    let cpu_before = Cpu::now(cp, std::process::id())?;
     let work: Vec<(String, String)> =
         targets.iter().flat_map(|ns| (0..m).map(move |j| (ns.clone(), format!("bench-limit-{j}")))).collect();
     let t = Instant::now();
@@ -288,6 +297,7 @@ async fn limit_run(client: &Client, targets: &[String], m: usize, concurrency: u
     })
     .await?;
     let elapsed = t.elapsed();
+    let cpu = Cpu::now(cp, std::process::id())?.since(cpu_before);
     for_each_concurrent(targets.to_vec(), 32, |ns| {
         let api = Api::<Secret>::namespaced(client.clone(), &ns);
         async move {
@@ -301,7 +311,7 @@ async fn limit_run(client: &Client, targets: &[String], m: usize, concurrency: u
         }
     })
     .await?;
-    Ok(elapsed)
+    Ok((elapsed, cpu))
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -331,6 +341,47 @@ fn memory_kib(pid: u32) -> Result<(u64, u64)> {
         Ok(line.split_whitespace().nth(1).context("no value")?.parse()?)
     };
     Ok((field("VmHWM:")?, field("VmRSS:")?))
+}
+
+/// CPU time (user + system) a process has used so far, in seconds.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').context("malformed /proc/<pid>/stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 =
+        fields.get(11).context("no utime")?.parse::<u64>()? + fields.get(12).context("no stime")?.parse::<u64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok(ticks as f64 / hz)
+}
+
+/// CPU seconds of the processes that share the machine, to see where the
+/// time of a phase went.
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    apiserver: f64,
+    etcd: f64,
+    client: f64,
+}
+
+impl Cpu {
+    fn now(cp: &ControlPlane, client_pid: u32) -> Result<Cpu> {
+        let of = |name: &str| cp.pid(name).with_context(|| format!("no {name} process")).and_then(cpu_seconds);
+        Ok(Cpu { apiserver: of("kube-apiserver")?, etcd: of("etcd")?, client: cpu_seconds(client_pid)? })
+    }
+
+    fn since(self, before: Cpu) -> Cpu {
+        Cpu {
+            apiserver: self.apiserver - before.apiserver,
+            etcd: self.etcd - before.etcd,
+            client: self.client - before.client,
+        }
+    }
+
+    fn show(self, client: &str) -> String {
+        format!("apiserver {:.1} s, etcd {:.1} s, {client} {:.1} s", self.apiserver, self.etcd, self.client)
+    }
 }
 
 struct Row {
@@ -412,9 +463,9 @@ async fn run() -> Result<()> {
     }
 
     phase(&format!("the limit: a minimal client creates {} Secrets, {limit_concurrency} in flight", n * m));
-    let limit = limit_run(&client, &targets, m, limit_concurrency, false).await?;
+    let (limit, limit_cpu) = limit_run(&cp, &client, &targets, m, limit_concurrency, false).await?;
     println!("    {} Secrets in {} (POST create)", n * m, secs(limit));
-    let limit_apply = limit_run(&client, &targets, m, limit_concurrency, true).await?;
+    let (limit_apply, _) = limit_run(&cp, &client, &targets, m, limit_concurrency, true).await?;
     println!("    {} Secrets in {} (server-side apply, as regcred writes them)", n * m, secs(limit_apply));
 
     phase("starting regcred and the ECR Public stand-in");
@@ -444,6 +495,7 @@ async fn run() -> Result<()> {
         Operator::start_with_env(&cp2, &regcred, CLUSTER_NS, &a, &[("AWS_EC2_METADATA_DISABLED", "true")])
     })
     .await??;
+    let (_, rss_started) = memory_kib(operator.pid())?;
 
     phase(&format!("initial convergence: {m} ClusterRegistryCredentials x {n} namespaces"));
     let crcreds: Api<kube::api::DynamicObject> = Api::all_with(
@@ -454,6 +506,7 @@ async fn run() -> Result<()> {
         ),
     );
     let writes_before = operator.write_requests()?;
+    let cpu_before = Cpu::now(&cp, operator.pid())?;
     let t0 = Instant::now();
     for (i, secret) in names.iter().enumerate() {
         let provider = if i == 0 {
@@ -492,9 +545,20 @@ async fn run() -> Result<()> {
         .with_context(|| format!("regcred did not converge; operator log: {}", operator.log_path().display()))?
     };
     let convergence = converged - t0;
+    let convergence_cpu = Cpu::now(&cp, operator.pid())?.since(cpu_before);
+    let (_, rss_converged) = memory_kib(operator.pid())?;
     let initial_calls = standin.calls();
     let convergence_writes = operator.write_requests()? - writes_before;
     println!("    all {} Secrets and {n} ServiceAccounts in {}", n * m, secs(convergence));
+    let timeline = {
+        let seen = seen.lock().unwrap();
+        let secrets: Vec<Instant> =
+            seen.secrets.iter().filter(|((ns, _), _)| ns.starts_with("bench-")).map(|(_, e)| e.0).collect();
+        let first = secrets.iter().min().map(|t| *t - t0).unwrap_or_default();
+        let last = secrets.iter().max().map(|t| *t - t0).unwrap_or_default();
+        format!("first Secret {}, last Secret {}, last ServiceAccount {}", ms(first), ms(last), ms(convergence))
+    };
+    println!("    {timeline}");
     // Cross-check with the apiserver, not only the watch.
     let listed = Api::<Secret>::all(client.clone()).list_metadata(&ListParams::default().labels(MANAGED)).await?;
     if listed.items.len() != n * m {
@@ -651,6 +715,9 @@ async fn run() -> Result<()> {
             "",
             None,
         ),
+        row("  regcred's timeline from the first apply", timeline, "", None),
+        row("  CPU used by the limit's creates", limit_cpu.show("bench client"), "", None),
+        row("  CPU used while regcred converged", convergence_cpu.show("regcred"), "", None),
         row("Convergence ratio regcred/limit", format!("{ratio:.2}"), "<= 1.5", Some(ratio <= 1.5)),
         row(
             format!("New namespace -> {m} Secrets (p50 / p99 / max, {} samples)", ns_latency.len()),
@@ -676,6 +743,12 @@ async fn run() -> Result<()> {
             idle_writes.to_string(),
             "0",
             Some(idle_writes == 0),
+        ),
+        row(
+            "Operator RSS: caches filled before the credentials; after convergence",
+            format!("{:.1} MiB; {:.1} MiB", mib(rss_started), mib(rss_converged)),
+            "",
+            None,
         ),
         row(
             "Operator peak RSS (VmHWM; VmRSS now)",

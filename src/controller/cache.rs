@@ -1,0 +1,163 @@
+//! Compact caches fed by watches.
+//!
+//! regcred watches every namespace, ServiceAccount and Secret of the cluster.
+//! A reflector store would keep each object whole (a `Secret` with its
+//! metadata maps is several kilobytes); these caches keep, per object, only
+//! the few fields regcred reads, so memory stays small with thousands of
+//! namespaces.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::RwLock;
+
+use kube::runtime::watcher::Event;
+
+type Names<V> = HashMap<Box<str>, V>;
+
+/// Objects by namespace (`""` for cluster-scoped ones) and name.
+pub struct Cache<V> {
+    live: RwLock<HashMap<Box<str>, Names<V>>>,
+    /// Filled during a (re)list; replaces `live` when the list is complete.
+    relist: std::sync::Mutex<Option<HashMap<Box<str>, Names<V>>>>,
+    ready: tokio::sync::watch::Sender<bool>,
+}
+
+impl<V> Default for Cache<V> {
+    fn default() -> Self {
+        Cache { live: RwLock::default(), relist: Default::default(), ready: tokio::sync::watch::Sender::new(false) }
+    }
+}
+
+fn insert<V>(map: &mut HashMap<Box<str>, Names<V>>, namespace: &str, name: &str, value: V) {
+    match map.get_mut(namespace) {
+        Some(names) => {
+            names.insert(name.into(), value);
+        }
+        None => {
+            map.insert(namespace.into(), HashMap::from([(name.into(), value)]));
+        }
+    }
+}
+
+impl<V: Clone> Cache<V> {
+    /// Applies a watch event: `key` gives an object's namespace and name,
+    /// `project` what is kept of it.
+    pub fn apply<K>(&self, event: &Event<K>, key: impl Fn(&K) -> (String, String), project: impl Fn(&K) -> V) {
+        match event {
+            Event::Init => *self.relist.lock().expect("not poisoned") = Some(HashMap::new()),
+            Event::InitApply(obj) => {
+                let (ns, name) = key(obj);
+                if let Some(map) = self.relist.lock().expect("not poisoned").as_mut() {
+                    insert(map, &ns, &name, project(obj));
+                }
+            }
+            Event::InitDone => {
+                if let Some(map) = self.relist.lock().expect("not poisoned").take() {
+                    *self.live.write().expect("not poisoned") = map;
+                }
+                self.ready.send_replace(true);
+            }
+            Event::Apply(obj) => {
+                let (ns, name) = key(obj);
+                insert(&mut self.live.write().expect("not poisoned"), &ns, &name, project(obj));
+            }
+            Event::Delete(obj) => {
+                let (ns, name) = key(obj);
+                let mut live = self.live.write().expect("not poisoned");
+                if let Some(names) = live.get_mut(ns.as_str()) {
+                    names.remove(name.as_str());
+                    if names.is_empty() {
+                        live.remove(ns.as_str());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits until the first complete list has been applied.
+    pub async fn wait_until_ready(&self) {
+        let mut rx = self.ready.subscribe();
+        // The sender lives in `self`, so this cannot fail.
+        let _ = rx.wait_for(|ready| *ready).await;
+    }
+
+    pub fn get(&self, namespace: &str, name: &str) -> Option<V> {
+        self.live.read().expect("not poisoned").get(namespace)?.get(name).cloned()
+    }
+
+    /// Calls `f` with one object, under the read lock.
+    pub fn with<R>(&self, namespace: &str, name: &str, f: impl FnOnce(&V) -> R) -> Option<R> {
+        self.live.read().expect("not poisoned").get(namespace)?.get(name).map(f)
+    }
+
+    /// The objects of one namespace, by name.
+    pub fn in_namespace(&self, namespace: &str) -> Vec<(String, V)> {
+        let live = self.live.read().expect("not poisoned");
+        let Some(names) = live.get(namespace) else { return Vec::new() };
+        names.iter().map(|(name, v)| (name.to_string(), v.clone())).collect()
+    }
+
+    /// Calls `f` with every object as `(namespace, name, value)`, under the
+    /// read lock (so `f` must not touch this cache).
+    pub fn with_all<R>(&self, f: impl FnOnce(&mut dyn Iterator<Item = (&str, &str, &V)>) -> R) -> R {
+        let live = self.live.read().expect("not poisoned");
+        let mut it = live.iter().flat_map(|(ns, names)| names.iter().map(move |(name, v)| (&**ns, &**name, v)));
+        f(&mut it)
+    }
+}
+
+/// A few string pairs (labels, annotations) without a `BTreeMap`'s node
+/// allocation; sorted by key.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Pairs(Box<[(Box<str>, Box<str>)]>);
+
+impl Pairs {
+    pub fn from_map(map: Option<&BTreeMap<String, String>>) -> Self {
+        Pairs(map.into_iter().flatten().map(|(k, v)| (k.as_str().into(), v.as_str().into())).collect())
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.binary_search_by(|(k, _)| (**k).cmp(key)).ok().map(|i| &*self.0[i].1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(o: &(&'static str, &'static str, u32)) -> (String, String) {
+        (o.0.into(), o.1.into())
+    }
+
+    #[test]
+    fn a_relist_replaces_the_contents_only_when_complete() {
+        let cache: Cache<u32> = Cache::default();
+        let project = |o: &(&str, &str, u32)| o.2;
+        cache.apply(&Event::Init, key, project);
+        cache.apply(&Event::InitApply(("a", "x", 1)), key, project);
+        assert_eq!(cache.get("a", "x"), None, "not visible before the list is complete");
+        cache.apply(&Event::InitDone, key, project);
+        assert_eq!(cache.get("a", "x"), Some(1));
+        cache.apply(&Event::Apply(("a", "y", 2)), key, project);
+        cache.apply(&Event::Apply(("b", "y", 3)), key, project);
+        assert_eq!(cache.in_namespace("a").len(), 2);
+        // A relist after a watch error: what is gone disappears at InitDone.
+        cache.apply(&Event::Init, key, project);
+        cache.apply(&Event::InitApply(("b", "y", 4)), key, project);
+        assert_eq!(cache.get("a", "x"), Some(1), "the old contents serve until the new list is complete");
+        cache.apply(&Event::InitDone, key, project);
+        assert_eq!(cache.get("a", "x"), None);
+        assert_eq!(cache.get("b", "y"), Some(4));
+        cache.apply(&Event::Delete(("b", "y", 4)), key, project);
+        assert_eq!(cache.with_all(|it| it.count()), 0);
+    }
+
+    #[test]
+    fn pairs_find_keys() {
+        let map = BTreeMap::from([("b".to_string(), "2".to_string()), ("a".to_string(), "1".to_string())]);
+        let p = Pairs::from_map(Some(&map));
+        assert_eq!(p.get("a"), Some("1"));
+        assert_eq!(p.get("b"), Some("2"));
+        assert_eq!(p.get("c"), None);
+        assert_eq!(Pairs::from_map(None).get("a"), None);
+    }
+}
