@@ -252,7 +252,8 @@ pub async fn run(ctx: Arc<Context>) {
     let concurrency = ctx.settings.write_concurrency.max(1);
     rx.for_each_concurrent(concurrency, |namespace| {
         let ctx = ctx.clone();
-        async move {
+        // A task per namespace, so the work spreads over every thread.
+        let task = tokio::spawn(async move {
             ctx.accounts.start(&namespace);
             let failure = sync_namespace(&ctx, &namespace).await;
             let changed = {
@@ -267,6 +268,11 @@ pub async fn run(ctx: Arc<Context>) {
                 ctx.wake_credentials_targeting(&namespace);
             }
             ctx.accounts.finish(&namespace);
+        });
+        async move {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "a ServiceAccount update task failed");
+            }
         }
     })
     .await;

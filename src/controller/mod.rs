@@ -342,17 +342,16 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
         state: Mutex::default(),
         written: Mutex::default(),
     });
-    let router = Router { ctx: ctx.clone() };
-    let related = futures::stream::select_all([
-        namespaces.boxed(),
-        service_accounts.boxed(),
-        managed.boxed(),
-        all_secrets.boxed(),
-    ]);
-    tokio::spawn(related.for_each(move |(change, deleted)| {
-        router.route(change, deleted);
-        futures::future::ready(())
-    }));
+    // Each watch runs in a task of its own (decoding events spreads over
+    // every thread) and routes its changes.
+    let router = Arc::new(Router { ctx: ctx.clone() });
+    for related in [namespaces.boxed(), service_accounts.boxed(), managed.boxed(), all_secrets.boxed()] {
+        let router = router.clone();
+        tokio::spawn(related.for_each(move |(change, deleted)| {
+            router.route(change, deleted);
+            futures::future::ready(())
+        }));
+    }
 
     // Reconciling before every cache is filled would see namespaces or
     // Secrets as missing, and remove or rewrite what is in place.

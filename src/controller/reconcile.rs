@@ -173,7 +173,7 @@ async fn apply<K: CredentialKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Acti
     let mut report = Report::default();
     match &minted {
         Ok(m) => {
-            let desired = DesiredSecret::new(spec, &owner, &m.minted);
+            let desired = Arc::new(DesiredSecret::new(spec, &owner, &m.minted));
             sync::write_secrets(&ctx, &owner, &desired, &targets, &mut report).await;
         }
         // The provider failed: what is in place stays untouched.

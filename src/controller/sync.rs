@@ -152,7 +152,7 @@ enum Outcome {
 pub async fn write_secrets(
     ctx: &Arc<Context>,
     owner: &str,
-    desired: &DesiredSecret,
+    desired: &Arc<DesiredSecret>,
     targets: &BTreeSet<String>,
     report: &mut Report,
 ) {
@@ -166,14 +166,20 @@ pub async fn write_secrets(
             Plan::Write { exists } => writes.push((namespace.clone(), exists, ctx.accounts.begin_write(namespace))),
         }
     }
+    // Each write is a task of its own, so encoding requests and decoding
+    // answers spreads over every runtime thread.
     let written: Vec<(String, Outcome)> = futures::stream::iter(writes)
-        .map(|(namespace, exists, pending)| async move {
-            let outcome = write_secret(ctx, owner, desired, &namespace, exists).await;
-            if matches!(outcome, Outcome::Created) {
-                ctx.accounts.enqueue(&namespace);
-            }
-            drop(pending);
-            (namespace, outcome)
+        .map(|(namespace, exists, pending)| {
+            let (ctx, owner, desired) = (ctx.clone(), owner.to_string(), desired.clone());
+            let task = tokio::spawn(async move {
+                let outcome = write_secret(&ctx, &owner, &desired, &namespace, exists).await;
+                if matches!(outcome, Outcome::Created) {
+                    ctx.accounts.enqueue(&namespace);
+                }
+                drop(pending);
+                (namespace, outcome)
+            });
+            async move { task.await.expect("a Secret write does not panic") }
         })
         .buffer_unordered(ctx.settings.write_concurrency.max(1))
         .collect()

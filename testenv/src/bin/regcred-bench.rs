@@ -38,6 +38,9 @@ const CLUSTER_NS: &str = "regcred-system";
 const TARGET_LABEL: &str = "regcred-bench/target";
 const LIMIT_LABEL: &str = "regcred-bench/limit";
 const MANAGED: &str = "app.kubernetes.io/managed-by=regcred";
+/// What the bench's own Secret watch selects: regcred's Secrets and the
+/// limit's, so the apiserver feeds the same watchers in both runs.
+const WATCHED: &str = "app.kubernetes.io/managed-by in (regcred,regcred-bench-limit)";
 /// Fake source values: not secret, but recorded for the leak check anyway.
 const BASIC_PASSWORD: &str = "bench-basic-password";
 const AWS_SECRET_KEY: &str = "bench-aws-secret-key";
@@ -144,7 +147,7 @@ fn watch_error(what: &str, e: &watcher::Error) {
 fn spawn_watches(client: &Client, seen: &Shared) {
     let secrets = watcher::watcher(
         Api::<PartialObjectMeta<Secret>>::all(client.clone()),
-        watcher::Config::default().labels(MANAGED).any_semantic(),
+        watcher::Config::default().labels(WATCHED).any_semantic(),
     )
     .default_backoff();
     let s = seen.clone();
@@ -203,7 +206,20 @@ fn spawn_watches(client: &Client, seen: &Shared) {
 }
 
 /// Polls `f` every 5 ms until it returns `Some`, or fails after `timeout`.
-async fn until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
+async fn until<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> Result<T> {
+    until_every(what, timeout, Duration::from_millis(5), f).await
+}
+
+/// [`until`] with a longer poll interval, for checks that walk every
+/// namespace: their result comes from the watch's stamps, not from when
+/// the poll saw it, and polling them every 5 ms would take CPU from the
+/// apiserver and regcred while they are measured.
+async fn until_every<T>(
+    what: &str,
+    timeout: Duration,
+    interval: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> Result<T> {
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
@@ -212,7 +228,7 @@ async fn until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T
         if start.elapsed() > timeout {
             bail!("timed out after {timeout:?} waiting for {what}");
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(interval).await;
     }
 }
 
@@ -255,7 +271,8 @@ fn limit_secret(ns: &str, name: &str) -> Secret {
         &auth[11..]
     );
     serde_json::from_value(json!({
-        "metadata": {"name": name, "namespace": ns, "labels": {(LIMIT_LABEL): "yes"},
+        "metadata": {"name": name, "namespace": ns,
+                     "labels": {(LIMIT_LABEL): "yes", "app.kubernetes.io/managed-by": "regcred-bench-limit"},
                      "annotations": {"regcred.dev/owner": "ClusterRegistryCredential/limit"}},
         "type": "kubernetes.io/dockerconfigjson",
     }))
@@ -266,38 +283,87 @@ fn limit_secret(ns: &str, name: &str) -> Secret {
     .expect("a valid Secret")
 }
 
-/// Creates `m` Secrets in each of `targets` with `concurrency` requests in
-/// flight, by POST or by server-side apply, and returns the time taken; then
-/// deletes them, so regcred's caches do not hold them. Also returns the CPU
-/// the creates cost.
+/// How the limit's minimal client writes.
+#[derive(Clone, Copy, PartialEq)]
+enum LimitWrites {
+    /// `POST` each Secret.
+    Create,
+    /// Server-side apply each Secret.
+    Apply,
+    /// `POST` each Secret, and one merge patch per namespace listing the `m`
+    /// Secrets in the `default` ServiceAccount's `imagePullSecrets`: the
+    /// same writes regcred makes.
+    CreateAndPatch,
+}
+
+/// One request of the limit's client.
+enum LimitRequest {
+    Secret(String, String),
+    ServiceAccount(String),
+}
+
+/// Writes `m` Secrets in each of `targets` with `concurrency` requests in
+/// flight, and returns the time taken and the CPU it cost; then deletes them
+/// (and the ServiceAccount entries), so regcred's caches never hold them.
 async fn limit_run(
     cp: &ControlPlane,
     client: &Client,
     targets: &[String],
     m: usize,
     concurrency: usize,
-    apply: bool,
+    writes: LimitWrites,
 ) -> Result<(Duration, Cpu)> {
-    let cpu_before = Cpu::now(cp, std::process::id())?;
-    let work: Vec<(String, String)> =
-        targets.iter().flat_map(|ns| (0..m).map(move |j| (ns.clone(), format!("bench-limit-{j}")))).collect();
+    let names: Vec<String> = (0..m).map(|j| format!("bench-limit-{j}")).collect();
+    let mut work = Vec::new();
+    for ns in targets {
+        work.extend(names.iter().map(|name| LimitRequest::Secret(ns.clone(), name.clone())));
+        if writes == LimitWrites::CreateAndPatch {
+            work.push(LimitRequest::ServiceAccount(ns.clone()));
+        }
+    }
+    let entries: Vec<serde_json::Value> = names.iter().map(|n| json!({"name": n})).collect();
+    let cpu_before = Cpu::now(cp, None)?;
     let t = Instant::now();
-    for_each_concurrent(work, concurrency, |(ns, name)| {
-        let api = Api::<Secret>::namespaced(client.clone(), &ns);
+    for_each_concurrent(work, concurrency, |request| {
+        let entries = &entries;
         async move {
-            let secret = limit_secret(&ns, &name);
-            let r = if apply {
-                api.patch(&name, &PatchParams::apply("regcred-bench"), &Patch::Apply(&secret)).await
-            } else {
-                api.create(&PostParams::default(), &secret).await
-            };
-            r.with_context(|| format!("creating Secret {ns}/{name}"))?;
+            match request {
+                LimitRequest::Secret(ns, name) => {
+                    let api = Api::<Secret>::namespaced(client.clone(), &ns);
+                    let secret = limit_secret(&ns, &name);
+                    let r = if writes == LimitWrites::Apply {
+                        api.patch(&name, &PatchParams::apply("regcred-bench"), &Patch::Apply(&secret)).await
+                    } else {
+                        api.create(&PostParams::default(), &secret).await
+                    };
+                    r.with_context(|| format!("creating Secret {ns}/{name}"))?;
+                }
+                LimitRequest::ServiceAccount(ns) => {
+                    let api = Api::<ServiceAccount>::namespaced(client.clone(), &ns);
+                    let patch = json!({"imagePullSecrets": entries});
+                    api.patch("default", &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                        .with_context(|| format!("patching ServiceAccount {ns}/default"))?;
+                }
+            }
             Ok(())
         }
     })
     .await?;
     let elapsed = t.elapsed();
-    let cpu = Cpu::now(cp, std::process::id())?.since(cpu_before);
+    let cpu = Cpu::now(cp, None)?.since(cpu_before);
+    if writes == LimitWrites::CreateAndPatch {
+        for_each_concurrent(targets.to_vec(), 32, |ns| {
+            let api = Api::<ServiceAccount>::namespaced(client.clone(), &ns);
+            async move {
+                api.patch("default", &PatchParams::default(), &Patch::Merge(&json!({"imagePullSecrets": null})))
+                    .await
+                    .with_context(|| format!("restoring ServiceAccount {ns}/default"))?;
+                Ok(())
+            }
+        })
+        .await?;
+    }
     for_each_concurrent(targets.to_vec(), 32, |ns| {
         let api = Api::<Secret>::namespaced(client.clone(), &ns);
         async move {
@@ -362,25 +428,40 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
 struct Cpu {
     apiserver: f64,
     etcd: f64,
-    client: f64,
+    controller_manager: f64,
+    /// regcred, or nothing while the limit runs.
+    operator: Option<f64>,
+    bench: f64,
 }
 
 impl Cpu {
-    fn now(cp: &ControlPlane, client_pid: u32) -> Result<Cpu> {
+    fn now(cp: &ControlPlane, operator: Option<u32>) -> Result<Cpu> {
         let of = |name: &str| cp.pid(name).with_context(|| format!("no {name} process")).and_then(cpu_seconds);
-        Ok(Cpu { apiserver: of("kube-apiserver")?, etcd: of("etcd")?, client: cpu_seconds(client_pid)? })
+        Ok(Cpu {
+            apiserver: of("kube-apiserver")?,
+            etcd: of("etcd")?,
+            controller_manager: of("kube-controller-manager")?,
+            operator: operator.map(cpu_seconds).transpose()?,
+            bench: cpu_seconds(std::process::id())?,
+        })
     }
 
     fn since(self, before: Cpu) -> Cpu {
         Cpu {
             apiserver: self.apiserver - before.apiserver,
             etcd: self.etcd - before.etcd,
-            client: self.client - before.client,
+            controller_manager: self.controller_manager - before.controller_manager,
+            operator: self.operator.zip(before.operator).map(|(a, b)| a - b),
+            bench: self.bench - before.bench,
         }
     }
 
-    fn show(self, client: &str) -> String {
-        format!("apiserver {:.1} s, etcd {:.1} s, {client} {:.1} s", self.apiserver, self.etcd, self.client)
+    fn show(self) -> String {
+        let operator = self.operator.map(|s| format!(", regcred {s:.1} s")).unwrap_or_default();
+        format!(
+            "apiserver {:.1} s, etcd {:.1} s, controller-manager {:.1} s{operator}, bench {:.1} s",
+            self.apiserver, self.etcd, self.controller_manager, self.bench
+        )
     }
 }
 
@@ -450,7 +531,7 @@ async fn run() -> Result<()> {
     {
         let targets_set: BTreeSet<&str> = targets.iter().map(String::as_str).collect();
         let s = seen.clone();
-        until("the default ServiceAccounts", Duration::from_secs(300), || {
+        until_every("the default ServiceAccounts", Duration::from_secs(300), Duration::from_millis(100), || {
             let seen = s.lock().unwrap();
             let count = seen
                 .service_accounts
@@ -463,10 +544,13 @@ async fn run() -> Result<()> {
     }
 
     phase(&format!("the limit: a minimal client creates {} Secrets, {limit_concurrency} in flight", n * m));
-    let (limit, limit_cpu) = limit_run(&cp, &client, &targets, m, limit_concurrency, false).await?;
+    let (limit, limit_cpu) = limit_run(&cp, &client, &targets, m, limit_concurrency, LimitWrites::Create).await?;
     println!("    {} Secrets in {} (POST create)", n * m, secs(limit));
-    let (limit_apply, _) = limit_run(&cp, &client, &targets, m, limit_concurrency, true).await?;
-    println!("    {} Secrets in {} (server-side apply, as regcred writes them)", n * m, secs(limit_apply));
+    let (limit_apply, _) = limit_run(&cp, &client, &targets, m, limit_concurrency, LimitWrites::Apply).await?;
+    println!("    {} Secrets in {} (server-side apply)", n * m, secs(limit_apply));
+    let (limit_same, limit_same_cpu) =
+        limit_run(&cp, &client, &targets, m, limit_concurrency, LimitWrites::CreateAndPatch).await?;
+    println!("    {} Secrets and {n} ServiceAccount patches in {} (the writes regcred makes)", n * m, secs(limit_same));
 
     phase("starting regcred and the ECR Public stand-in");
     let standin = EcrPublicStandIn::start(args.lifetime)?;
@@ -506,7 +590,7 @@ async fn run() -> Result<()> {
         ),
     );
     let writes_before = operator.write_requests()?;
-    let cpu_before = Cpu::now(&cp, operator.pid())?;
+    let cpu_before = Cpu::now(&cp, Some(operator.pid()))?;
     let t0 = Instant::now();
     for (i, secret) in names.iter().enumerate() {
         let provider = if i == 0 {
@@ -530,7 +614,7 @@ async fn run() -> Result<()> {
         let s = seen.clone();
         let targets = targets.clone();
         let names = names.clone();
-        until("initial convergence", converge_timeout, move || {
+        until_every("initial convergence", converge_timeout, Duration::from_millis(100), move || {
             let seen = s.lock().unwrap();
             let mut last = t0;
             for ns in &targets {
@@ -545,7 +629,7 @@ async fn run() -> Result<()> {
         .with_context(|| format!("regcred did not converge; operator log: {}", operator.log_path().display()))?
     };
     let convergence = converged - t0;
-    let convergence_cpu = Cpu::now(&cp, operator.pid())?.since(cpu_before);
+    let convergence_cpu = Cpu::now(&cp, Some(operator.pid()))?.since(cpu_before);
     let (_, rss_converged) = memory_kib(operator.pid())?;
     let initial_calls = standin.calls();
     let convergence_writes = operator.write_requests()? - writes_before;
@@ -553,7 +637,7 @@ async fn run() -> Result<()> {
     let timeline = {
         let seen = seen.lock().unwrap();
         let secrets: Vec<Instant> =
-            seen.secrets.iter().filter(|((ns, _), _)| ns.starts_with("bench-")).map(|(_, e)| e.0).collect();
+            seen.secrets.iter().filter(|((_, name), _)| names.contains(name)).map(|(_, e)| e.0).collect();
         let first = secrets.iter().min().map(|t| *t - t0).unwrap_or_default();
         let last = secrets.iter().max().map(|t| *t - t0).unwrap_or_default();
         format!("first Secret {}, last Secret {}, last ServiceAccount {}", ms(first), ms(last), ms(convergence))
@@ -622,7 +706,7 @@ async fn run() -> Result<()> {
         let s = seen.clone();
         let secret = names[0].clone();
         let all_targets = all_targets.clone();
-        until("the rotated Secret in every namespace", converge_timeout, move || {
+        until_every("the rotated Secret in every namespace", converge_timeout, Duration::from_millis(100), move || {
             let seen = s.lock().unwrap();
             let mut last = rotation_start;
             for ns in &all_targets {
@@ -708,7 +792,13 @@ async fn run() -> Result<()> {
             "",
             None,
         ),
-        row("  the same by server-side apply (regcred's write)", secs(limit_apply), "", None),
+        row("  the same by server-side apply", secs(limit_apply), "", None),
+        row(
+            format!("  the same creates plus one patch per ServiceAccount ({} writes, like regcred)", n * m + n),
+            secs(limit_same),
+            "",
+            None,
+        ),
         row(
             format!("Write requests regcred sent to converge ({} Secrets + {n} ServiceAccounts)", n * m),
             convergence_writes.to_string(),
@@ -716,9 +806,16 @@ async fn run() -> Result<()> {
             None,
         ),
         row("  regcred's timeline from the first apply", timeline, "", None),
-        row("  CPU used by the limit's creates", limit_cpu.show("bench client"), "", None),
-        row("  CPU used while regcred converged", convergence_cpu.show("regcred"), "", None),
+        row("  CPU used by the limit's creates", limit_cpu.show(), "", None),
+        row("  CPU used by the creates plus patches", limit_same_cpu.show(), "", None),
+        row("  CPU used while regcred converged", convergence_cpu.show(), "", None),
         row("Convergence ratio regcred/limit", format!("{ratio:.2}"), "<= 1.5", Some(ratio <= 1.5)),
+        row(
+            "  regcred / the limit with the same writes",
+            format!("{:.2}", convergence.as_secs_f64() / limit_same.as_secs_f64()),
+            "",
+            None,
+        ),
         row(
             format!("New namespace -> {m} Secrets (p50 / p99 / max, {} samples)", ns_latency.len()),
             format!("{} / {} / {}", ms(np50), ms(np99), ms(nmax)),
