@@ -35,13 +35,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::hmac;
@@ -49,6 +47,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde_json::{Value, json};
 
 use crate::operator::record_secret;
+use crate::standin_http::{Conn, Request, Response, Server, parse_form, read_request};
 use crate::tokenauth::Validator;
 
 /// The user name ACR expects with a refresh token.
@@ -178,11 +177,9 @@ struct State {
 
 /// The running stand-in. Dropping it stops the listener.
 pub struct AzureStandIn {
-    port: u16,
     ca_pem: String,
     state: Arc<State>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _server: Server,
 }
 
 fn now_secs() -> u64 {
@@ -244,24 +241,13 @@ impl AzureStandIn {
             rng,
             inner: Mutex::default(),
         });
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
+        let server = {
             let state = state.clone();
-            let stop = stop.clone();
-            std::thread::Builder::new().name("regcred-azure-standin".into()).spawn(move || {
-                for conn in listener.incoming() {
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let Ok(conn) = conn else { continue };
-                    let state = state.clone();
-                    let _ = std::thread::Builder::new()
-                        .name("regcred-azure-conn".into())
-                        .spawn(move || serve_connection(&state, conn));
-                }
+            Server::spawn(listener, "regcred-azure-standin", "regcred-azure-conn", move |tcp| {
+                serve_connection(&state, tcp)
             })?
         };
-        Ok(AzureStandIn { port, ca_pem, state, stop, thread: Some(thread) })
+        Ok(AzureStandIn { ca_pem, state, _server: server })
     }
 
     /// `127.0.0.1:PORT`: the registry's login server (`spec.registry`).
@@ -380,16 +366,6 @@ impl AzureStandIn {
     }
 }
 
-impl Drop for AzureStandIn {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 impl State {
     fn verified_claims(&self, token: &str) -> Option<Value> {
         let (signing_input, signature) = token.rsplit_once('.')?;
@@ -469,125 +445,10 @@ impl State {
     }
 }
 
-/// A parsed HTTP/1.1 request.
-struct Request {
-    method: String,
-    /// The request target as sent (path and query).
-    target: String,
-    path: String,
-    query: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Request {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-    }
-
-    fn form(&self) -> HashMap<String, String> {
-        let mut out: HashMap<String, String> = parse_form(&self.query).into_iter().collect();
-        out.extend(parse_form(&String::from_utf8_lossy(&self.body)));
-        out
-    }
-}
-
-fn read_request(conn: &mut impl Read) -> Result<Request> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        if buf.len() > MAX_REQUEST {
-            bail!("request head too large");
-        }
-        let n = conn.read(&mut chunk)?;
-        if n == 0 {
-            bail!("connection closed before the request head ended");
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let mut parts = lines.next().unwrap_or_default().split_whitespace();
-    let method = parts.next().context("no method")?.to_string();
-    let target = parts.next().context("no request target")?.to_string();
-    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-    let headers =
-        lines.filter_map(|l| l.split_once(':')).map(|(n, v)| (n.trim().to_string(), v.trim().to_string())).collect();
-    let mut req = Request {
-        path: path.to_string(),
-        query: query.to_string(),
-        method,
-        target: target.clone(),
-        headers,
-        body: buf[head_end + 4..].to_vec(),
-    };
-    let length: usize = req.header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
-    if length > MAX_REQUEST {
-        bail!("request body too large");
-    }
-    while req.body.len() < length {
-        let n = conn.read(&mut chunk)?;
-        if n == 0 {
-            break;
-        }
-        req.body.extend_from_slice(&chunk[..n]);
-    }
-    req.body.truncate(length);
-    Ok(req)
-}
-
-fn parse_form(s: &str) -> Vec<(String, String)> {
-    s.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => match bytes
-                .get(i + 1..i + 3)
-                .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-            {
-                Some(b) => {
-                    out.push(b);
-                    i += 2;
-                }
-                None => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-struct Response {
-    status: u16,
-    content_type: &'static str,
-    body: Vec<u8>,
-}
-
 impl Response {
-    fn json(status: u16, value: &Value) -> Response {
-        Response { status, content_type: "application/json", body: value.to_string().into_bytes() }
-    }
-
-    fn text(status: u16, text: &str) -> Response {
-        Response { status, content_type: "text/html", body: text.as_bytes().to_vec() }
+    /// `text` as it is, as `text/html`.
+    fn html(status: u16, text: &str) -> Response {
+        Response::new(status, "text/html", text.as_bytes().to_vec())
     }
 
     /// An Entra error: `{"error", "error_description", "error_codes"}`.
@@ -609,39 +470,14 @@ impl Response {
     fn acr(status: u16, code: &str, message: &str) -> Response {
         Response::json(status, &json!({"errors": [{"code": code, "message": message}]}))
     }
-
-    fn to_bytes(&self) -> Vec<u8> {
-        let reason = match self.status {
-            200 => "OK",
-            400 => "Bad Request",
-            401 => "Unauthorized",
-            404 => "Not Found",
-            405 => "Method Not Allowed",
-            429 => "Too Many Requests",
-            503 => "Service Unavailable",
-            _ => "Error",
-        };
-        let mut out = format!(
-            "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            self.status,
-            self.content_type,
-            self.body.len()
-        )
-        .into_bytes();
-        out.extend_from_slice(&self.body);
-        out
-    }
 }
 
 fn serve_connection(state: &State, tcp: TcpStream) {
-    let _ = tcp.set_read_timeout(Some(Duration::from_secs(10)));
-    let _ = tcp.set_write_timeout(Some(Duration::from_secs(10)));
-    let Ok(conn) = rustls::ServerConnection::new(state.tls.clone()) else { return };
-    let mut stream = rustls::StreamOwned::new(conn, tcp);
-    let bytes = match read_request(&mut stream) {
+    let Some(mut conn) = Conn::tls(tcp, Duration::from_secs(10), &state.tls) else { return };
+    let bytes = match read_request(&mut conn, MAX_REQUEST) {
         Ok(req) if req.path.starts_with("/v2") => match proxy(state, &req) {
             Ok(raw) => raw,
-            Err(e) => Response::text(502, &format!("proxying to the registry: {e:#}")).to_bytes(),
+            Err(e) => Response::html(502, &format!("proxying to the registry: {e:#}")).to_bytes(),
         },
         Ok(req) => match raw_fault(state, &req) {
             Some(Some(raw)) => raw,
@@ -650,10 +486,8 @@ fn serve_connection(state: &State, tcp: TcpStream) {
         },
         Err(_) => return,
     };
-    let _ = stream.write_all(&bytes);
-    stream.conn.send_close_notify();
-    let _ = stream.flush();
-    let _ = stream.sock.shutdown(Shutdown::Both);
+    let _ = conn.write_all(&bytes);
+    conn.close();
 }
 
 /// An exchange fault a [`Response`] cannot express, for the request's
@@ -731,15 +565,15 @@ fn proxy(state: &State, req: &Request) -> Result<Vec<u8>> {
 fn handle(state: &State, req: &Request) -> Response {
     let path = req.path.as_str();
     if path == "/oauth2/exchange" {
-        return if req.method == "POST" { exchange(state, req) } else { Response::text(405, "use POST") };
+        return if req.method == "POST" { exchange(state, req) } else { Response::html(405, "use POST") };
     }
     if path == "/msi/token" {
-        return if req.method == "GET" { managed_identity(state, req) } else { Response::text(405, "use GET") };
+        return if req.method == "GET" { managed_identity(state, req) } else { Response::html(405, "use GET") };
     }
     if let Some(tenant) = path.strip_prefix('/').and_then(|p| p.strip_suffix("/oauth2/v2.0/token")) {
-        return if req.method == "POST" { entra(state, req, tenant) } else { Response::text(405, "use POST") };
+        return if req.method == "POST" { entra(state, req, tenant) } else { Response::html(405, "use POST") };
     }
-    Response::text(404, "not found")
+    Response::html(404, "not found")
 }
 
 fn accepted_scope(scope: &str) -> bool {
@@ -779,7 +613,7 @@ fn entra(state: &State, req: &Request, tenant: &str) -> Response {
             );
         };
         if t.entra_down {
-            return Response::text(503, "<html><body>Service Unavailable</body></html>");
+            return Response::html(503, "<html><body>Service Unavailable</body></html>");
         }
         if field("grant_type") != "client_credentials" {
             return Response::entra(
@@ -924,7 +758,7 @@ fn managed_identity(state: &State, req: &Request) -> Response {
         };
         seen.tenant = tenant.clone();
         if inner.tenants.get(&tenant).is_some_and(|t| t.entra_down) {
-            return Response::text(503, "<html><body>Service Unavailable</body></html>");
+            return Response::html(503, "<html><body>Service Unavailable</body></html>");
         }
         if !ACR_RESOURCES.contains(&resource.trim_end_matches('/')) {
             return Response::json(
@@ -986,7 +820,7 @@ fn exchange(state: &State, req: &Request) -> Response {
         };
         match t.exchange {
             ExchangeMode::Normal | ExchangeMode::Expired => {}
-            ExchangeMode::Unavailable => return Response::text(503, "<html><body>Service Unavailable</body></html>"),
+            ExchangeMode::Unavailable => return Response::html(503, "<html><body>Service Unavailable</body></html>"),
             ExchangeMode::Throttled => return Response::acr(429, "TOOMANYREQUESTS", "too many requests"),
             ExchangeMode::MalformedToken => return Response::json(200, &json!({"refresh_token": "not-a-jwt"})),
             ExchangeMode::Status500 => return Response::acr(500, "INTERNAL", "injected failure"),
@@ -996,7 +830,7 @@ fn exchange(state: &State, req: &Request) -> Response {
             | ExchangeMode::Hang
             | ExchangeMode::MalformedJson
             | ExchangeMode::Truncated
-            | ExchangeMode::Huge => return Response::text(500, "unexpected fault mode"),
+            | ExchangeMode::Huge => return Response::html(500, "unexpected fault mode"),
         }
         if field("tenant") != tenant {
             return Response::acr(401, "UNAUTHORIZED", "the access token was not issued for this tenant");
@@ -1025,19 +859,6 @@ fn exchange(state: &State, req: &Request) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn forms_are_decoded() {
-        assert_eq!(
-            parse_form("a=b%2Fc&d=e+f&g=%zz&h=%4"),
-            vec![
-                ("a".to_string(), "b/c".to_string()),
-                ("d".into(), "e f".into()),
-                ("g".into(), "%zz".into()),
-                ("h".into(), "%4".into()),
-            ]
-        );
-    }
 
     #[test]
     fn refresh_tokens_verify_and_expire() {

@@ -26,12 +26,9 @@
 //! the leak check ([`crate::operator::record_secret`]).
 
 use std::collections::{HashMap, HashSet};
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -43,6 +40,7 @@ use serde_json::{Value, json};
 
 use crate::operator::record_secret;
 use crate::registry::require_tool;
+use crate::standin_http::{Conn, Request, Response, Server, answer_once};
 
 /// The scope every request must ask for.
 pub const CLOUD_PLATFORM: &str = "https://www.googleapis.com/auth/cloud-platform";
@@ -216,10 +214,8 @@ struct State {
 
 /// The running stand-in. Dropping it stops the listener.
 pub struct GoogleStandIn {
-    port: u16,
     state: Arc<State>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    server: Server,
 }
 
 impl GoogleStandIn {
@@ -232,24 +228,11 @@ impl GoogleStandIn {
             rng: SystemRandom::new(),
             inner: Mutex::default(),
         });
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
+        let server = {
             let state = state.clone();
-            let stop = stop.clone();
-            std::thread::Builder::new().name("google-standin".into()).spawn(move || {
-                for conn in listener.incoming() {
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let Ok(conn) = conn else { continue };
-                    let state = state.clone();
-                    let _ = std::thread::Builder::new()
-                        .name("google-standin-conn".into())
-                        .spawn(move || serve_connection(&state, conn));
-                }
-            })?
+            Server::spawn(listener, "google-standin", "google-standin-conn", move |tcp| serve_connection(&state, tcp))?
         };
-        Ok(GoogleStandIn { port, state, stop, thread: Some(thread) })
+        Ok(GoogleStandIn { state, server })
     }
 
     /// `http://127.0.0.1:PORT`: also the IAM Credentials endpoint.
@@ -274,7 +257,7 @@ impl GoogleStandIn {
 
     /// `127.0.0.1:PORT`, the value of `GCE_METADATA_HOST`.
     pub fn metadata_host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("127.0.0.1:{}", self.server.port())
     }
 
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -366,98 +349,16 @@ impl GoogleStandIn {
     }
 }
 
-impl Drop for GoogleStandIn {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-struct Request {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Request {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-    }
-
-    fn form(&self) -> HashMap<String, String> {
-        form_urlencoded::parse(&self.body).into_owned().collect()
-    }
-}
-
-fn read_request(conn: &mut TcpStream) -> Result<Request> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        if buf.len() > MAX_REQUEST {
-            bail!("request head too large");
-        }
-        let n = conn.read(&mut chunk)?;
-        if n == 0 {
-            bail!("connection closed before the request head ended");
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let mut request_line = lines.next().unwrap_or_default().split_whitespace();
-    let method = request_line.next().context("no method")?.to_string();
-    let target = request_line.next().context("no target")?;
-    let path = target.split('?').next().unwrap_or(target).to_string();
-    let headers: Vec<(String, String)> =
-        lines.filter_map(|l| l.split_once(':')).map(|(n, v)| (n.trim().to_string(), v.trim().to_string())).collect();
-    let mut req = Request { method, path, headers, body: buf[head_end + 4..].to_vec() };
-    let length: usize = req.header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
-    if length > MAX_REQUEST {
-        bail!("request body too large");
-    }
-    while req.body.len() < length {
-        let n = conn.read(&mut chunk)?;
-        if n == 0 {
-            break;
-        }
-        req.body.extend_from_slice(&chunk[..n]);
-    }
-    req.body.truncate(length);
-    Ok(req)
-}
-
-fn serve_connection(state: &State, mut conn: TcpStream) {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-    let _ = conn.set_write_timeout(Some(Duration::from_secs(10)));
-    let (status, body) = match read_request(&mut conn) {
-        Ok(req) => handle(state, &req),
-        Err(e) => (400, json!({"error": "invalid_request", "error_description": format!("{e:#}")})),
-    };
-    let body = serde_json::to_vec(&body).unwrap_or_default();
-    let head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nMetadata-Flavor: Google\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        match status {
-            200 => "OK",
-            400 => "Bad Request",
-            401 => "Unauthorized",
-            403 => "Forbidden",
-            404 => "Not Found",
-            429 => "Too Many Requests",
-            _ => "Error",
-        },
-        body.len()
-    );
-    let _ = conn.write_all(head.as_bytes());
-    let _ = conn.write_all(&body);
-    let _ = conn.flush();
-    let _ = conn.shutdown(Shutdown::Both);
+fn serve_connection(state: &State, tcp: TcpStream) {
+    answer_once(Conn::plain(tcp, Duration::from_secs(10)), MAX_REQUEST, |req| {
+        let (status, body) = match req {
+            Ok(req) => handle(state, &req),
+            Err(e) => (400, json!({"error": "invalid_request", "error_description": format!("{e:#}")})),
+        };
+        let mut response = Response::json(status, &body);
+        response.headers.push(("Metadata-Flavor", "Google".into()));
+        response
+    });
 }
 
 /// An OAuth2 error answer, remembered in `refusals`.
@@ -521,7 +422,7 @@ fn issue(state: &State, inner: &mut Inner, principal: &str, lifetime: Duration, 
 }
 
 fn token_endpoint(state: &State, inner: &mut Inner, req: &Request) -> (u16, Value) {
-    let form = req.form();
+    let form = req.body_form();
     if form.get("grant_type").map(String::as_str) != Some(JWT_BEARER) {
         let got = form.get("grant_type").cloned().unwrap_or_default();
         return oauth_error(inner, 400, "unsupported_grant_type", format!("grant_type {got:?}; only {JWT_BEARER}"));
@@ -572,7 +473,7 @@ fn token_endpoint(state: &State, inner: &mut Inner, req: &Request) -> (u16, Valu
 }
 
 fn sts(state: &State, inner: &mut Inner, req: &Request) -> (u16, Value) {
-    let form = req.form();
+    let form = req.body_form();
     let get = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();
     if get("grant_type") != TOKEN_EXCHANGE {
         return oauth_error(inner, 400, "unsupported_grant_type", format!("grant_type {:?}", get("grant_type")));

@@ -40,20 +40,17 @@
 //! [`crate::operator::record_secret`] for the suite's leak check.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::io::{self, Write};
+use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, bail};
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
+use anyhow::{Context, Result};
 use k8s_openapi::jiff::Timestamp;
 use ring::rand::{SecureRandom, SystemRandom};
 use serde_json::{Value, json};
 
+use crate::standin_http::{Conn, Request, Response, Server, read_request};
 use crate::tokenauth::Validator;
 
 /// The largest request head or body read.
@@ -185,12 +182,10 @@ impl Shared {
 /// A running stand-in on `127.0.0.1`, served from its own threads (no async
 /// runtime). Dropping it stops the listener.
 pub struct HarborStandin {
-    port: u16,
     scheme: &'static str,
     ca_pem: Option<String>,
     shared: Arc<Shared>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    server: Server,
 }
 
 impl HarborStandin {
@@ -219,42 +214,21 @@ impl HarborStandin {
             tls,
         });
         let listener = TcpListener::bind("127.0.0.1:0").context("binding the Harbor stand-in")?;
-        let port = listener.local_addr()?.port();
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
+        let server = {
             let shared = shared.clone();
-            let stop = stop.clone();
-            std::thread::Builder::new().name("harbor-standin".into()).spawn(move || {
-                for conn in listener.incoming() {
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let Ok(conn) = conn else { continue };
-                    let shared = shared.clone();
-                    let _ = std::thread::Builder::new()
-                        .name("harbor-standin-conn".into())
-                        .spawn(move || serve_connection(&shared, conn));
-                }
-            })?
+            Server::spawn(listener, "harbor-standin", "harbor-standin-conn", move |tcp| serve_connection(&shared, tcp))?
         };
-        Ok(HarborStandin {
-            port,
-            scheme: if options.tls { "https" } else { "http" },
-            ca_pem,
-            shared,
-            stop,
-            thread: Some(thread),
-        })
+        Ok(HarborStandin { scheme: if options.tls { "https" } else { "http" }, ca_pem, shared, server })
     }
 
     /// `http://127.0.0.1:PORT` (or `https://`): Harbor's URL.
     pub fn url(&self) -> String {
-        format!("{}://127.0.0.1:{}", self.scheme, self.port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.server.port())
     }
 
     /// `127.0.0.1:PORT`: the registry host of Secrets for this Harbor.
     pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("127.0.0.1:{}", self.server.port())
     }
 
     /// PEM of the CA that signed the HTTPS certificate ([`Options::tls`]).
@@ -327,16 +301,6 @@ impl HarborStandin {
     }
 }
 
-impl Drop for HarborStandin {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
@@ -374,142 +338,29 @@ fn tls_config() -> Result<(rustls::ServerConfig, String)> {
     Ok((config, ca_cert.pem()))
 }
 
-/// A client connection, plain or TLS.
-enum Conn {
-    Plain(TcpStream),
-    Tls(Box<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>),
-}
-
-impl Conn {
-    fn tcp(&self) -> &TcpStream {
-        match self {
-            Conn::Plain(s) => s,
-            Conn::Tls(s) => &s.sock,
-        }
-    }
-
-    fn close(mut self) {
-        let _ = self.flush();
-        if let Conn::Tls(s) = &mut self {
-            s.conn.send_close_notify();
-            let _ = s.flush();
-        }
-        let _ = self.tcp().shutdown(Shutdown::Both);
-    }
-}
-
-impl Read for Conn {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Conn::Plain(s) => s.read(buf),
-            Conn::Tls(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Conn {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Conn::Plain(s) => s.write(buf),
-            Conn::Tls(s) => s.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Conn::Plain(s) => s.flush(),
-            Conn::Tls(s) => s.flush(),
-        }
-    }
-}
-
-struct Request {
-    method: String,
-    path: String,
-    query: String,
-    /// The request head as received, for passing it on.
-    head: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Request {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-    }
-}
-
-fn read_request(conn: &mut Conn) -> Result<Request> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        if buf.len() > MAX_REQUEST {
-            bail!("request head too large");
-        }
-        let n = conn.read(&mut chunk)?;
-        if n == 0 {
-            bail!("connection closed before the request head ended");
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let mut parts = lines.next().unwrap_or_default().split_whitespace();
-    let method = parts.next().context("no method")?.to_string();
-    let target = parts.next().context("no request target")?;
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let headers: Vec<(String, String)> =
-        lines.filter_map(|l| l.split_once(':')).map(|(n, v)| (n.trim().to_string(), v.trim().to_string())).collect();
-    let mut req = Request {
-        method,
-        path: path.to_string(),
-        query: query.to_string(),
-        head: head.clone(),
-        headers,
-        body: buf[head_end + 4..].to_vec(),
-    };
-    let length: usize = req.header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
-    if length > MAX_REQUEST {
-        bail!("request body too large");
-    }
-    while req.body.len() < length {
-        let n = conn.read(&mut chunk)?;
-        if n == 0 {
-            break;
-        }
-        req.body.extend_from_slice(&chunk[..n]);
-    }
-    req.body.truncate(length);
-    Ok(req)
-}
-
 fn serve_connection(shared: &Shared, tcp: TcpStream) {
-    let _ = tcp.set_read_timeout(Some(Duration::from_secs(30)));
-    let _ = tcp.set_write_timeout(Some(Duration::from_secs(30)));
+    let timeout = Duration::from_secs(30);
     let mut conn = match &shared.tls {
-        Some(config) => match rustls::ServerConnection::new(config.clone()) {
-            Ok(server) => Conn::Tls(Box::new(rustls::StreamOwned::new(server, tcp))),
-            Err(_) => return,
+        Some(config) => match Conn::tls(tcp, timeout, config) {
+            Some(conn) => conn,
+            None => return,
         },
         None => {
+            let mut conn = Conn::plain(tcp, timeout);
             // A TLS ClientHello on plain HTTP (clients with TLS verification
             // off try HTTPS first): answer as Go's server does, so the client
             // falls back to HTTP at once instead of waiting for a timeout.
             let mut first = [0u8; 1];
-            if tcp.peek(&mut first).is_ok_and(|n| n == 1) && first[0] == 0x16 {
-                let mut tcp = tcp;
-                let _ =
-                    tcp.write_all(b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n");
-                let _ = tcp.shutdown(Shutdown::Both);
+            if conn.tcp().peek(&mut first).is_ok_and(|n| n == 1) && first[0] == 0x16 {
+                let _ = conn
+                    .write_all(b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n");
+                conn.close();
                 return;
             }
-            Conn::Plain(tcp)
+            conn
         }
     };
-    let req = match read_request(&mut conn) {
+    let req = match read_request(&mut conn, MAX_REQUEST) {
         Ok(req) => req,
         Err(_) => {
             // A TLS client that refused the certificate ends up here too.
@@ -572,52 +423,6 @@ fn proxy(shared: &Shared, req: &Request, conn: &mut Conn) {
     let _ = io::copy(&mut up, conn);
 }
 
-struct Response {
-    status: u16,
-    headers: Vec<(&'static str, String)>,
-    body: Vec<u8>,
-}
-
-impl Response {
-    fn json(status: u16, value: &Value) -> Response {
-        Response {
-            status,
-            headers: vec![("Content-Type", "application/json".into())],
-            body: serde_json::to_vec(value).unwrap_or_default(),
-        }
-    }
-
-    fn empty(status: u16) -> Response {
-        Response { status, headers: Vec::new(), body: Vec::new() }
-    }
-
-    fn to_bytes(&self) -> Vec<u8> {
-        let reason = match self.status {
-            200 => "OK",
-            201 => "Created",
-            400 => "Bad Request",
-            401 => "Unauthorized",
-            403 => "Forbidden",
-            404 => "Not Found",
-            405 => "Method Not Allowed",
-            409 => "Conflict",
-            429 => "Too Many Requests",
-            500 => "Internal Server Error",
-            502 => "Bad Gateway",
-            503 => "Service Unavailable",
-            _ => "Error",
-        };
-        let mut out = format!("HTTP/1.1 {} {reason}\r\n", self.status);
-        for (name, value) in &self.headers {
-            out.push_str(&format!("{name}: {value}\r\n"));
-        }
-        out.push_str(&format!("Content-Length: {}\r\nConnection: close\r\n\r\n", self.body.len()));
-        let mut bytes = out.into_bytes();
-        bytes.extend_from_slice(&self.body);
-        bytes
-    }
-}
-
 /// Harbor's error body.
 fn error(status: u16, message: &str) -> Response {
     let code = match status {
@@ -632,21 +437,11 @@ fn error(status: u16, message: &str) -> Response {
     Response::json(status, &json!({"errors": [{"code": code, "message": message}]}))
 }
 
-fn basic_credentials(req: &Request) -> Option<(String, String)> {
-    let (scheme, encoded) = req.header("authorization")?.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let decoded = String::from_utf8(STANDARD.decode(encoded.trim()).ok()?).ok()?;
-    let (user, pass) = decoded.split_once(':')?;
-    Some((user.to_string(), pass.to_string()))
-}
-
 fn handle(shared: &Shared, data: &mut Data, req: &Request) -> Response {
     let Some(rest) = req.path.strip_prefix("/api/v2.0/") else {
         return error(404, "not found");
     };
-    let user = basic_credentials(req).and_then(|(u, p)| data.users.get(&u).filter(|(want, _)| *want == p).map(|_| u));
+    let user = req.basic_credentials().and_then(|(u, p)| data.users.get(&u).filter(|(want, _)| *want == p).map(|_| u));
     let Some(user) = user else {
         return error(401, "unauthorized");
     };
@@ -923,6 +718,11 @@ pub fn describe(standin: &HarborStandin) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
+
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+
     use super::*;
 
     fn call(

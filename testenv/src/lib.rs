@@ -28,6 +28,7 @@ pub mod google_standin;
 pub mod harbor_standin;
 pub mod operator;
 pub mod registry;
+mod standin_http;
 pub mod tokenauth;
 
 use std::fs;

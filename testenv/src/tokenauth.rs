@@ -29,14 +29,12 @@
 //! leaf that is itself in the root pool as a complete chain).
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -49,6 +47,7 @@ use serde_json::json;
 use crate::free_port;
 use crate::operator::http_get;
 use crate::registry::{TEST_IMAGE, require_tool, write_oci_layout};
+use crate::standin_http::{Conn, Request, Response, Server, answer_once, parse_form};
 
 /// Decides whether a (username, password) presented to the token service is
 /// valid right now.
@@ -68,11 +67,9 @@ const MAX_REQUEST: usize = 64 * 1024;
 /// (no async runtime), so tests on any runtime, or none, can share it.
 /// Dropping it stops the listener.
 pub struct TokenService {
-    port: u16,
     root_cert_pem: String,
     state: Arc<State>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _server: Server,
 }
 
 struct State {
@@ -105,24 +102,13 @@ impl TokenService {
             requests: AtomicUsize::new(0),
             rejected: AtomicUsize::new(0),
         });
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
+        let server = {
             let state = state.clone();
-            let stop = stop.clone();
-            std::thread::Builder::new().name("regcred-token-service".into()).spawn(move || {
-                for conn in listener.incoming() {
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let Ok(conn) = conn else { continue };
-                    let state = state.clone();
-                    let _ = std::thread::Builder::new()
-                        .name("regcred-token-conn".into())
-                        .spawn(move || serve_connection(&state, conn));
-                }
+            Server::spawn(listener, "regcred-token-service", "regcred-token-conn", move |tcp| {
+                serve_connection(&state, tcp)
             })?
         };
-        Ok(TokenService { port, root_cert_pem: cert_pem, state, stop, thread: Some(thread) })
+        Ok(TokenService { root_cert_pem: cert_pem, state, _server: server })
     }
 
     /// `http://127.0.0.1:PORT/token`.
@@ -157,17 +143,6 @@ impl TokenService {
     }
 }
 
-impl Drop for TokenService {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop so it sees the flag.
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// A self-signed ECDSA P-256 certificate: (DER, PEM, PKCS#8 DER of the key).
 fn signing_cert() -> Result<(Vec<u8>, String, Vec<u8>)> {
     use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, KeyUsagePurpose};
@@ -180,172 +155,11 @@ fn signing_cert() -> Result<(Vec<u8>, String, Vec<u8>)> {
     Ok((cert.der().to_vec(), cert.pem(), key.serialize_der()))
 }
 
-/// A parsed HTTP/1.1 request.
-struct Request {
-    method: String,
-    path: String,
-    query: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Request {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-    }
-}
-
-fn read_request(conn: &mut TcpStream) -> Result<Request> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        if buf.len() > MAX_REQUEST {
-            bail!("request head too large");
-        }
-        let n = conn.read(&mut chunk)?;
-        if n == 0 {
-            bail!("connection closed before the request head ended");
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let request_line = lines.next().unwrap_or_default();
-    let mut parts = request_line.split_whitespace();
-    let method = parts.next().context("no method")?.to_string();
-    let target = parts.next().context("no request target")?;
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let headers: Vec<(String, String)> =
-        lines.filter_map(|l| l.split_once(':')).map(|(n, v)| (n.trim().to_string(), v.trim().to_string())).collect();
-    let mut req = Request {
-        method,
-        path: path.to_string(),
-        query: query.to_string(),
-        headers,
-        body: buf[head_end + 4..].to_vec(),
-    };
-    let length: usize = req.header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
-    if length > MAX_REQUEST {
-        bail!("request body too large");
-    }
-    while req.body.len() < length {
-        let n = conn.read(&mut chunk)?;
-        if n == 0 {
-            break;
-        }
-        req.body.extend_from_slice(&chunk[..n]);
-    }
-    req.body.truncate(length);
-    Ok(req)
-}
-
-fn serve_connection(state: &State, mut conn: TcpStream) {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-    let _ = conn.set_write_timeout(Some(Duration::from_secs(10)));
-    let response = match read_request(&mut conn) {
+fn serve_connection(state: &State, tcp: TcpStream) {
+    answer_once(Conn::plain(tcp, Duration::from_secs(10)), MAX_REQUEST, |req| match req {
         Ok(req) => handle(state, &req),
         Err(e) => Response::text(400, &format!("bad request: {e:#}")),
-    };
-    let _ = conn.write_all(&response.to_bytes());
-    let _ = conn.flush();
-    let _ = conn.shutdown(Shutdown::Both);
-}
-
-struct Response {
-    status: u16,
-    headers: Vec<(&'static str, String)>,
-    body: Vec<u8>,
-}
-
-impl Response {
-    fn text(status: u16, text: &str) -> Response {
-        Response {
-            status,
-            headers: vec![("Content-Type", "text/plain; charset=utf-8".into())],
-            body: format!("{text}\n").into_bytes(),
-        }
-    }
-
-    fn json(status: u16, value: &serde_json::Value) -> Response {
-        Response {
-            status,
-            headers: vec![("Content-Type", "application/json".into())],
-            body: serde_json::to_vec(value).unwrap_or_default(),
-        }
-    }
-
-    fn to_bytes(&self) -> Vec<u8> {
-        let reason = match self.status {
-            200 => "OK",
-            400 => "Bad Request",
-            401 => "Unauthorized",
-            404 => "Not Found",
-            405 => "Method Not Allowed",
-            _ => "Internal Server Error",
-        };
-        let mut out = format!("HTTP/1.1 {} {reason}\r\n", self.status);
-        for (name, value) in &self.headers {
-            out.push_str(&format!("{name}: {value}\r\n"));
-        }
-        out.push_str(&format!("Content-Length: {}\r\nConnection: close\r\n\r\n", self.body.len()));
-        let mut bytes = out.into_bytes();
-        bytes.extend_from_slice(&self.body);
-        bytes
-    }
-}
-
-/// Decodes an `application/x-www-form-urlencoded` string (a query or a form
-/// body) into its pairs, in order; keys may repeat.
-fn parse_form(s: &str) -> Vec<(String, String)> {
-    s.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => match bytes
-                .get(i + 1..i + 3)
-                .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-            {
-                Some(b) => {
-                    out.push(b);
-                    i += 2;
-                }
-                None => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The credentials of an `Authorization: Basic ...` header.
-fn basic_credentials(req: &Request) -> Option<(String, String)> {
-    let value = req.header("authorization")?;
-    let (scheme, encoded) = value.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let decoded = STANDARD.decode(encoded.trim()).ok()?;
-    let decoded = String::from_utf8(decoded).ok()?;
-    let (user, pass) = decoded.split_once(':')?;
-    Some((user.to_string(), pass.to_string()))
+    });
 }
 
 /// One `access` entry of a token.
@@ -393,7 +207,7 @@ fn handle(state: &State, req: &Request) -> Response {
     }
     state.requests.fetch_add(1, Ordering::SeqCst);
     let (credentials, params) = match req.method.as_str() {
-        "GET" => (basic_credentials(req), parse_form(&req.query)),
+        "GET" => (req.basic_credentials(), parse_form(&req.query)),
         "POST" => {
             let mut params = parse_form(&req.query);
             params.extend(parse_form(&String::from_utf8_lossy(&req.body)));
@@ -412,7 +226,7 @@ fn handle(state: &State, req: &Request) -> Response {
             }
             let credentials = match (param("username"), param("password")) {
                 (Some(u), Some(p)) => Some((u, p)),
-                _ => basic_credentials(req),
+                _ => req.basic_credentials(),
             };
             (credentials, params)
         }
@@ -644,20 +458,6 @@ mod tests {
                 want("repository", "other", &["pull"]),
                 want("registry", "catalog", &["*"]),
                 want("repository(plugin)", "localhost:5000/x", &["pull"]),
-            ]
-        );
-    }
-
-    #[test]
-    fn forms_are_decoded() {
-        assert_eq!(
-            parse_form("service=s&scope=repository%3Aa%2Fb%3Apull%2Cpush&scope=x+y&bad=%zz&end=%4"),
-            vec![
-                ("service".to_string(), "s".to_string()),
-                ("scope".into(), "repository:a/b:pull,push".into()),
-                ("scope".into(), "x y".into()),
-                ("bad".into(), "%zz".into()),
-                ("end".into(), "%4".into()),
             ]
         );
     }
