@@ -62,4 +62,4 @@ bench-smoke: deps
 	$(CARGO) build --quiet --bin regcred
 	$(CARGO) build --quiet -p regcred-testenv --bin regcred-bench
 	$(TARGET_DIR)/debug/regcred-bench --regcred $(TARGET_DIR)/debug/regcred \
-		--namespaces 200 --samples 20 --idle-seconds 10 --lifetime-seconds 45
+		--namespaces 200 --rounds 2 --samples 20 --idle-seconds 10 --lifetime-seconds 45

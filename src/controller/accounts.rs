@@ -327,6 +327,36 @@ fn failure_message(namespace: &str, name: &str, e: &kube::Error) -> String {
     message
 }
 
+/// Takes `secret` out of a ServiceAccount's `imagePullSecrets`, reading it
+/// again when another writer changed it in the meantime (several
+/// credentials deleted at once remove their entries from the same
+/// ServiceAccounts).
+pub async fn remove_entry(
+    ctx: &Context,
+    namespace: &str,
+    mut view: AccountView,
+    secret: &str,
+) -> Result<(), kube::Error> {
+    let api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut attempt = 0;
+    loop {
+        if !view.has(secret) {
+            return Ok(());
+        }
+        let entries = view.entries.iter().filter(|e| *e != secret).cloned().collect();
+        match patch_entries(ctx, namespace, &view.name, view.resource_version.as_deref(), entries).await {
+            Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 && attempt + 1 < ATTEMPTS => {
+                attempt += 1;
+                let Some(sa) = api.get_opt(&view.name).await? else { return Ok(()) };
+                view.resource_version = sa.metadata.resource_version.clone();
+                view.entries = sa.image_pull_secrets.iter().flatten().map(|r| r.name.clone()).collect();
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Replaces the `imagePullSecrets` list, guarded by the resourceVersion it
 /// was computed from, so a concurrent change fails (409) instead of losing
 /// someone's entry.

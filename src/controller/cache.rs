@@ -80,10 +80,6 @@ impl<V: Clone> Cache<V> {
         let _ = rx.wait_for(|ready| *ready).await;
     }
 
-    pub fn get(&self, namespace: &str, name: &str) -> Option<V> {
-        self.live.read().expect("not poisoned").get(namespace)?.get(name).cloned()
-    }
-
     /// Calls `f` with one object, under the read lock.
     pub fn with<R>(&self, namespace: &str, name: &str, f: impl FnOnce(&V) -> R) -> Option<R> {
         self.live.read().expect("not poisoned").get(namespace)?.get(name).map(f)
@@ -134,19 +130,19 @@ mod tests {
         let project = |o: &(&str, &str, u32)| o.2;
         cache.apply(&Event::Init, key, project);
         cache.apply(&Event::InitApply(("a", "x", 1)), key, project);
-        assert_eq!(cache.get("a", "x"), None, "not visible before the list is complete");
+        assert_eq!(cache.with("a", "x", |v| *v), None, "not visible before the list is complete");
         cache.apply(&Event::InitDone, key, project);
-        assert_eq!(cache.get("a", "x"), Some(1));
+        assert_eq!(cache.with("a", "x", |v| *v), Some(1));
         cache.apply(&Event::Apply(("a", "y", 2)), key, project);
         cache.apply(&Event::Apply(("b", "y", 3)), key, project);
         assert_eq!(cache.in_namespace("a").len(), 2);
         // A relist after a watch error: what is gone disappears at InitDone.
         cache.apply(&Event::Init, key, project);
         cache.apply(&Event::InitApply(("b", "y", 4)), key, project);
-        assert_eq!(cache.get("a", "x"), Some(1), "the old contents serve until the new list is complete");
+        assert_eq!(cache.with("a", "x", |v| *v), Some(1), "the old contents serve until the new list is complete");
         cache.apply(&Event::InitDone, key, project);
-        assert_eq!(cache.get("a", "x"), None);
-        assert_eq!(cache.get("b", "y"), Some(4));
+        assert_eq!(cache.with("a", "x", |v| *v), None);
+        assert_eq!(cache.with("b", "y", |v| *v), Some(4));
         cache.apply(&Event::Delete(("b", "y", 4)), key, project);
         assert_eq!(cache.with_all(|it| it.count()), 0);
     }

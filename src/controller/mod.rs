@@ -138,8 +138,10 @@ pub struct Context {
     service_accounts: Arc<Cache<AccountEntry>>,
     /// Secrets labelled as managed by regcred.
     managed_secrets: Arc<Cache<ManagedEntry>>,
-    /// Every Secret, to see name clashes and source Secret changes.
-    all_secrets: Arc<Cache<SecretEntry>>,
+    /// Every other Secret (metadata only), to see name clashes and source
+    /// Secret changes. The two watches split the Secrets by label, so each
+    /// Secret reaches regcred once.
+    other_secrets: Arc<Cache<SecretEntry>>,
     credentials: CredentialStores,
     wake: Wake,
     /// The ServiceAccount writer's queue and memory.
@@ -221,20 +223,15 @@ impl ManagedEntry {
     }
 }
 
-/// What is cached of any Secret.
+/// What is cached of a Secret regcred does not manage.
 #[derive(Clone)]
 struct SecretEntry {
     resource_version: Option<Box<str>>,
-    /// The owner annotation, if regcred manages it.
-    owner: Option<Box<str>>,
 }
 
 impl SecretEntry {
     fn of(secret: &PartialObjectMeta<Secret>) -> Self {
-        SecretEntry {
-            resource_version: secret.metadata.resource_version.as_deref().map(Into::into),
-            owner: owner_of(&secret.metadata).map(Into::into),
-        }
+        SecretEntry { resource_version: secret.metadata.resource_version.as_deref().map(Into::into) }
     }
 }
 
@@ -287,6 +284,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
     let managed_cache = Arc::new(Cache::default());
     let secret_cache = Arc::new(Cache::default());
     let managed_cfg = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+    let others_cfg = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}!={MANAGED_BY}"));
 
     let namespaces = related_stream(
         watcher::watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watcher::Config::default()),
@@ -313,7 +311,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
         secret_related,
     );
     let all_secrets = related_stream(
-        watcher::watcher(Api::<PartialObjectMeta<Secret>>::all(client.clone()), watcher::Config::default()),
+        watcher::watcher(Api::<PartialObjectMeta<Secret>>::all(client.clone()), others_cfg),
         secret_cache.clone(),
         SecretEntry::of,
         "secrets",
@@ -335,7 +333,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
         namespaces: namespace_cache,
         service_accounts: account_cache,
         managed_secrets: managed_cache,
-        all_secrets: secret_cache,
+        other_secrets: secret_cache,
         credentials: CredentialStores { namespaced: rcreds.store(), cluster: crcreds.store() },
         wake: Wake { namespaced: rtx, cluster: ctx_tx },
         accounts: accounts::Accounts::default(),
@@ -359,7 +357,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
     ctx.namespaces.wait_until_ready().await;
     ctx.service_accounts.wait_until_ready().await;
     ctx.managed_secrets.wait_until_ready().await;
-    ctx.all_secrets.wait_until_ready().await;
+    ctx.other_secrets.wait_until_ready().await;
     metrics.set_ready();
     tracing::info!("caches filled; reconciling");
     tokio::spawn(accounts::run(ctx.clone()));
@@ -489,6 +487,14 @@ impl Context {
             return w.owner == owner_hash(owner);
         }
         cached.is_some_and(|(_, ours)| ours)
+    }
+
+    /// The resourceVersion of any Secret in the caches.
+    fn secret_resource_version(&self, namespace: &str, name: &str) -> Option<String> {
+        self.other_secrets
+            .with(namespace, name, |s| s.resource_version.as_deref().map(String::from))
+            .or_else(|| self.managed_secrets.with(namespace, name, |s| s.resource_version.map(|rv| rv.to_string())))
+            .flatten()
     }
 
     fn wake_namespaced(&self, c: &RegistryCredential) {

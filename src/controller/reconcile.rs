@@ -27,14 +27,18 @@ use crate::{Error, Result};
 pub async fn reconcile<K: CredentialKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action> {
     ctx.metrics.reconciles.inc();
     let api = obj.api(ctx.client.clone());
-    finalizer(&api, FINALIZER, obj, |event| async {
+    let result = finalizer(&api, FINALIZER, obj, |event| async {
         match event {
             finalizer::Event::Apply(obj) => apply(obj, ctx.clone()).await,
             finalizer::Event::Cleanup(obj) => cleanup(obj, ctx.clone()).await,
         }
     })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+    .await;
+    match result {
+        // Deleted while this reconcile ran: nothing is left to do.
+        Err(finalizer::Error::RemoveFinalizer(kube::Error::Api(e))) if e.code == 404 => Ok(Action::await_change()),
+        other => other.map_err(|e| Error::Finalizer(Box::new(e))),
+    }
 }
 
 /// Requeues failed reconciles with backoff.
@@ -67,11 +71,10 @@ async fn mint<K: CredentialKind>(obj: &K, ctx: &Context, now: Timestamp) -> Resu
     {
         let state = ctx.state.lock().expect("not poisoned");
         if let Some(entry) = state.get(&key).and_then(|s| s.minted.as_ref()) {
-            let inputs_unchanged = entry.fingerprint.iter().all(|(name, rv)| {
-                ctx.all_secrets
-                    .with(&source_ns, name, |s| s.resource_version.as_deref() == Some(rv.as_str()))
-                    .unwrap_or(false)
-            });
+            let inputs_unchanged = entry
+                .fingerprint
+                .iter()
+                .all(|(name, rv)| ctx.secret_resource_version(&source_ns, name).as_ref() == Some(rv));
             let refresh_at = refresh_at_of(entry, spec);
             if entry.generation == generation && inputs_unchanged && now < refresh_at {
                 return Ok(MintResult { minted: entry.minted.clone(), minted_at: entry.minted_at, refresh_at });

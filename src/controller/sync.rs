@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use sha2::{Digest, Sha256};
 
-use super::accounts::{accounts_in, patch_entries};
+use super::accounts::{accounts_in, remove_entry};
 use super::cache::Pairs;
 use super::{Context, FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL, ManagedEntry, OWNER_ANNOTATION, data_digest};
 use crate::api::{CredentialSpec, TargetFailure};
@@ -110,29 +110,32 @@ enum Plan {
 fn plan_secret(ctx: &Context, owner: &str, desired: &DesiredSecret, namespace: &str) -> Plan {
     let written = ctx.written(&(namespace.into(), desired.name.clone()));
     let ours_in_flight = written.is_some_and(|w| w.content == desired.hash);
-    let Some(meta) = ctx.all_secrets.get(namespace, &desired.name) else {
-        // Not in the cache: absent, or just written by us and not seen yet.
-        return if ours_in_flight { Plan::InSync } else { Plan::Write { exists: false } };
+    let not_ours = || {
+        Plan::Conflict(format!(
+            "Secret {namespace}/{} exists and is not managed by regcred; it is left alone",
+            desired.name
+        ))
     };
-    match meta.owner.as_deref() {
-        Some(o) if o == owner => {}
-        Some(other) => {
-            return Plan::Conflict(format!("Secret {namespace}/{} is managed by regcred for {other}", desired.name));
-        }
-        None => {
-            return Plan::Conflict(format!(
-                "Secret {namespace}/{} exists and is not managed by regcred; it is left alone",
-                desired.name
-            ));
-        }
+    if ctx.other_secrets.with(namespace, &desired.name, |_| ()).is_some() {
+        return not_ours();
     }
-    let cached = ctx.managed_secrets.with(namespace, &desired.name, |s| (desired.matches(s), s.resource_version));
+    let cached = ctx
+        .managed_secrets
+        .with(namespace, &desired.name, |s| (s.owner().map(String::from), desired.matches(s), s.resource_version));
     match cached {
-        Some((true, _)) => Plan::InSync,
-        // The cache still shows an older version than our own last write.
-        Some((false, rv)) if ours_in_flight && written.is_some_and(|w| Some(w.resource_version) > rv) => Plan::InSync,
+        // Not in the cache: absent, or just written by us and not seen yet.
         None if ours_in_flight => Plan::InSync,
-        _ => Plan::Write { exists: true },
+        None => Plan::Write { exists: false },
+        Some((Some(o), _, _)) if o != owner => {
+            Plan::Conflict(format!("Secret {namespace}/{} is managed by regcred for {o}", desired.name))
+        }
+        Some((None, _, _)) => not_ours(),
+        Some((_, true, _)) => Plan::InSync,
+        // The cache still shows an older version than our own last write.
+        Some((_, false, rv)) if ours_in_flight && written.is_some_and(|w| Some(w.resource_version) > rv) => {
+            Plan::InSync
+        }
+        Some(_) => Plan::Write { exists: true },
     }
 }
 
@@ -286,12 +289,10 @@ async fn remove_secret(ctx: &Context, uid: Option<Box<str>>, ns: &str, name: &st
     // First the ServiceAccount entries, so no ServiceAccount points at a
     // missing Secret.
     for sa in accounts_in(ctx, ns) {
-        if sa.has(name) {
-            let entries = sa.entries.iter().filter(|e| *e != name).cloned().collect();
-            patch_entries(ctx, ns, &sa.name, sa.resource_version.as_deref(), entries)
-                .await
-                .map_err(|e| format!("removing {name} from ServiceAccount {ns}/{}: {e}", sa.name))?;
-        }
+        let sa_name = sa.name.clone();
+        remove_entry(ctx, ns, sa, name)
+            .await
+            .map_err(|e| format!("removing {name} from ServiceAccount {ns}/{sa_name}: {e}"))?;
     }
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let params = DeleteParams {
