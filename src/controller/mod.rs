@@ -22,7 +22,7 @@ use std::time::Duration;
 use futures::channel::mpsc::{UnboundedSender, unbounded};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
-use kube::api::{Api, PartialObjectMeta};
+use kube::api::{Api, ListParams, PartialObjectMeta};
 use kube::runtime::controller::{Action, Config as ControllerConfig};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -146,6 +146,15 @@ pub struct Context {
     wake: Wake,
     /// The ServiceAccount writer's queue and memory.
     accounts: accounts::Accounts,
+    /// What the managed Secrets hold: `(namespace, name)` to the
+    /// resourceVersion and a SHA-256 digest of the pull secret at it (never
+    /// the value), from one list at start and from regcred's own writes.
+    /// Watching the managed Secrets as metadata and keeping this instead of
+    /// watching them whole spares the apiserver from sending every Secret
+    /// regcred writes back to it; a Secret someone else changed has a newer
+    /// resourceVersion, so its content counts as unknown and it is written
+    /// again.
+    contents: Mutex<HashMap<WrittenKey, (u64, [u8; 32])>>,
     state: Mutex<HashMap<String, CredentialState>>,
     written: Mutex<HashMap<WrittenKey, Written>>,
 }
@@ -192,27 +201,22 @@ impl AccountEntry {
     }
 }
 
-/// What is cached of a Secret regcred manages: enough to tell whether it
-/// holds what regcred would write (a SHA-256 digest of the pull secret, not
-/// the secret itself), and to delete exactly it.
+/// What is cached of a Secret regcred manages, from a metadata-only watch:
+/// its owner, labels and annotations, and the uid to delete exactly it. What
+/// its data holds is in [`Context::contents`], by resourceVersion.
 #[derive(Clone)]
 struct ManagedEntry {
     resource_version: Option<u64>,
     uid: Option<Box<str>>,
-    type_: Option<Box<str>>,
-    digest: Option<[u8; 32]>,
     labels: Pairs,
     annotations: Pairs,
 }
 
 impl ManagedEntry {
-    fn of(secret: &Secret) -> Self {
-        let data = secret.data.as_ref().and_then(|d| d.get(sync::DATA_KEY));
+    fn of(secret: &PartialObjectMeta<Secret>) -> Self {
         ManagedEntry {
             resource_version: rv_of(&secret.metadata),
             uid: secret.metadata.uid.as_deref().map(Into::into),
-            type_: secret.type_.as_deref().map(Into::into),
-            digest: data.map(|b| data_digest(&b.0)),
             labels: Pairs::from_map(secret.metadata.labels.as_ref()),
             annotations: Pairs::from_map(secret.metadata.annotations.as_ref()),
         }
@@ -304,7 +308,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
         },
     );
     let managed = related_stream(
-        watcher::watcher(Api::<Secret>::all(client.clone()), managed_cfg),
+        watcher::watcher(Api::<PartialObjectMeta<Secret>>::all(client.clone()), managed_cfg),
         managed_cache.clone(),
         ManagedEntry::of,
         "managed secrets",
@@ -337,6 +341,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
         credentials: CredentialStores { namespaced: rcreds.store(), cluster: crcreds.store() },
         wake: Wake { namespaced: rtx, cluster: ctx_tx },
         accounts: accounts::Accounts::default(),
+        contents: Mutex::default(),
         state: Mutex::default(),
         written: Mutex::default(),
     });
@@ -358,6 +363,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
     ctx.service_accounts.wait_until_ready().await;
     ctx.managed_secrets.wait_until_ready().await;
     ctx.other_secrets.wait_until_ready().await;
+    list_contents(&ctx).await?;
     metrics.set_ready();
     tracing::info!("caches filled; reconciling");
     tokio::spawn(accounts::run(ctx.clone()));
@@ -467,6 +473,22 @@ impl Router {
 impl Context {
     fn forget_written(&self, key: &WrittenKey) {
         self.written.lock().expect("not poisoned").remove(key);
+        self.contents.lock().expect("not poisoned").remove(key);
+    }
+
+    /// Records what a managed Secret holds at a resourceVersion.
+    fn remember_content(&self, key: WrittenKey, resource_version: Option<&str>, digest: [u8; 32]) {
+        if let Some(rv) = resource_version.and_then(|v| v.parse().ok()) {
+            self.contents.lock().expect("not poisoned").insert(key, (rv, digest));
+        }
+    }
+
+    /// The digest of what a managed Secret holds at `resource_version`, if
+    /// known.
+    fn content_at(&self, namespace: &str, name: &str, resource_version: Option<u64>) -> Option<[u8; 32]> {
+        let contents = self.contents.lock().expect("not poisoned");
+        let (rv, digest) = contents.get(&(namespace.to_string(), name.to_string()))?;
+        (Some(*rv) == resource_version).then_some(*digest)
     }
 
     fn remember_written(&self, key: WrittenKey, owner: &str, content: u64, resource_version: Option<&str>) {
@@ -531,6 +553,42 @@ impl Context {
 
 fn rv_of(meta: &kube::api::ObjectMeta) -> Option<u64> {
     meta.resource_version.as_deref()?.parse().ok()
+}
+
+/// Lists the managed Secrets once, in pages, to learn what they hold
+/// (kept as digests), before anything is reconciled.
+async fn list_contents(ctx: &Context) -> anyhow::Result<()> {
+    let api: Api<Secret> = Api::all(ctx.client.clone());
+    let mut params = ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")).limit(500);
+    loop {
+        let page = list_with_retries(&api, &params).await?;
+        for secret in &page.items {
+            let key = key_of(secret);
+            let data = secret.data.as_ref().and_then(|d| d.get(sync::DATA_KEY));
+            if let Some(data) = data.filter(|_| secret.type_.as_deref() == Some(sync::SECRET_TYPE)) {
+                ctx.remember_content(key, secret.metadata.resource_version.as_deref(), data_digest(&data.0));
+            }
+        }
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok(()),
+        }
+    }
+}
+
+async fn list_with_retries(api: &Api<Secret>, params: &ListParams) -> anyhow::Result<kube::core::ObjectList<Secret>> {
+    let mut attempt = 0;
+    loop {
+        match api.list(params).await {
+            Ok(page) => return Ok(page),
+            Err(e) if attempt < 5 => {
+                attempt += 1;
+                tracing::warn!(error = %e, "listing the managed Secrets failed; retrying");
+                tokio::time::sleep(Duration::from_secs(attempt)).await;
+            }
+            Err(e) => return Err(anyhow::anyhow!("listing the managed Secrets: {e}")),
+        }
+    }
 }
 
 /// Backoff after `failures` consecutive failures: 5s doubling to 5 minutes.

@@ -20,7 +20,7 @@ use crate::provider::Minted;
 use crate::reasons;
 use crate::render::dockerconfigjson;
 
-const SECRET_TYPE: &str = "kubernetes.io/dockerconfigjson";
+pub(super) const SECRET_TYPE: &str = "kubernetes.io/dockerconfigjson";
 pub(super) const DATA_KEY: &str = ".dockerconfigjson";
 
 /// The pull Secret a credential should have in every target namespace.
@@ -55,15 +55,12 @@ impl DesiredSecret {
         DesiredSecret { name: spec.secret.name.clone(), data, digest, labels, annotations, hash }
     }
 
-    /// Whether a cached Secret already holds this content. Labels and
+    /// Whether a cached Secret already has this metadata. Labels and
     /// annotations others added are left alone and do not count.
-    fn matches(&self, s: &ManagedEntry) -> bool {
+    fn metadata_matches(&self, s: &ManagedEntry) -> bool {
         let subset =
             |want: &BTreeMap<String, String>, have: &Pairs| want.iter().all(|(k, v)| have.get(k) == Some(v.as_str()));
-        s.type_.as_deref() == Some(SECRET_TYPE)
-            && s.digest == Some(self.digest)
-            && subset(&self.labels, &s.labels)
-            && subset(&self.annotations, &s.annotations)
+        subset(&self.labels, &s.labels) && subset(&self.annotations, &s.annotations)
     }
 
     fn object(&self, namespace: &str) -> Secret {
@@ -119,9 +116,14 @@ fn plan_secret(ctx: &Context, owner: &str, desired: &DesiredSecret, namespace: &
     if ctx.other_secrets.with(namespace, &desired.name, |_| ()).is_some() {
         return not_ours();
     }
-    let cached = ctx
-        .managed_secrets
-        .with(namespace, &desired.name, |s| (s.owner().map(String::from), desired.matches(s), s.resource_version));
+    let cached = ctx.managed_secrets.with(namespace, &desired.name, |s| {
+        (s.owner().map(String::from), desired.metadata_matches(s), s.resource_version)
+    });
+    // The data counts only if it is known at the cached resourceVersion.
+    let cached = cached.map(|(owner, metadata_matches, rv)| {
+        let data_matches = ctx.content_at(namespace, &desired.name, rv) == Some(desired.digest);
+        (owner, metadata_matches && data_matches, rv)
+    });
     match cached {
         // Not in the cache: absent, or just written by us and not seen yet.
         None if ours_in_flight => Plan::InSync,
@@ -227,6 +229,11 @@ async fn write_secret(ctx: &Context, owner: &str, desired: &DesiredSecret, names
     };
     match result {
         Ok(written) => {
+            ctx.remember_content(
+                (namespace.into(), desired.name.clone()),
+                written.metadata.resource_version.as_deref(),
+                desired.digest,
+            );
             ctx.remember_written(
                 (namespace.into(), desired.name.clone()),
                 owner,
