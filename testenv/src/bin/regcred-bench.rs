@@ -759,9 +759,11 @@ async fn run() -> Result<()> {
     let first = &rounds[0];
     let initial_calls = first.calls;
     let convergence_writes = rounds.iter().map(|r| r.writes).max().unwrap_or(0);
+    // The middle value; the mean of the two middle ones for an even count.
     let median = |mut v: Vec<Duration>| {
         v.sort();
-        v[(v.len() - 1) / 2]
+        let mid = v.len() / 2;
+        if v.len().is_multiple_of(2) { (v[mid - 1] + v[mid]) / 2 } else { v[mid] }
     };
     let convergence = median(rounds.iter().map(|r| r.convergence).collect());
     let limit = median(rounds.iter().map(|r| r.limit).collect());
