@@ -5,9 +5,12 @@
 //!
 //! `helm` and `kubeconform` come from `hack/helm-tools.sh` (built from their
 //! Go modules, cached). The chart tests use their own control plane (one per
-//! test binary) and never start the admin operator of `tests/common`. The
-//! install test removes the CRDs the control plane pre-installs (the chart
-//! installs them), so no other test here may rely on them.
+//! test binary) and never start the admin operator of `tests/common` (only
+//! its polling helper is used). The install test removes the CRDs the
+//! control plane pre-installs (the chart installs them), so no other test
+//! here may rely on them.
+
+mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -549,28 +552,13 @@ fn docs_list_exactly_the_tested_permissions() {
 // ---------------------------------------------------------------------------
 // Install, run as the ServiceAccount, upgrade, uninstall
 
-/// Polls `f` every 100ms until it returns `Some`; panics after `timeout`
+/// Polls `f` every 100ms until it returns `Some`; panics after `WAIT`
 /// with the tail of `op`'s log, if any.
-async fn wait_until<T, F, Fut>(what: &str, op: Option<&Operator>, mut f: F) -> T
+async fn wait_until<T, Fut>(what: &str, op: Option<&Operator>, f: impl FnMut() -> Fut) -> T
 where
-    F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        if start.elapsed() > WAIT {
-            let log = op.map(Operator::log_text).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            panic!(
-                "timed out after {WAIT:?} waiting for {what}\noperator log (last lines):\n{}",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::poll_logged(what, WAIT, Duration::from_millis(100), op, f).await
 }
 
 async fn create<K>(api: &Api<K>, obj: Value)

@@ -38,26 +38,13 @@ fn report(scenario: &str, outcome: &str, took: Duration) {
     eprintln!("RECOVERY | {scenario} | {outcome} | {:.1}s", took.as_secs_f64());
 }
 
-async fn poll<T, F, Fut>(what: &str, timeout: Duration, op: &Operator, mut f: F) -> T
+/// Polls every 250 ms (the checks list many objects), failing with the
+/// operator's log tail.
+async fn poll<T, Fut>(what: &str, timeout: Duration, op: &Operator, f: impl FnMut() -> Fut) -> T
 where
-    F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        if start.elapsed() > timeout {
-            let log = op.log_text();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            panic!(
-                "timed out after {timeout:?} waiting for {what}\noperator log (last lines):\n{}",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    common::poll_logged(what, timeout, Duration::from_millis(250), Some(op), f).await
 }
 
 /// Changes an annotation on a source Secret, which makes a refresh due.

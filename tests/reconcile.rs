@@ -352,3 +352,66 @@ async fn the_rendered_secret_pulls_from_a_real_registry_and_a_wrong_password_doe
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A ServiceAccount the apiserver refuses to update (a ValidatingAdmissionPolicy
+/// stands in for a webhook or a policy engine): the credential reports
+/// WriteFailed naming it, with a Warning Event, the other ServiceAccount and
+/// the Secret are still served, and once the policy is gone it recovers.
+#[tokio::test]
+async fn a_service_account_that_cannot_be_patched_is_reported_and_recovers() {
+    use k8s_openapi::api::admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding};
+    let client = setup().await;
+    let ns = "sa-denied";
+    create_namespace(&client, ns, &[]).await;
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    let locked: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "locked"}})).unwrap();
+    sas.create(&PostParams::default(), &locked).await.unwrap();
+    let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
+    let policy = serde_json::from_value(json!({
+        "metadata": {"name": "sa-denied-lock"},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                "operations": ["UPDATE"], "resources": ["serviceaccounts"]}]},
+            "validations": [{"expression": "object.metadata.name != 'locked'", "message": "this ServiceAccount is locked"}]
+        }
+    }))
+    .unwrap();
+    policies.create(&PostParams::default(), &policy).await.unwrap();
+    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
+    let binding = serde_json::from_value(json!({
+        "metadata": {"name": "sa-denied-lock"},
+        "spec": {"policyName": "sa-denied-lock", "validationActions": ["Deny"],
+                 "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}}
+    }))
+    .unwrap();
+    bindings.create(&PostParams::default(), &binding).await.unwrap();
+    // The policy takes effect once the apiserver has loaded it.
+    let probe = json!({"metadata": {"labels": {"probe": "yes"}}});
+    wait_for("the policy to refuse updates of the locked ServiceAccount", WAIT, || async {
+        sas.patch("locked", &PatchParams::default(), &Patch::Merge(&probe)).await.is_err().then_some(())
+    })
+    .await;
+
+    put_login(&client, ns, "login", "denied-user", "pw-sa-denied").await;
+    let mut spec = basic_spec(REGISTRY, "login", "denied-pull");
+    spec["serviceAccounts"] = json!({"all": true});
+    apply_rcred(&client, ns, "denied", spec).await;
+    let api: Api<RegistryCredential> = Api::namespaced(client.clone(), ns);
+    let status = wait_for_reason(&api, "denied", "WriteFailed").await;
+    let ready = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert!(ready.message.contains("ServiceAccount sa-denied/locked"), "message: {}", ready.message);
+    wait_for_login(&client, ns, "denied-pull", REGISTRY, "denied-user", "pw-sa-denied").await;
+    wait_for_pull_secret(&client, ns, "default", "denied-pull", true).await;
+    assert!(!pull_secret_names(&client, ns, "locked").await.contains(&"denied-pull".to_string()));
+    let events = events_for(&client, ns, "denied").await;
+    assert!(
+        events.iter().any(|(t, r, note)| t == "Warning" && r == "WriteFailed" && note.contains("sa-denied/locked")),
+        "no Warning Event naming the ServiceAccount: {events:?}"
+    );
+
+    bindings.delete("sa-denied-lock", &DeleteParams::default()).await.unwrap();
+    policies.delete("sa-denied-lock", &DeleteParams::default()).await.unwrap();
+    wait_for_pull_secret(&client, ns, "locked", "denied-pull", true).await;
+    wait_for_reason(&api, "denied", "Synced").await;
+}

@@ -64,7 +64,23 @@ pub async fn setup() -> Client {
 
 /// Polls `f` every 100ms until it returns `Some`, or panics after `timeout`
 /// with the operator's log tail.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    poll_logged(what, timeout, Duration::from_millis(100), Some(operator()), f).await
+}
+
+/// Polls `f` every `every` until it returns `Some`, or panics after
+/// `timeout` with the tail of `op`'s log, if any.
+pub async fn poll_logged<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    op: Option<&Operator>,
+    mut f: F,
+) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -75,14 +91,14 @@ where
             return v;
         }
         if start.elapsed() > timeout {
-            let log = operator().log_text();
+            let log = op.map(Operator::log_text).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
             panic!(
                 "timed out after {timeout:?} waiting for {what}\noperator log (last lines):\n{}",
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             );
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(every).await;
     }
 }
 
