@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Prints a directory holding kube-apiserver, etcd, kubectl and
-# kube-controller-manager, building whatever is missing from their Go modules.
+# Prints a directory holding kube-apiserver, etcd, kubectl,
+# kube-controller-manager, and, for the real node, kubelet and kube-scheduler,
+# building whatever is missing from their Go modules.
 #
 # - If KUBEBUILDER_ASSETS is set, binaries found there are used as they are;
 #   only the missing ones are built.
@@ -16,7 +17,7 @@ set -euo pipefail
 K8S_VERSION="${REGCRED_K8S_VERSION:-1.36.3}"
 CACHE_ROOT="${REGCRED_CACHE:-$HOME/.cache/regcred}"
 OUT="$CACHE_ROOT/envtest/v$K8S_VERSION"
-BINARIES=(kube-apiserver etcd kubectl kube-controller-manager)
+BINARIES=(kube-apiserver etcd kubectl kube-controller-manager kubelet kube-scheduler)
 # Bump when the way the binaries are built changes, to rebuild cached ones.
 RECIPE=2
 
@@ -34,7 +35,7 @@ fi
 missing=()
 for b in "${BINARIES[@]}"; do
   if [[ -n "${KUBEBUILDER_ASSETS:-}" && -x "$KUBEBUILDER_ASSETS/$b" ]]; then
-    # Use the user's binary; link it so that one directory holds all four.
+    # Use the user's binary; link it so that one directory holds them all.
     if [[ "$(readlink -f "$KUBEBUILDER_ASSETS/$b")" != "$(readlink -f "$OUT/$b" 2>/dev/null || true)" ]]; then
       ln -sf "$(readlink -f "$KUBEBUILDER_ASSETS/$b")" "$OUT/$b"
     fi
@@ -91,17 +92,19 @@ build_k8s() {
       sed -n '/^replace (/,/^)/p' "$kmod" | awk '$1 ~ /^k8s.io\// && $2=="=>" {print "\t" $1 " => " $1 " '"$staging_version"'"}'
       echo ")"
     } >"$dir/go.mod"
-    cat >"$dir/tools.go" <<'GO'
-//go:build tools
-
-package tools
-
-import (
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
-	_ "k8s.io/kubernetes/cmd/kubectl"
-)
-GO
+  fi
+  # Every command the wrapper builds is imported here, so that `go mod tidy`
+  # records its dependencies; a wrapper made by an older recipe is tidied again.
+  local tools
+  tools=$(
+    printf '//go:build tools\n\npackage tools\n\nimport (\n'
+    for b in kube-apiserver kube-controller-manager kubectl kubelet kube-scheduler; do
+      printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$b"
+    done
+    printf ')\n'
+  )
+  if [[ "$(cat "$dir/tools.go" 2>/dev/null)" != "$tools" ]]; then
+    printf '%s\n' "$tools" >"$dir/tools.go"
     (cd "$dir" && go mod tidy -e >&2)
   fi
   local b

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs and the machine lacks:
 # - Debian packages: docker-registry (CNCF Distribution), skopeo, apache2-utils (htpasswd),
-#   openssl (test CAs);
+#   openssl (test CAs); for the real node: containerd, runc,
+#   containernetworking-plugins (bridge, host-local, loopback) and busybox-static
+#   (the test images and the pause image are made from it);
 # - moto[server] from PyPI (the AWS stand-in);
 # - the control-plane binaries (hack/envtest-assets.sh, cached under ~/.cache/regcred).
 # Safe to re-run: it installs nothing that is already there.
@@ -13,6 +15,10 @@ command -v docker-registry >/dev/null 2>&1 || [[ -x /usr/bin/docker-registry ]] 
 command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
 command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v containerd >/dev/null 2>&1 || need+=(containerd)
+[[ -x /usr/sbin/runc ]] || command -v runc >/dev/null 2>&1 || need+=(runc)
+[[ -x /usr/lib/cni/bridge ]] || need+=(containernetworking-plugins)
+dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "ok installed" || need+=(busybox-static)
 if [[ ${#need[@]} -gt 0 ]]; then
   if ! command -v apt-get >/dev/null 2>&1; then
     echo "install-test-deps: missing ${need[*]} and no apt-get; install them with your package manager" >&2

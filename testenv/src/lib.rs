@@ -7,7 +7,9 @@
 //!   the default admission plugins, ServiceAccount admission included;
 //! - kube-controller-manager with the namespace, serviceaccount and
 //!   garbage-collector controllers, so namespaces finish terminating,
-//!   `default` ServiceAccounts appear and ownerReferences cascade.
+//!   `default` ServiceAccounts appear and ownerReferences cascade; the
+//!   deployment, replicaset and job controllers and the `kube-root-ca.crt`
+//!   publisher, for workloads on a [`node`].
 //!
 //! The binaries come from `hack/envtest-assets.sh` (which honours
 //! `KUBEBUILDER_ASSETS` and builds what is missing from the Go modules).
@@ -26,6 +28,8 @@ pub mod aws;
 pub mod chart;
 pub mod google_standin;
 pub mod harbor_standin;
+pub mod images;
+pub mod node;
 pub mod operator;
 pub mod registry;
 mod standin_http;
@@ -64,11 +68,15 @@ pub struct Options {
     pub crd_dir: Option<PathBuf>,
     /// Run kube-controller-manager.
     pub controller_manager: bool,
+    /// Extra kube-apiserver flags, for example
+    /// `--runtime-config=admissionregistration.k8s.io/v1=false` for a
+    /// cluster that does not serve an API.
+    pub apiserver_args: Vec<String>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { crd_dir: Some(repo_root().join("crds")), controller_manager: true }
+        Options { crd_dir: Some(repo_root().join("crds")), controller_manager: true, apiserver_args: Vec::new() }
     }
 }
 
@@ -260,9 +268,7 @@ impl ControlPlane {
         )?;
         cp.start_watchdog()?;
 
-        cp.spawn(
-            "kube-apiserver",
-            &[
+        let mut apiserver_args = vec![
                 format!("--etcd-servers={etcd_url}"),
                 "--bind-address=127.0.0.1".into(),
                 "--advertise-address=127.0.0.1".into(),
@@ -278,8 +284,9 @@ impl ControlPlane {
                 format!("--service-account-signing-key-file={}", sa_key.display()),
                 "--enable-priority-and-fairness=false".into(),
                 "--v=1".into(),
-            ],
-        )?;
+        ];
+        apiserver_args.extend(options.apiserver_args.iter().cloned());
+        cp.spawn("kube-apiserver", &apiserver_args)?;
         let client = cp.client().await?;
         cp.wait_ready(&client).await?;
 
@@ -288,7 +295,14 @@ impl ControlPlane {
                 "kube-controller-manager",
                 &[
                     format!("--kubeconfig={}", cp.kubeconfig.display()),
-                    "--controllers=namespace,serviceaccount,garbagecollector".into(),
+                    // The workload controllers run Deployments and Jobs on
+                    // the node (testenv::node); root-ca-cert-publisher
+                    // writes the kube-root-ca.crt ConfigMap that Pods'
+                    // ServiceAccount token volumes mount; nodelifecycle
+                    // lifts the not-ready taint a kubelet registers with.
+                    "--controllers=namespace,serviceaccount,garbagecollector,deployment,replicaset,job,root-ca-cert-publisher,nodelifecycle"
+                        .into(),
+                    format!("--root-ca-file={}", ca.display()),
                     "--leader-elect=false".into(),
                     "--bind-address=127.0.0.1".into(),
                     format!("--secure-port={}", free_port()?),

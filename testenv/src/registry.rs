@@ -1,5 +1,6 @@
 //! A real CNCF Distribution registry (Debian `docker-registry`) on loopback,
-//! with htpasswd authentication and a small test image pushed by `skopeo`.
+//! with htpasswd authentication and the test image
+//! ([`crate::images::write_test_image`]) pushed by `skopeo`.
 
 use std::fs;
 use std::os::unix::process::CommandExt;
@@ -8,7 +9,6 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use sha2::{Digest, Sha256};
 
 use crate::free_port;
 use crate::operator::http_get;
@@ -102,7 +102,7 @@ impl Registry {
 
     fn push_test_image(&self, user: &str, pass: &str) -> Result<()> {
         let layout = self.dir.join("oci");
-        write_oci_layout(&layout)?;
+        crate::images::write_test_image(&layout)?;
         let policy = self.dir.join("policy.json");
         fs::write(&policy, r#"{"default":[{"type":"insecureAcceptAnything"}]}"#)?;
         let out = Command::new("skopeo")
@@ -134,71 +134,4 @@ pub fn skopeo_inspect(authfile: &Path, image: &str) -> Result<Output> {
         .arg(authfile)
         .arg(format!("docker://{image}"))
         .output()?)
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Writes an OCI image layout with one tiny layer, tagged `v1`.
-pub fn write_oci_layout(dir: &Path) -> Result<()> {
-    let blobs = dir.join("blobs/sha256");
-    fs::create_dir_all(&blobs)?;
-    let put = |bytes: &[u8]| -> Result<(String, usize)> {
-        let digest = sha256_hex(bytes);
-        fs::write(blobs.join(&digest), bytes)?;
-        Ok((format!("sha256:{digest}"), bytes.len()))
-    };
-    let layer = tar_one_file("hello.txt", b"pulled with a Secret written by regcred\n");
-    let (layer_digest, layer_size) = put(&layer)?;
-    let config = serde_json::json!({
-        "architecture": "amd64", "os": "linux", "config": {},
-        "rootfs": {"type": "layers", "diff_ids": [layer_digest]}
-    });
-    let (config_digest, config_size) = put(&serde_json::to_vec(&config)?)?;
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer_size}]
-    });
-    let (manifest_digest, manifest_size) = put(&serde_json::to_vec(&manifest)?)?;
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": manifest_digest, "size": manifest_size,
-            "annotations": {"org.opencontainers.image.ref.name": "v1"}
-        }]
-    });
-    fs::write(dir.join("index.json"), serde_json::to_vec(&index)?)?;
-    fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-    Ok(())
-}
-
-/// A POSIX tar archive holding one regular file.
-fn tar_one_file(name: &str, content: &[u8]) -> Vec<u8> {
-    let mut header = [0u8; 512];
-    header[..name.len()].copy_from_slice(name.as_bytes());
-    let octal = |field: &mut [u8], value: u64| {
-        let s = format!("{:0width$o}\0", value, width = field.len() - 1);
-        field.copy_from_slice(s.as_bytes());
-    };
-    octal(&mut header[100..108], 0o644);
-    octal(&mut header[108..116], 0);
-    octal(&mut header[116..124], 0);
-    octal(&mut header[124..136], content.len() as u64);
-    octal(&mut header[136..148], 0);
-    header[156] = b'0';
-    header[257..263].copy_from_slice(b"ustar\0");
-    header[263..265].copy_from_slice(b"00");
-    header[148..156].copy_from_slice(b"        ");
-    let sum: u64 = header.iter().map(|&b| b as u64).sum();
-    let s = format!("{sum:06o}\0 ");
-    header[148..156].copy_from_slice(s.as_bytes());
-    let mut out = header.to_vec();
-    out.extend_from_slice(content);
-    out.resize(out.len().div_ceil(512) * 512, 0);
-    out.extend_from_slice(&[0u8; 1024]);
-    out
 }

@@ -46,7 +46,7 @@ use serde_json::json;
 
 use crate::free_port;
 use crate::operator::http_get;
-use crate::registry::{TEST_IMAGE, require_tool, write_oci_layout};
+use crate::registry::{TEST_IMAGE, require_tool};
 use crate::standin_http::{Conn, Request, Response, Server, answer_once, parse_form};
 
 /// Decides whether a (username, password) presented to the token service is
@@ -402,7 +402,7 @@ pub fn start_token_registry(
 
 fn push_test_image(registry: &TokenRegistry, user: &str, pass: &str) -> Result<()> {
     let layout = registry.dir.join("oci");
-    write_oci_layout(&layout)?;
+    crate::images::write_test_image(&layout)?;
     let policy = registry.dir.join("policy.json");
     fs::write(&policy, r#"{"default":[{"type":"insecureAcceptAnything"}]}"#)?;
     let out = Command::new("skopeo")
