@@ -50,7 +50,7 @@ fn node() -> &'static Node {
 /// A registry behind a token service that accepts `validator`'s
 /// credentials (and the pusher's), served to the node as `host`.
 struct Private {
-    _tokens: TokenService,
+    tokens: TokenService,
     registry: TokenRegistry,
 }
 
@@ -61,7 +61,7 @@ fn private_registry(validator: Validator) -> Private {
             .unwrap_or_else(|e| panic!("{e:#}"));
     let registry = start_token_registry(control_plane().process_group(), &tokens, PUSHER, PUSH_PASS)
         .unwrap_or_else(|e| panic!("{e:#}"));
-    Private { _tokens: tokens, registry }
+    Private { tokens, registry }
 }
 
 /// Applies `spec` as RegistryCredential `cred` in `ns` (which holds its
@@ -248,7 +248,7 @@ async fn pods_keep_pulling_across_rotations_and_start_from_cache_after_expiry() 
     let ns = "node-rotate";
     let host = "us-docker.pkg.dev";
     let lifetime = Duration::from_secs(8);
-    let _r = google_setup(&client, ns, "rotating@regcred-test.iam.gserviceaccount.com", host, lifetime).await;
+    let r = google_setup(&client, ns, "rotating@regcred-test.iam.gserviceaccount.com", host, lifetime).await;
     apply_rcred(&client, ns, "cred", google_spec(host, "rot-pull")).await;
     let rcreds: Api<RegistryCredential> = Api::namespaced(client.clone(), ns);
     wait_for_reason(&rcreds, "cred", "Synced").await;
@@ -272,8 +272,10 @@ async fn pods_keep_pulling_across_rotations_and_start_from_cache_after_expiry() 
         })
         .await;
         let started = Instant::now();
+        let asked = r.tokens.requests();
         scale(&client, ns, "app", 1 + round).await.unwrap();
         wait_running(&client, ns, "app", 1 + round as usize, START).await.unwrap_or_else(|e| panic!("{e:#}"));
+        assert!(r.tokens.requests() > asked, "the new Pod's pull logged in to the token service");
         eprintln!(
             "rotation {round}: Pod {} pulled with the new token and ran after {:?}",
             1 + round,
@@ -285,10 +287,13 @@ async fn pods_keep_pulling_across_rotations_and_start_from_cache_after_expiry() 
 
     // IfNotPresent on a node that has the image: starts from the cache,
     // because the kubelet recognises the Secret (same UID) that pulled it.
+    let asked = r.tokens.requests();
     apply_deployment(&client, ns, "cached", &image, "IfNotPresent", 1).await.unwrap();
     let pods = wait_running(&client, ns, "cached", 1, START).await.unwrap_or_else(|e| panic!("{e:#}"));
     let name = pods[0].metadata.name.clone().unwrap();
     assert!(started_from_cache(&client, ns, &name).await, "the IfNotPresent Pod pulled again");
+    assert_eq!(r.tokens.requests(), asked, "no login: the image came from the node's cache");
+    assert_eq!(r.tokens.rejected(), 0, "every login of this test's Pods was accepted");
     let last = get_secret(&client, ns, "rot-pull").await.unwrap();
     assert_eq!(last.metadata.uid.as_deref(), Some(uid.as_str()), "the Secret kept its UID across rotations");
 }
@@ -335,6 +340,6 @@ async fn a_deleted_pull_secret_under_a_live_deployment_is_restored_and_pods_run(
         }
     }
     eprintln!(
-        "drift: Secret restored {restored:?} after its deletion; {refused} of the 3 new Pods failed a pull first and          recovered by themselves; all 4 Running {all_running:?} after the deletion"
+        "drift: Secret restored {restored:?} after its deletion; {refused} of the 3 new Pods failed a pull first and recovered by themselves; all 4 Running {all_running:?} after the deletion"
     );
 }

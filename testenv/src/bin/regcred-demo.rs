@@ -1,16 +1,20 @@
 //! `make demo`: regcred working on this machine, with no cluster and no cloud
-//! account. Starts a local control plane and registry, applies a
-//! ClusterRegistryCredential, runs the operator, and shows what it does.
+//! account. Starts a local control plane, a node (containerd + kubelet) and
+//! a registry, applies a ClusterRegistryCredential, runs the operator, and
+//! shows what it does: a Pod in a targeted namespace pulls the private
+//! image with the Secret regcred wrote, next to one without it stuck in
+//! `ImagePullBackOff`.
 //! `--once` exits after the last step (for CI); otherwise everything runs
 //! until Ctrl-C, then is torn down.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use regcred_testenv::node::workload::{apply_deployment, wait_pull_refused, wait_running};
+use regcred_testenv::node::{Endpoint, KubeletOptions, NODE_NAME, Node};
 use regcred_testenv::operator::Operator;
-use regcred_testenv::registry::{Registry, skopeo_inspect};
+use regcred_testenv::registry::Registry;
 use regcred_testenv::{ControlPlane, Options};
 
 const CLUSTER_NS: &str = "regcred-system";
@@ -49,6 +53,12 @@ fn kubectl_quiet(cp: &ControlPlane, args: &[&str]) -> Result<String> {
         bail!("kubectl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
     }
     Ok(String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+/// The last `max` bytes of `s` (the registry's answer ends an image pull
+/// failure's message).
+fn tail(s: &str, max: usize) -> &str {
+    &s[s.ceil_char_boundary(s.len().saturating_sub(max))..]
 }
 
 fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Result<Duration> {
@@ -90,8 +100,13 @@ fn run(signals: &libc::sigset_t) -> Result<()> {
     println!("  while the demo runs:  export KUBECONFIG={}", cp.kubeconfig_path().display());
     println!("  CRDs installed from crds/");
 
+    step("Starting a node: containerd, a kubelet and kube-scheduler on this machine");
+    let node = Node::start(&cp, KubeletOptions::default())?;
+    println!("  node {NODE_NAME} Ready; Pods on bridge {} ({})", node.bridge, node.subnet);
+
     step("Starting a local registry (docker-registry, htpasswd auth) with a test image");
     let registry = Registry::start_htpasswd(cp.process_group(), &[("demo", PASSWORD)])?;
+    node.add_registry(&registry.host, &Endpoint::Http(registry.host.clone()))?;
     println!("  registry: {}   image: {}", registry.host, registry.test_image());
 
     step("Creating namespaces demo-a, demo-b, demo-c (labelled regcred.dev/demo=yes) and regcred-system");
@@ -137,34 +152,40 @@ fn run(signals: &libc::sigset_t) -> Result<()> {
     })?;
     show(&cp, &["get", "serviceaccount", "default", "-n", "demo-a", "-o", "jsonpath={.imagePullSecrets}{\"\\n\"}"])?;
 
-    step("Pulling the test image with skopeo, using the Secret written in demo-b");
-    let config = kubectl_quiet(
-        &cp,
-        &["get", "secret", "demo-pull", "-n", "demo-b", "-o", "jsonpath={.data.\\.dockerconfigjson}"],
-    )?;
-    let authfile = cp.dir().join("demo-authfile.json");
-    let decoded = Command::new("base64")
-        .arg("-d")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().unwrap().write_all(config.as_bytes())?;
-            c.wait_with_output()
-        })?;
-    std::fs::write(&authfile, decoded.stdout)?;
-    println!("$ skopeo inspect --authfile <Secret demo-b/demo-pull> docker://{}", registry.test_image());
-    let out = skopeo_inspect(&authfile, &registry.test_image())?;
-    if !out.status.success() {
-        bail!("skopeo could not pull with the written Secret: {}", String::from_utf8_lossy(&out.stderr));
+    step("A real Pod pulls the private image with the Secret (kubelet + containerd on this machine)");
+    kubectl_quiet(&cp, &["create", "namespace", "demo-none"])?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let client = rt.block_on(cp.client())?;
+    let image = registry.test_image();
+    let applied = Instant::now();
+    for ns in ["demo-b", "demo-none"] {
+        rt.block_on(apply_deployment(&client, ns, "hello", &image, "Always", 1))?;
     }
-    let inspected: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    println!(
-        "  pulled {} (digest {})",
-        inspected["Name"].as_str().unwrap_or("?"),
-        inspected["Digest"].as_str().unwrap_or("?")
-    );
+    println!("  Deployment hello ({image}) applied in demo-b (targeted) and demo-none (not labelled)");
+    let pods = rt.block_on(wait_running(&client, "demo-b", "hello", 1, Duration::from_secs(90)))?;
+    println!("  demo-b: Running {:?} after the Deployment was applied", applied.elapsed());
+    let refused = rt.block_on(wait_pull_refused(&client, "demo-none", "hello", Duration::from_secs(60)))?;
+    wait_until("demo-none's Pod to back off", Duration::from_secs(60), || {
+        kubectl_quiet(
+            &cp,
+            &[
+                "get",
+                "pods",
+                "-n",
+                "demo-none",
+                "-l",
+                "app=hello",
+                "-o",
+                "jsonpath={.items[*].status.containerStatuses[*].state.waiting.reason}",
+            ],
+        )
+        .is_ok_and(|s| s.contains("ImagePullBackOff"))
+    })?;
+    show(&cp, &["get", "pods", "-n", "demo-b", "-o", "wide"])?;
+    show(&cp, &["get", "pods", "-n", "demo-none"])?;
+    println!("  demo-none's Pod has no Secret; its Event ends: ...{}", tail(&refused, 110));
+    let pod = pods[0].metadata.name.clone().unwrap_or_default();
+    show(&cp, &["logs", "-n", "demo-b", &pod])?;
 
     step("Labelling a new namespace demo-d: its Secret appears through the watch");
     kubectl_quiet(&cp, &["create", "namespace", "demo-d"])?;
@@ -206,6 +227,7 @@ fn run(signals: &libc::sigset_t) -> Result<()> {
         println!("\nstopping...");
     }
     drop(operator);
+    drop(node);
     drop(standin);
     drop(registry);
     drop(cp);
