@@ -22,8 +22,31 @@ pub enum Command {
     /// summary. Source Secrets come from the same file if it has any, else
     /// from the cluster (kubeconfig).
     Check(CheckArgs),
+    /// The kubelet's image credential provider plugin: reads a
+    /// CredentialProviderRequest on stdin, writes a
+    /// CredentialProviderResponse (docs/kubelet.md).
+    KubeletCredentialProvider(KubeletProviderArgs),
+    /// The Docker/Podman/skopeo credential helper protocol (get, list,
+    /// store, erase); also run as `docker-credential-regcred`
+    /// (docs/credential-helper.md).
+    CredentialHelper(HelperArgs),
     /// Print the version.
     Version,
+}
+
+/// Options of `regcred kubelet-credential-provider`.
+#[derive(Debug, clap::Args)]
+pub struct KubeletProviderArgs {
+    /// The ProviderConfig file mapping image patterns to providers.
+    #[arg(long, env = "REGCRED_PROVIDER_CONFIG")]
+    pub config: std::path::PathBuf,
+}
+
+/// Options of `regcred credential-helper`.
+#[derive(Debug, clap::Args)]
+pub struct HelperArgs {
+    /// get, list, store or erase.
+    pub verb: String,
 }
 
 /// Options of `regcred run`.

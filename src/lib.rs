@@ -5,12 +5,17 @@
 //! - [`provider`]: one module per credential provider behind one trait.
 //! - [`render`]: dockerconfigjson rendering and parsing.
 //! - [`targets`]: namespace and ServiceAccount selection.
+//! - [`admission`] and [`recovery`]: injecting the pull Secret into Pods at
+//!   admission, and which stuck Pods to recover.
 //! - [`schedule`]: when to refresh.
 //! - [`controller`]: caches, triggers and reconciliation.
 //! - [`verify`]: logging in to a registry before publishing.
 //! - [`metrics`]: Prometheus metrics and the probe server.
+//! - [`standalone`]: the kubelet credential provider and the Docker/Podman
+//!   credential helper, on the same providers.
 //! - [`cli`], [`check`] and [`telemetry`]: the binary's command line, `regcred check`, logging.
 
+pub mod admission;
 pub mod api;
 pub mod check;
 pub mod cli;
@@ -21,8 +26,10 @@ pub mod leader;
 pub mod metrics;
 pub mod provider;
 pub mod reasons;
+pub mod recovery;
 pub mod render;
 pub mod schedule;
+pub mod standalone;
 pub mod targets;
 pub mod telemetry;
 pub mod verify;

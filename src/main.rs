@@ -8,8 +8,25 @@ use regcred::controller::{self, Settings};
 use regcred::metrics::{Metrics, RequestCounter};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // `docker-credential-regcred VERB` is `regcred credential-helper VERB`.
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let invoked_as = args.first().map(|a| std::path::Path::new(a).file_name().unwrap_or_default().to_owned());
+    if invoked_as.is_some_and(|n| n.to_string_lossy().starts_with("docker-credential-")) {
+        args.insert(1, "credential-helper".into());
+    }
+    let cli = Cli::parse_from(args);
     let result = match cli.command {
+        Command::KubeletCredentialProvider(args) => {
+            return standalone(|rt| {
+                rt.block_on(regcred::standalone::kubelet::run(&args.config, &mut std::io::stdin()))
+                    .map_err(|e| (format!("regcred: {e}"), false))
+            });
+        }
+        Command::CredentialHelper(args) => {
+            return standalone(|rt| {
+                rt.block_on(regcred::standalone::helper::run(&args.verb, &mut std::io::stdin())).map_err(|e| (e, true))
+            });
+        }
         Command::Crd(args) => crd(args.output_dir),
         Command::Version => {
             println!("regcred {}", env!("CARGO_PKG_VERSION"));
@@ -29,6 +46,38 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a plugin-style command: its answer on stdout, or one line of error
+/// (on stdout for credential helpers, whose callers read it there; on
+/// stderr for the kubelet) and exit 1. Logs go to stderr, warnings only.
+fn standalone(f: impl FnOnce(&tokio::runtime::Runtime) -> Result<String, (String, bool)>) -> ExitCode {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(std::env::var("REGCRED_LOG_LEVEL").unwrap_or_else(|_| "warn".into()))
+        .try_init();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("regcred: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match f(&rt) {
+        Ok(out) => {
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err((line, on_stdout)) => {
+            let line = line.replace('\n', " ");
+            if on_stdout {
+                println!("{line}");
+            } else {
+                eprintln!("{line}");
+            }
             ExitCode::FAILURE
         }
     }

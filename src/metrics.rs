@@ -62,6 +62,9 @@ pub struct Metrics {
     pub expiry: Family<CredentialLabels, Gauge>,
     pub refreshes: Family<RefreshLabels, Counter>,
     pub provider_duration: Family<ProviderLabels, Histogram, fn() -> Histogram>,
+    /// Pods deleted so that their controller recreates them with the pull
+    /// Secret they missed (`recovery.enabled`).
+    pub pods_recovered: Family<CredentialLabels, Counter>,
     /// 1 while this replica holds the leader Lease (or runs without election).
     pub leader: Gauge,
     ready: AtomicBool,
@@ -105,6 +108,12 @@ impl Default for Metrics {
             "Time a provider took to mint a credential",
             provider_duration.clone(),
         );
+        let pods_recovered = Family::<CredentialLabels, Counter>::default();
+        registry.register(
+            "pods_recovered",
+            "Pods deleted so that their controller recreates them with the pull Secret they missed",
+            pods_recovered.clone(),
+        );
         let leader = Gauge::default();
         registry.register("leader", "Whether this replica is the leader (1) or a standby (0)", leader.clone());
         Metrics {
@@ -117,6 +126,7 @@ impl Default for Metrics {
             expiry,
             refreshes,
             provider_duration,
+            pods_recovered,
             ready: AtomicBool::new(false),
         }
     }

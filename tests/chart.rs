@@ -51,6 +51,13 @@ const CLUSTER_ROLE_RULES: &[(&str, &[&str], &[&str])] = &[
     ("events.k8s.io", &["events"], &["create", "patch"]),
     ("regcred.dev", &["registrycredentials", "clusterregistrycredentials"], &["get", "list", "watch", "patch"]),
     ("regcred.dev", &["registrycredentials/status", "clusterregistrycredentials/status"], &["patch"]),
+    (
+        "admissionregistration.k8s.io",
+        &["mutatingadmissionpolicybindings"],
+        &["list", "watch", "create", "patch", "delete"],
+    ),
+    ("admissionregistration.k8s.io", &["mutatingadmissionpolicies"], &["list", "watch"]),
+    ("", &["pods"], &["get", "list", "delete"]),
 ];
 
 /// Stands for the Lease name in [`ROLE_RULES`].
@@ -454,6 +461,39 @@ fn rendered_rbac_is_exactly_the_documented_set() {
     assert!(args.as_array().unwrap().iter().any(|a| a == "--leader-elect"), "replicas > 1 turns leader election on");
 }
 
+/// The chart's MutatingAdmissionPolicies are the files the admission tests
+/// apply (`files/admission/`), in the API version asked for, with the
+/// chart's labels; none is rendered when the cluster serves neither
+/// version (`helm template`'s default capabilities here).
+#[test]
+fn rendered_admission_policies_are_the_tested_files() {
+    for version in ["v1", "v1beta1"] {
+        let objs = objects(&template(&["--set", &format!("admissionPolicies.apiVersion={version}")]));
+        let rendered: Vec<&Value> = objs.iter().filter(|o| o["kind"] == "MutatingAdmissionPolicy").collect();
+        assert_eq!(rendered.len(), 2, "one policy per credential kind");
+        for policy in rendered {
+            let name = policy["metadata"]["name"].as_str().unwrap();
+            let file = if name.contains("clusterregistrycredentials") {
+                "clusterregistrycredentials.yaml"
+            } else {
+                "registrycredentials.yaml"
+            };
+            let text = fs::read_to_string(chart_dir().join("files/admission").join(file)).unwrap();
+            let mut want: Value = serde_yaml::from_str(&text).unwrap();
+            want["apiVersion"] = json!(format!("admissionregistration.k8s.io/{version}"));
+            let mut got = policy.clone();
+            assert_eq!(got["metadata"]["labels"]["app.kubernetes.io/instance"], RELEASE);
+            got["metadata"].as_object_mut().unwrap().remove("labels");
+            assert_eq!(got, want, "{name}");
+        }
+    }
+    let objs = objects(&template(&[]));
+    assert!(objs.iter().all(|o| o["kind"] != "MutatingAdmissionPolicy"), "no policy for a cluster without the API");
+    let objs =
+        objects(&template(&["--set", "admissionPolicies.install=false", "--set", "admissionPolicies.apiVersion=v1"]));
+    assert!(objs.iter().all(|o| o["kind"] != "MutatingAdmissionPolicy"));
+}
+
 /// The image cannot be built here (no container engine), but its recipe
 /// is checked: multi-stage, the locked release build, a non-root runtime,
 /// and a build context (after .dockerignore) from which Cargo resolves the
@@ -502,8 +542,19 @@ fn image_recipe_is_multi_stage_non_root_and_its_context_is_enough() {
     }
     let _ = fs::remove_dir_all(ctx.join("testenv/target"));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // Only this platform's packages: a Linux build never downloads
+    // Windows-only ones (anstyle-wincon and the like), so a fresh machine's
+    // registry cache does not hold them.
+    let rustc = std::process::Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
+        .arg("-vV")
+        .output()
+        .unwrap();
+    let host = String::from_utf8_lossy(&rustc.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_string))
+        .expect("rustc -vV names the host");
     let out = std::process::Command::new(cargo)
-        .args(["metadata", "--locked", "--offline", "--format-version", "1"])
+        .args(["metadata", "--locked", "--offline", "--format-version", "1", "--filter-platform", &host])
         .current_dir(&ctx)
         .output()
         .unwrap();
@@ -845,6 +896,7 @@ async fn run_scenario(client: &Client, op: &Operator, google: &GoogleStandIn, po
             "metadata": {"name": "chart-fanout"},
             "spec": {"provider": {"basic": {"registry": REGISTRY, "secretRef": {"name": "chart-login"}}},
                 "secret": {"name": "chart-pull"}, "serviceAccounts": {"all": true},
+                "injection": {"enabled": true}, "recovery": {"enabled": true},
                 "namespaceSelector": {"matchLabels": {"regcred.dev/pull": "chart"}}}}),
     )
     .await;
@@ -868,6 +920,15 @@ async fn run_scenario(client: &Client, op: &Operator, google: &GoogleStandIn, po
     wait_until("chart-fanout Ready 3/3", Some(op), || async {
         let s = crcreds.get("chart-fanout").await.unwrap().status?;
         (ready_reason(Some(&s)).as_deref() == Some("Synced") && s.targets.as_ref()?.synced == 3).then_some(())
+    })
+    .await;
+    // Injection: the chart installed the policies, regcred bound them
+    // (list, watch, patch on bindings; list, watch on policies); recovery
+    // listed the new namespaces' Pods (list on pods).
+    wait_until("chart-fanout InjectionActive", Some(op), || async {
+        let s = crcreds.get("chart-fanout").await.unwrap().status?;
+        let c = s.conditions.iter().find(|c| c.type_ == "Injection")?;
+        (c.reason == "InjectionActive").then_some(())
     })
     .await;
 

@@ -16,6 +16,7 @@ use serde_json::json;
 async fn a_converged_operator_makes_no_writes() {
     let client = setup().await;
     let op = operator();
+    install_admission_policies(&client).await;
     put_login(&client, CLUSTER_NS, "idle-login", "idle-user", "idle-secret-pw").await;
     for i in 0..5 {
         create_namespace(&client, &format!("idle-{i}"), &[("idle", "yes")]).await;
@@ -23,9 +24,14 @@ async fn a_converged_operator_makes_no_writes() {
     let mut spec = basic_spec("registry.example.com", "idle-login", "idle-pull");
     spec["namespaceSelector"] = json!({"matchLabels": {"idle": "yes"}});
     spec["serviceAccounts"] = json!({"all": true});
+    // Injection (a binding each) and recovery add no write at idle either.
+    spec["injection"] = json!({"enabled": true});
+    spec["recovery"] = json!({"enabled": true});
     apply_crcred(&client, "idle", spec).await;
     put_login(&client, "idle-0", "own-login", "own-user", "own-secret-pw").await;
-    apply_rcred(&client, "idle-0", "own", basic_spec("other.example.com", "own-login", "own-pull")).await;
+    let mut own = basic_spec("other.example.com", "own-login", "own-pull");
+    own["injection"] = json!({"enabled": true});
+    apply_rcred(&client, "idle-0", "own", own).await;
 
     let crcreds: Api<ClusterRegistryCredential> = Api::all(client.clone());
     wait_for_reason(&crcreds, "idle", "Synced").await;
@@ -35,6 +41,8 @@ async fn a_converged_operator_makes_no_writes() {
         wait_for_pull_secret(&client, &format!("idle-{i}"), "default", "idle-pull", true).await;
     }
     wait_for_pull_secret(&client, "idle-0", "default", "own-pull", true).await;
+    wait_for_condition(&crcreds, "idle", "Injection", "InjectionActive").await;
+    wait_for_condition(&rcreds, "own", "Injection", "InjectionActive").await;
 
     // Let the last watch events of our own writes arrive.
     tokio::time::sleep(Duration::from_secs(3)).await;

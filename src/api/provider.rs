@@ -284,9 +284,13 @@ pub struct GoogleFederation {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GoogleImpersonation {
-    /// Email of the service account to impersonate.
+    /// Email of the service account to impersonate. Omitted with
+    /// `auth.serviceAccountRef`: the ServiceAccount's
+    /// `iam.gke.io/gcp-service-account` annotation (in the kubelet credential
+    /// provider, the Pod's ServiceAccount's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[^@\s]+@[^@\s]+$"), length(max = 320))]
-    pub service_account: String,
+    pub service_account: Option<String>,
     /// Base URL of the IAM Service Account Credentials API that serves
     /// `generateAccessToken`. Defaults to `https://iamcredentials.googleapis.com`;
     /// set it for a Private Service Connect endpoint.
@@ -338,9 +342,13 @@ pub struct AcrAuth {
 #[serde(rename_all = "camelCase")]
 pub struct AzureWorkloadIdentity {
     /// Client ID of the application or user-assigned managed identity that
-    /// trusts the ServiceAccount.
+    /// trusts the ServiceAccount. Omitted: the ServiceAccount's
+    /// `azure.workload.identity/client-id` annotation (with
+    /// `serviceAccountRef`, or the Pod's ServiceAccount in the kubelet
+    /// credential provider), else `$AZURE_CLIENT_ID` (the operator's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64))]
-    pub client_id: String,
+    pub client_id: Option<String>,
     /// The ServiceAccount whose token (audience `api://AzureADTokenExchange`)
     /// is federated. Omitted means the operator's own federated token file
     /// (ambient).

@@ -36,6 +36,65 @@ pub struct CredentialSpec {
     /// the credential is deleted. Defaults to `Delete`.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+    /// Add the pull Secret to new Pods at admission (Kubernetes 1.36+, or
+    /// 1.34-1.35 with the MutatingAdmissionPolicy beta API on). Closes the
+    /// two holes the ServiceAccount route leaves: Pods created before the
+    /// ServiceAccount was patched, and Pods that list pull Secrets of their
+    /// own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub injection: Option<InjectionPolicy>,
+    /// Delete Pods that missed the pull Secret and are stuck pulling from
+    /// this credential's registries, so their controller recreates them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<RecoveryPolicy>,
+}
+
+impl CredentialSpec {
+    /// Whether admission-time injection is asked for.
+    pub fn injection_enabled(&self) -> bool {
+        self.injection.as_ref().is_some_and(|i| i.enabled)
+    }
+
+    /// Whether recovery of stuck Pods is asked for.
+    pub fn recovery_enabled(&self) -> bool {
+        self.recovery.as_ref().is_some_and(|r| r.enabled)
+    }
+}
+
+/// Admission-time injection of the pull Secret into Pods.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InjectionPolicy {
+    /// When true, regcred creates a MutatingAdmissionPolicyBinding for this
+    /// credential: every Pod created in a target namespace that runs as a
+    /// ServiceAccount selected by `serviceAccounts.names` (or `all: true`,
+    /// or the default `default`) gets `{name: <secret.name>}` appended to
+    /// `spec.imagePullSecrets`, unless it already lists it. Entries the Pod
+    /// lists are kept. ServiceAccounts selected only by
+    /// `serviceAccounts.selector` are not covered at admission (the policy
+    /// cannot read a ServiceAccount's labels); they get the Secret through
+    /// their `imagePullSecrets` as before. Needs the chart's
+    /// MutatingAdmissionPolicies; on clusters without the API the
+    /// `Injection` condition says so and everything else keeps working.
+    #[serde(default)]
+    pub enabled: bool,
+}
+
+/// Recovery of Pods that missed the pull Secret.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoveryPolicy {
+    /// When true, the first time regcred writes the Secret into a namespace
+    /// it lists that namespace's Pods once and deletes, rate-limited, each
+    /// Pod that runs as a selected ServiceAccount, lacks the Secret, fails
+    /// to pull (`ErrImagePull`/`ImagePullBackOff`) an image from one of
+    /// this credential's registries, is not running, and is owned by a
+    /// ReplicaSet, StatefulSet, Job or DaemonSet, which recreates it with
+    /// the Secret (through injection, or through the patched ServiceAccount
+    /// when the Pod lists no pull Secret of its own). Pods without such a
+    /// controller, and running Pods, are never touched.
+    #[serde(default)]
+    pub enabled: bool,
 }
 
 /// The Secret regcred writes.

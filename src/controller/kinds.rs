@@ -4,12 +4,14 @@
 use std::collections::BTreeSet;
 use std::fmt::Debug;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::Api;
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::Context;
+use crate::admission;
 use crate::api::{ClusterRegistryCredential, CredentialSpec, CredentialStatus, RegistryCredential};
 use crate::provider::ProviderError;
 use crate::reasons;
@@ -33,6 +35,11 @@ pub trait CredentialKind:
     fn targets_namespace(&self, ctx: &Context, namespace: &str) -> bool;
     /// Whether the provider may use the operator's own cloud identity.
     fn allows_ambient(&self, ctx: &Context) -> bool;
+    /// The chart's MutatingAdmissionPolicy for this kind.
+    fn policy_name() -> &'static str;
+    /// The `namespaceSelector` of this credential's
+    /// MutatingAdmissionPolicyBinding.
+    fn binding_namespace_selector(&self) -> LabelSelector;
 
     /// The value of the owner annotation on written Secrets.
     fn owner_key(&self) -> String {
@@ -73,6 +80,14 @@ impl CredentialKind for RegistryCredential {
     /// operator's, unless the operator was started with the opt-in flag.
     fn allows_ambient(&self, ctx: &Context) -> bool {
         ctx.settings.allow_namespaced_ambient_identity
+    }
+
+    fn policy_name() -> &'static str {
+        admission::REGISTRY_CREDENTIAL_POLICY
+    }
+
+    fn binding_namespace_selector(&self) -> LabelSelector {
+        admission::own_namespace_selector(&self.namespace().unwrap_or_default())
     }
 }
 
@@ -118,5 +133,13 @@ impl CredentialKind for ClusterRegistryCredential {
 
     fn allows_ambient(&self, _: &Context) -> bool {
         true
+    }
+
+    fn policy_name() -> &'static str {
+        admission::CLUSTER_REGISTRY_CREDENTIAL_POLICY
+    }
+
+    fn binding_namespace_selector(&self) -> LabelSelector {
+        admission::cluster_namespace_selector(&self.spec)
     }
 }

@@ -9,9 +9,11 @@
 //! without polling.
 
 mod accounts;
+mod admission;
 mod cache;
 mod kinds;
 mod reconcile;
+mod recovery;
 mod status;
 mod sync;
 
@@ -146,6 +148,11 @@ pub struct Context {
     wake: Wake,
     /// The ServiceAccount writer's queue and memory.
     accounts: accounts::Accounts,
+    /// The MutatingAdmissionPolicy API: what the cluster serves, and the
+    /// bindings and policies in place.
+    admission: admission::Admission,
+    /// The rate limit of Pod recovery.
+    recovery: recovery::Recovery,
     /// What the managed Secrets hold: `(namespace, name)` to the
     /// resourceVersion and a SHA-256 digest of the pull secret at it (never
     /// the value), from one list at start and from regcred's own writes.
@@ -328,6 +335,9 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
     let rcreds = spec_controller::<RegistryCredential>(&client).with_config(config.clone()).reconcile_on(rrx);
     let crcreds = spec_controller::<ClusterRegistryCredential>(&client).with_config(config).reconcile_on(ctx_rx);
 
+    let admission = admission::discover(&client).await;
+    let admission_watches = admission::watches(&client, &admission);
+
     let reporter = Reporter { controller: "regcred".into(), instance: std::env::var("POD_NAME").ok() };
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -341,6 +351,8 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
         credentials: CredentialStores { namespaced: rcreds.store(), cluster: crcreds.store() },
         wake: Wake { namespaced: rtx, cluster: ctx_tx },
         accounts: accounts::Accounts::default(),
+        admission,
+        recovery: recovery::Recovery::default(),
         contents: Mutex::default(),
         state: Mutex::default(),
         written: Mutex::default(),
@@ -355,6 +367,13 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
             futures::future::ready(())
         }));
     }
+    for changes in admission_watches {
+        let router = router.clone();
+        tokio::spawn(changes.for_each(move |change| {
+            router.route_admission(change);
+            futures::future::ready(())
+        }));
+    }
 
     // Reconciling before every cache is filled would see namespaces or
     // Secrets as missing, and remove or rewrite what is in place.
@@ -363,6 +382,10 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
     ctx.service_accounts.wait_until_ready().await;
     ctx.managed_secrets.wait_until_ready().await;
     ctx.other_secrets.wait_until_ready().await;
+    if ctx.admission.version.is_some() {
+        ctx.admission.bindings.wait_until_ready().await;
+        ctx.admission.policies.wait_until_ready().await;
+    }
     list_contents(&ctx).await?;
     metrics.set_ready();
     tracing::info!("caches filled; reconciling");
@@ -462,6 +485,46 @@ impl Router {
                         source_ns == Some(namespace.as_str()) && spec.provider.secret_names().contains(&name.as_str());
                     let target = spec.secret.name == name && c.targets_namespace(ctx, &namespace);
                     if mine || source || target {
+                        ctx.wake_cluster(&c);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Router {
+    fn route_admission(&self, change: admission::Change) {
+        let ctx = &self.ctx;
+        match change {
+            // A binding changed or went away: its credential puts it back
+            // if it differs from what it should be.
+            admission::Change::Binding { name, owner, deleted } => {
+                if deleted {
+                    ctx.admission.forget(&name);
+                }
+                let Some(owner) = owner else { return };
+                for c in ctx.credentials.namespaced.state() {
+                    if c.owner_key() == owner {
+                        ctx.wake_namespaced(&c);
+                    }
+                }
+                for c in ctx.credentials.cluster.state() {
+                    if c.owner_key() == owner {
+                        ctx.wake_cluster(&c);
+                    }
+                }
+            }
+            // A policy was installed or removed: credentials with
+            // injection report it.
+            admission::Change::Policy => {
+                for c in ctx.credentials.namespaced.state() {
+                    if c.credential().injection_enabled() {
+                        ctx.wake_namespaced(&c);
+                    }
+                }
+                for c in ctx.credentials.cluster.state() {
+                    if c.credential().injection_enabled() {
                         ctx.wake_cluster(&c);
                     }
                 }

@@ -12,6 +12,8 @@ use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::runtime::finalizer::{self, finalizer};
 use serde_json::json;
 
+use super::admission::{self, InjectionState};
+use super::recovery;
 use super::status::{self, MintOutcome};
 use super::sync::{self, DesiredSecret, Report};
 use super::{Context, CredentialKind, CredentialState, FIELD_MANAGER, FINALIZER, MintedEntry, backoff};
@@ -185,6 +187,13 @@ async fn apply<K: CredentialKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Acti
     let name = spec.secret.name.as_str();
     sync::remove_secrets(&ctx, &owner, |ns, n| n == name && targets.contains(ns), &mut report).await;
     sync::sync_service_accounts(&ctx, spec, &mut report);
+    let injection = admission::sync(&*obj, &ctx).await;
+    if matches!(injection, InjectionState::Failed(_)) {
+        report.retry = true;
+    }
+    if let (true, Ok(m)) = (spec.recovery_enabled(), &minted) {
+        start_recovery(&*obj, &ctx, &m.minted, &report.created_in, &injection);
+    }
 
     let failures = {
         let mut state = ctx.state.lock().expect("not poisoned");
@@ -215,8 +224,10 @@ async fn apply<K: CredentialKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Acti
             state: None,
         },
     };
-    let new_status =
+    let mut new_status =
         status::build(obj.status(), obj.meta().generation, spec.provider.name(), &outcome, targets.len(), &report, now);
+    let injection_condition = injection.condition(&spec.secret.name);
+    status::set_injection(&mut new_status, obj.status(), injection_condition, obj.meta().generation, now);
     publish_events(&*obj, &ctx, &new_status, &report, outcome.error).await;
     if obj.status() != Some(&new_status) {
         let api = obj.api(ctx.client.clone());
@@ -303,6 +314,14 @@ async fn publish_events<K: CredentialKind>(
             "Ready again: every target holds the current Secret".into(),
         ));
     }
+    // Injection: an Event when its state changes (or a write fails again).
+    let injection_was = status::reason_of(obj.status(), status::INJECTION);
+    if let Some(c) = new_status.conditions.iter().find(|c| c.type_ == status::INJECTION)
+        && (injection_was != Some(c.reason.as_str()) || c.reason == crate::reasons::WRITE_FAILED)
+    {
+        let type_ = if c.status == "True" { EventType::Normal } else { EventType::Warning };
+        events.push((type_, injection_reason(&c.reason), c.message.clone()));
+    }
     let reference = obj.object_ref(&());
     for (type_, reason, note) in events {
         let event =
@@ -310,6 +329,38 @@ async fn publish_events<K: CredentialKind>(
         if let Err(e) = ctx.recorder.publish(&event, &reference).await {
             tracing::warn!(error = %e, "publishing an Event failed");
         }
+    }
+}
+
+fn injection_reason(reason: &str) -> &'static str {
+    use crate::reasons::*;
+    [INJECTION_ACTIVE, ADMISSION_POLICY_UNSUPPORTED, ADMISSION_POLICY_MISSING]
+        .into_iter()
+        .find(|r| *r == reason)
+        .unwrap_or(WRITE_FAILED)
+}
+
+/// Hands the namespaces this reconcile served for the first time to Pod
+/// recovery.
+fn start_recovery<K: CredentialKind>(
+    obj: &K,
+    ctx: &Arc<Context>,
+    minted: &Minted,
+    namespaces: &[String],
+    injection: &InjectionState,
+) {
+    let spec = obj.credential();
+    for namespace in namespaces {
+        let job = recovery::Job {
+            reference: obj.object_ref(&()),
+            labels: credential_labels(obj),
+            namespace: namespace.clone(),
+            secret: spec.secret.name.clone(),
+            service_accounts: spec.service_accounts.clone(),
+            registries: minted.auths.iter().map(|a| a.registry.clone()).collect(),
+            injection: matches!(injection, InjectionState::Active { .. }),
+        };
+        recovery::start(ctx.clone(), job);
     }
 }
 
@@ -324,6 +375,9 @@ fn failure_reason(reason: &str) -> &'static str {
 
 async fn cleanup<K: CredentialKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action> {
     let owner = obj.owner_key();
+    // The binding goes whatever the deletion policy: without its
+    // credential it would do nothing anyway.
+    admission::remove(&*obj, &ctx).await.map_err(Error::Cleanup)?;
     if obj.credential().deletion_policy == DeletionPolicy::Delete {
         let mut report = Report::default();
         sync::remove_secrets(&ctx, &owner, |_, _| false, &mut report).await;

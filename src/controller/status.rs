@@ -100,7 +100,78 @@ pub fn build(
     }
 }
 
+/// Type of the condition about admission-time injection.
+pub const INJECTION: &str = "Injection";
+
+/// Sets (or, with `None`, removes) the `Injection` condition after
+/// `Ready`, keeping its transition time while its status stays.
+pub fn set_injection(
+    status: &mut CredentialStatus,
+    previous: Option<&CredentialStatus>,
+    condition: Option<(bool, &str, String)>,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    status.conditions.retain(|c| c.type_ != INJECTION);
+    let Some((ok, reason, message)) = condition else { return };
+    let value = if ok { "True" } else { "False" };
+    let old = previous.and_then(|p| p.conditions.iter().find(|c| c.type_ == INJECTION));
+    let transition = match old {
+        Some(c) if c.status == value => c.last_transition_time.clone(),
+        _ => Time(now),
+    };
+    status.conditions.push(Condition {
+        type_: INJECTION.into(),
+        status: value.into(),
+        reason: reason.into(),
+        message,
+        last_transition_time: transition,
+        observed_generation: generation,
+    });
+}
+
+/// The reason of a condition of `type_` in a status.
+pub fn reason_of<'a>(status: Option<&'a CredentialStatus>, type_: &str) -> Option<&'a str> {
+    status?.conditions.iter().find(|c| c.type_ == type_).map(|c| c.reason.as_str())
+}
+
 /// The Ready condition's reason in a status.
 pub fn ready_reason(status: Option<&CredentialStatus>) -> Option<&str> {
     status?.conditions.iter().find(|c| c.type_ == "Ready").map(|c| c.reason.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_injection_condition_follows_ready_and_keeps_its_transition_time() {
+        let t1 = Timestamp::from_second(1_000).unwrap();
+        let t2 = Timestamp::from_second(2_000).unwrap();
+        let ready = Condition {
+            type_: "Ready".into(),
+            status: "True".into(),
+            reason: reasons::SYNCED.into(),
+            message: String::new(),
+            last_transition_time: Time(t1),
+            observed_generation: Some(1),
+        };
+        let mut first = CredentialStatus { conditions: vec![ready.clone()], ..Default::default() };
+        set_injection(&mut first, None, Some((true, reasons::INJECTION_ACTIVE, "m".into())), Some(1), t1);
+        assert_eq!(first.conditions.len(), 2);
+        assert_eq!(first.conditions[0].type_, "Ready", "Ready stays first");
+        assert_eq!(reason_of(Some(&first), INJECTION), Some(reasons::INJECTION_ACTIVE));
+
+        let mut again = CredentialStatus { conditions: vec![ready.clone()], ..Default::default() };
+        set_injection(&mut again, Some(&first), Some((true, reasons::INJECTION_ACTIVE, "m".into())), Some(1), t2);
+        assert_eq!(again, first, "an unchanged world gives an equal status");
+
+        let mut failed = CredentialStatus { conditions: vec![ready.clone()], ..Default::default() };
+        set_injection(&mut failed, Some(&first), Some((false, reasons::WRITE_FAILED, "x".into())), Some(1), t2);
+        assert_eq!(failed.conditions[1].last_transition_time, Time(t2));
+
+        let mut off = CredentialStatus { conditions: vec![ready], ..Default::default() };
+        set_injection(&mut off, Some(&first), None, Some(1), t2);
+        assert_eq!(off.conditions.len(), 1, "injection off: no condition");
+    }
 }

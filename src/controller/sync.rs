@@ -85,6 +85,8 @@ pub struct Report {
     pub created: usize,
     pub updated: usize,
     pub deleted: usize,
+    /// Namespaces where this reconcile created the Secret (first served).
+    pub created_in: Vec<String>,
     /// Target namespaces holding this credential's current Secret.
     pub synced: BTreeSet<String>,
     pub failed: Vec<TargetFailure>,
@@ -197,6 +199,7 @@ pub async fn write_secrets(
             }
             Outcome::Created => {
                 report.created += 1;
+                report.created_in.push(namespace.clone());
                 report.synced.insert(namespace);
             }
             Outcome::Updated => {

@@ -57,6 +57,12 @@ pub const TOKEN_EXCHANGE_AUDIENCE: &str = "api://AzureADTokenExchange";
 /// The environment variable of the operator's own federated token file
 /// (set by the AKS workload identity webhook).
 const FEDERATED_TOKEN_FILE_ENV: &str = "AZURE_FEDERATED_TOKEN_FILE";
+/// The client id Azure's workload identity webhook puts in a Pod's
+/// environment.
+const CLIENT_ID_ENV: &str = "AZURE_CLIENT_ID";
+/// The ServiceAccount annotation naming the client id a ServiceAccount is
+/// federated with (Azure workload identity's key).
+pub const CLIENT_ID_ANNOTATION: &str = "azure.workload.identity/client-id";
 /// Largest response body read from Entra or the registry.
 const MAX_BODY: usize = 1024 * 1024;
 /// Most characters of a remote error description put into a message.
@@ -177,7 +183,6 @@ impl Acr {
             let credential = ClientSecretCredential::new(tenant, client_id, client_secret.into(), Some(options));
             (credential.map(|c| c as Arc<dyn TokenCredential>), identity)
         } else if let Some(wi) = &auth.workload_identity {
-            let client_id = wi.client_id.clone();
             match &wi.service_account_ref {
                 Some(sa) => {
                     let audience = sa
@@ -187,6 +192,17 @@ impl Acr {
                         .map(String::as_str)
                         .unwrap_or(TOKEN_EXCHANGE_AUDIENCE);
                     let token = sources.service_account_token(&sa.name, sa.namespace.as_deref(), audience).await?;
+                    let annotated = token.annotations.get(CLIENT_ID_ANNOTATION).filter(|s| !s.is_empty());
+                    let client_id = wi.client_id.clone().or(annotated.cloned()).ok_or_else(|| {
+                        ProviderError::new(
+                            reasons::INVALID_SPEC,
+                            format!(
+                                "workloadIdentity has no clientId and ServiceAccount {} has no {CLIENT_ID_ANNOTATION} \
+                                 annotation: set one of them",
+                                sa.name
+                            ),
+                        )
+                    })?;
                     let identity = Identity::Federated {
                         client_id: client_id.clone(),
                         service_account: Some(format!("{}/{}", sources.namespace(), sa.name)),
@@ -212,6 +228,18 @@ impl Acr {
                             ),
                         ));
                     };
+                    let client_id = wi
+                        .client_id
+                        .clone()
+                        .or_else(|| std::env::var(CLIENT_ID_ENV).ok().filter(|s| !s.is_empty()))
+                        .ok_or_else(|| {
+                            ProviderError::new(
+                                reasons::INVALID_SPEC,
+                                format!(
+                                    "workloadIdentity has no clientId and {CLIENT_ID_ENV} is not set: set clientId"
+                                ),
+                            )
+                        })?;
                     let identity = Identity::Federated { client_id: client_id.clone(), service_account: None };
                     let options = WorkloadIdentityCredentialOptions {
                         credential_options: ClientAssertionCredentialOptions { client_options: client_options(true) },

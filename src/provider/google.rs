@@ -106,7 +106,14 @@ struct Identity {
     /// A service account to impersonate that the identity itself names (an
     /// external_account's `service_account_impersonation_url`).
     impersonate: Option<Impersonation>,
+    /// The federated ServiceAccount's `iam.gke.io/gcp-service-account`
+    /// annotation, for `impersonate` without a `serviceAccount`.
+    annotated_target: Option<String>,
 }
+
+/// The ServiceAccount annotation that names the Google service account a
+/// Kubernetes ServiceAccount acts as (GKE workload identity's key).
+pub const GSA_ANNOTATION: &str = "iam.gke.io/gcp-service-account";
 
 /// An external_account's exact `service_account_impersonation_url`.
 struct Impersonation {
@@ -118,10 +125,11 @@ struct Impersonation {
 impl CredentialProvider for Google {
     async fn mint(&self, sources: &Sources) -> Result<Minted, ProviderError> {
         // A bad impersonation target fails before any call is made.
-        let spec_impersonation = match &self.spec.impersonate {
-            Some(i) => Some((i.service_account.clone(), impersonation_url(i.endpoint.as_deref(), &i.service_account)?)),
-            None => None,
-        };
+        if let Some(i) = &self.spec.impersonate
+            && let Some(email) = &i.service_account
+        {
+            impersonation_url(i.endpoint.as_deref(), email)?;
+        }
         let http = crate::http::client(None, crate::http::PROVIDER_TIMEOUT)
             .map_err(|e| ProviderError::new(reasons::PROVIDER_ERROR, format!("setting up HTTP: {e}")))?;
         let auth = self.spec.auth.clone().unwrap_or_default();
@@ -148,7 +156,7 @@ impl CredentialProvider for Google {
                     let identity = Identity {
                         kind: "serviceAccountKey",
                         service_account: Some(key.client_email.clone()),
-                        impersonate: None,
+                        ..Default::default()
                     };
                     (token, identity)
                 }
@@ -161,7 +169,7 @@ impl CredentialProvider for Google {
                         url,
                         lifetime_secs: config.impersonation_lifetime_secs.unwrap_or(IMPERSONATION_LIFETIME_SECS),
                     });
-                    (token, Identity { kind: "externalAccount", service_account: None, impersonate })
+                    (token, Identity { kind: "externalAccount", impersonate, ..Default::default() })
                 }
             }
         } else if let Some(federation) = &auth.service_account_ref {
@@ -177,8 +185,21 @@ impl CredentialProvider for Google {
             state["serviceAccount"] = sa.clone().into();
         }
         // The spec's impersonation wins over one the identity names.
-        let impersonation = match spec_impersonation {
-            Some((email, url)) => Some((Some(email), url, IMPERSONATION_LIFETIME_SECS)),
+        let impersonation = match &self.spec.impersonate {
+            Some(i) => {
+                let email = i.service_account.clone().or(identity.annotated_target.clone()).ok_or_else(|| {
+                    ProviderError::new(
+                        reasons::INVALID_SPEC,
+                        format!(
+                            "impersonate has no serviceAccount, and the identity names none: set \
+                             impersonate.serviceAccount, or the ServiceAccount's {GSA_ANNOTATION} annotation \
+                             (with auth.serviceAccountRef)"
+                        ),
+                    )
+                })?;
+                let url = impersonation_url(i.endpoint.as_deref(), &email)?;
+                Some((Some(email), url, IMPERSONATION_LIFETIME_SECS))
+            }
             None => identity.impersonate.map(|i| (email_in_impersonation_url(&i.url), i.url, i.lifetime_secs)),
         };
         let token = match impersonation {
@@ -215,7 +236,8 @@ async fn federate(
     let sa = sources.service_account_token(&federation.name, federation.namespace.as_deref(), &audience).await?;
     let token_url = federation.token_url.as_deref().unwrap_or(DEFAULT_STS_URL);
     let token = sts_exchange(http, token_url, &federation.audience, JWT_TOKEN_TYPE, &sa.token).await?;
-    Ok((token, Identity { kind: "workloadIdentityFederation", ..Default::default() }))
+    let annotated_target = sa.annotations.get(GSA_ANNOTATION).cloned().filter(|s| !s.is_empty());
+    Ok((token, Identity { kind: "workloadIdentityFederation", annotated_target, ..Default::default() }))
 }
 
 /// The audience of the Kubernetes token when `tokenAudience` is unset: the

@@ -108,9 +108,12 @@ pub struct Sources {
     allow_ambient: bool,
     state: Option<serde_json::Value>,
     owner: String,
+    pod: Option<ServiceAccountToken>,
 }
 
-/// A token for a Kubernetes ServiceAccount, from the TokenRequest API.
+/// A token for a Kubernetes ServiceAccount, from the TokenRequest API (or,
+/// in the kubelet credential provider, the Pod's own from the kubelet).
+#[derive(Clone)]
 pub struct ServiceAccountToken {
     pub token: SecretString,
     /// The ServiceAccount's annotations (for example
@@ -139,7 +142,23 @@ impl Sources {
     }
 
     fn with_backend(backend: Backend, namespace: String) -> Self {
-        Sources { backend, namespace, seen: Mutex::default(), allow_ambient: false, state: None, owner: String::new() }
+        Sources {
+            backend,
+            namespace,
+            seen: Mutex::default(),
+            allow_ambient: false,
+            state: None,
+            owner: String::new(),
+            pod: None,
+        }
+    }
+
+    /// The kubelet credential provider's identity (KEP-4412): every
+    /// `serviceAccountRef` resolves to the Pod's ServiceAccount, whose token
+    /// and annotations the kubelet passed. Its name in the spec is not used.
+    pub fn with_pod_token(mut self, token: ServiceAccountToken) -> Self {
+        self.pod = Some(token);
+        self
     }
 
     /// Whether the operator's own cloud identity may be used: always for a
@@ -195,11 +214,18 @@ impl Sources {
         namespace: Option<&str>,
         audience: &str,
     ) -> Result<ServiceAccountToken, ProviderError> {
+        if let Some(pod) = &self.pod {
+            return Ok(pod.clone());
+        }
         self.check_namespace(namespace, &format!("ServiceAccount {name}"))?;
         let Backend::Kube(client) = &self.backend else {
             return Err(ProviderError::new(
-                reasons::SOURCE_SECRET_NOT_FOUND,
-                format!("serviceAccountRef {name} needs a cluster: run regcred check with a kubeconfig"),
+                reasons::SERVICE_ACCOUNT_NOT_FOUND,
+                format!(
+                    "serviceAccountRef {name} needs a ServiceAccount token: with regcred check, a kubeconfig; in the \
+                     kubelet credential provider, the Pod's token (tokenAttributes in the kubelet's \
+                     CredentialProviderConfig)"
+                ),
             ));
         };
         let api: Api<ServiceAccount> = Api::namespaced(client.clone(), &self.namespace);

@@ -272,3 +272,46 @@ pub async fn events_for(client: &Client, ns: &str, name: &str) -> Vec<(String, S
         .map(|e| (e.type_.unwrap_or_default(), e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
         .collect()
 }
+
+/// Installs the chart's MutatingAdmissionPolicies
+/// (`charts/regcred/files/admission/*.yaml`, as the chart ships them), by
+/// server-side apply.
+pub async fn install_admission_policies(client: &Client) {
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+    use serde::Deserialize as _;
+    let dir = regcred_testenv::repo_root().join("charts/regcred/files/admission");
+    let gvk = GroupVersionKind::gvk("admissionregistration.k8s.io", "v1", "MutatingAdmissionPolicy");
+    let ar = ApiResource::from_gvk_with_plural(&gvk, "mutatingadmissionpolicies");
+    let api = Api::<DynamicObject>::all_with(client.clone(), &ar);
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    for path in files {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let value = serde_yaml::Value::deserialize(serde_yaml::Deserializer::from_str(&text)).unwrap();
+        let obj: DynamicObject = serde_yaml::from_value(value).unwrap();
+        let name = obj.metadata.name.clone().unwrap();
+        api.patch(&name, &PatchParams::apply("regcred-test").force(), &Patch::Apply(&obj))
+            .await
+            .unwrap_or_else(|e| panic!("applying {}: {e}", path.display()));
+    }
+}
+
+/// Waits for the credential's condition `type_` to have `reason`, and
+/// returns its status.
+pub async fn wait_for_condition<K>(
+    api: &Api<K>,
+    name: &str,
+    type_: &str,
+    reason: &str,
+) -> regcred::api::CredentialStatus
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + StatusOf,
+{
+    wait_for(&format!("{name} to have {type_} with reason {reason}"), WAIT, || async {
+        let obj = api.get_opt(name).await.unwrap()?;
+        let status = obj.status_of()?.clone();
+        let c = status.conditions.iter().find(|c| c.type_ == type_)?;
+        (c.reason == reason && status.observed_generation == obj.meta().generation).then_some(status)
+    })
+    .await
+}
