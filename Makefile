@@ -4,7 +4,7 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 # Operator logs and the secret values tests used, for the leak check.
 TEST_LOG_DIR := $(TARGET_DIR)/test-logs
 
-.PHONY: test lint crds deps build demo
+.PHONY: test lint crds deps build demo image
 
 ## Everything CI checks: formatting, clippy, and the whole test suite against
 ## a real control plane (installing and building what it needs first).
@@ -24,6 +24,22 @@ deps:
 
 build:
 	$(CARGO) build --release
+
+## The container image, with no container engine (docs/install.md): the
+## release binary, the shared libraries it loads, CA certificates and a
+## non-root user, as an OCI layout in $(TARGET_DIR)/image. PUSH=HOST/REPO:TAG
+## pushes it with skopeo; SKOPEO_FLAGS adds flags such as
+## --dest-tls-verify=false or --dest-creds=USER:PASS.
+IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+IMAGE_SOURCE ?= $(shell git config --get remote.origin.url 2>/dev/null)
+PUSH ?=
+SKOPEO_FLAGS ?=
+image:
+	$(CARGO) build --release --bin regcred
+	$(CARGO) build --quiet -p regcred-testenv --bin regcred-image
+	$(TARGET_DIR)/debug/regcred-image --binary $(TARGET_DIR)/release/regcred --out $(TARGET_DIR)/image \
+		--tag $(IMAGE_TAG) --source "$(IMAGE_SOURCE)" --revision "$(shell git rev-parse HEAD 2>/dev/null)" \
+		--push "$(PUSH)" $(SKOPEO_FLAGS)
 
 ## Regenerate crds/ from the Rust types.
 crds:

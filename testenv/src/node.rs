@@ -414,6 +414,19 @@ impl Node {
         Ok(String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect())
     }
 
+    /// The host's address on the Pods' bridge (the subnet's first address):
+    /// Pods reach the host there.
+    pub fn gateway(&self) -> String {
+        self.subnet.trim_end_matches("0/24").to_string() + "1"
+    }
+
+    /// A TCP relay from `gateway():PORT` to `target` (`127.0.0.1:PORT`), so
+    /// that Pods reach a server that listens on the host's loopback only
+    /// (the API server, a provider stand-in). Stops when dropped.
+    pub fn relay(&self, target: &str) -> Result<Relay> {
+        Relay::start(&self.gateway(), target)
+    }
+
     /// The node's directory (configs and logs).
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -437,6 +450,54 @@ impl Drop for Node {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// A TCP relay on the node's bridge to a server on the host's loopback.
+pub struct Relay {
+    /// `GATEWAY:PORT`, the address Pods use.
+    pub addr: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Relay {
+    fn start(ip: &str, target: &str) -> Result<Relay> {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind((ip, 0)).with_context(|| format!("listening on {ip}"))?;
+        let addr = listener.local_addr()?.to_string();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, target) = (stop.clone(), target.to_string());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if flag.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(down) = conn else { continue };
+                let Ok(up) = std::net::TcpStream::connect(&target) else { continue };
+                for (mut from, mut to) in [(down.try_clone(), up.try_clone()), (up.try_clone(), down.try_clone())]
+                    .into_iter()
+                    .filter_map(|(a, b)| Some((a.ok()?, b.ok()?)))
+                {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        });
+        Ok(Relay { addr, stop })
+    }
+
+    /// The relay's port.
+    pub fn port(&self) -> u16 {
+        self.addr.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = std::net::TcpStream::connect(&self.addr);
     }
 }
 
