@@ -3,7 +3,8 @@
 # - Debian packages: docker-registry (CNCF Distribution), skopeo, apache2-utils (htpasswd),
 #   openssl (test CAs); for the real node: containerd, runc,
 #   containernetworking-plugins (bridge, host-local, loopback) and busybox-static
-#   (the test images and the pause image are made from it);
+#   (the test images and the pause image are made from it); faketime (libfaketime,
+#   the node clock that lies in tests/hostile.rs);
 # - moto[server] from PyPI (the AWS stand-in);
 # - the control-plane binaries (hack/envtest-assets.sh, cached under ~/.cache/regcred).
 # Safe to re-run: it installs nothing that is already there.
@@ -19,6 +20,7 @@ command -v containerd >/dev/null 2>&1 || need+=(containerd)
 [[ -x /usr/sbin/runc ]] || command -v runc >/dev/null 2>&1 || need+=(runc)
 [[ -x /usr/lib/cni/bridge ]] || need+=(containernetworking-plugins)
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "ok installed" || need+=(busybox-static)
+[[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ]] || need+=(faketime)
 if [[ ${#need[@]} -gt 0 ]]; then
   if ! command -v apt-get >/dev/null 2>&1; then
     echo "install-test-deps: missing ${need[*]} and no apt-get; install them with your package manager" >&2

@@ -4,6 +4,7 @@
 //! - [`api`]: the CRD types; [`crdgen`] turns them into CRDs.
 //! - [`provider`]: one module per credential provider behind one trait.
 //! - [`render`]: dockerconfigjson rendering and parsing.
+//! - [`hygiene`]: which source Secret values can work as a login.
 //! - [`targets`]: namespace and ServiceAccount selection.
 //! - [`admission`] and [`recovery`]: injecting the pull Secret into Pods at
 //!   admission, and which stuck Pods to recover.
@@ -22,6 +23,7 @@ pub mod cli;
 pub mod controller;
 pub mod crdgen;
 pub mod http;
+pub mod hygiene;
 pub mod leader;
 pub mod metrics;
 pub mod provider;

@@ -107,8 +107,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         None => kube::Config::infer().await.context("no Kubernetes configuration found")?,
     };
     let metrics = Arc::new(Metrics::default());
+    // kube's own retry layer sits below any layer added here; regcred puts
+    // the same policy above its counter, so 429s are counted as they come.
+    let mut config = config;
+    config.default_retry = false;
     let client = kube::client::ClientBuilder::try_from(config)?
-        .with_layer(&RequestCounter(metrics.kube_requests.clone()))
+        .with_layer(&RequestCounter::new(&metrics))
+        .with_layer(&tower::buffer::BufferLayer::<http::Request<kube::client::Body>>::new(1024))
+        .with_layer(&tower::retry::RetryLayer::new(regcred::metrics::kube_client_retry()))
         .build();
     let cluster_resource_namespace =
         args.cluster_resource_namespace.or_else(|| std::env::var("POD_NAMESPACE").ok()).filter(|s| !s.is_empty());

@@ -56,6 +56,8 @@ pub struct CredentialLabels {
 pub struct Metrics {
     pub registry: Registry,
     pub kube_requests: Family<VerbLabels, Counter>,
+    /// Kubernetes API answers of 429 Too Many Requests (each attempt).
+    pub kube_throttled: Family<VerbLabels, Counter>,
     pub reconciles: Counter,
     pub reconcile_errors: Family<ReasonLabels, Counter>,
     pub managed_secrets: Family<CredentialLabels, Gauge>,
@@ -78,6 +80,12 @@ impl Default for Metrics {
             "kube_requests",
             "Requests regcred sent to the Kubernetes API, by HTTP method",
             kube_requests.clone(),
+        );
+        let kube_throttled = Family::<VerbLabels, Counter>::default();
+        registry.register(
+            "kube_throttled",
+            "Kubernetes API requests the apiserver throttled (HTTP 429), each attempt, by HTTP method; retried after Retry-After",
+            kube_throttled.clone(),
         );
         let reconciles = Counter::default();
         registry.register("reconciles", "Reconciliations run", reconciles.clone());
@@ -120,6 +128,7 @@ impl Default for Metrics {
             leader,
             registry,
             kube_requests,
+            kube_throttled,
             reconciles,
             reconcile_errors,
             managed_secrets,
@@ -171,15 +180,27 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<(
     axum::serve(listener, app).await
 }
 
-/// A tower layer counting the requests a kube client sends.
+/// A tower layer counting the requests a kube client sends, and the ones
+/// the apiserver throttled (HTTP 429). It sits beneath the retry layer (see
+/// [`kube_client_retry`]), so every attempt and every 429 is counted.
 #[derive(Clone)]
-pub struct RequestCounter(pub Family<VerbLabels, Counter>);
+pub struct RequestCounter {
+    pub requests: Family<VerbLabels, Counter>,
+    pub throttled: Family<VerbLabels, Counter>,
+}
+
+impl RequestCounter {
+    /// Counts into `metrics`.
+    pub fn new(metrics: &Metrics) -> Self {
+        RequestCounter { requests: metrics.kube_requests.clone(), throttled: metrics.kube_throttled.clone() }
+    }
+}
 
 impl<S> tower::Layer<S> for RequestCounter {
     type Service = CountedService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        CountedService { inner, counter: self.0.clone() }
+        CountedService { inner, counter: self.clone() }
     }
 }
 
@@ -187,23 +208,44 @@ impl<S> tower::Layer<S> for RequestCounter {
 #[derive(Clone)]
 pub struct CountedService<S> {
     inner: S,
-    counter: Family<VerbLabels, Counter>,
+    counter: RequestCounter,
 }
 
-impl<S, B> tower::Service<http::Request<B>> for CountedService<S>
+impl<S, B, R> tower::Service<http::Request<B>> for CountedService<S>
 where
-    S: tower::Service<http::Request<B>>,
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
 
     fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        self.counter.get_or_create(&VerbLabels { method: req.method().as_str().to_string() }).inc();
-        self.inner.call(req)
+        let labels = VerbLabels { method: req.method().as_str().to_string() };
+        self.counter.requests.get_or_create(&labels).inc();
+        let throttled = self.counter.throttled.clone();
+        let response = self.inner.call(req);
+        Box::pin(async move {
+            let response = response.await?;
+            if response.status() == http::StatusCode::TOO_MANY_REQUESTS {
+                throttled.get_or_create(&labels).inc();
+            }
+            Ok(response)
+        })
     }
+}
+
+/// The retry policy of regcred's Kubernetes client: kube's server-aware
+/// policy, which retries 429, 503 and 504 with exponential backoff (5ms
+/// doubling, at most 15 attempts) and waits at least the `Retry-After` the
+/// apiserver sent. Throttling is thus absorbed below the controller and
+/// never becomes `Ready=False`; a request still throttled after every
+/// attempt fails like any other API error and is retried by the reconcile
+/// backoff.
+pub fn kube_client_retry() -> kube::client::retry::RetryPolicy {
+    kube::client::retry::RetryPolicy::server_retry()
 }

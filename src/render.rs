@@ -105,40 +105,52 @@ pub enum ParseError {
     /// Not JSON, or not shaped like a docker config.
     #[error("is not a valid docker config JSON: {0}")]
     Malformed(String),
+    /// No `auths` object at all.
+    #[error("has no auths object (a docker config holds {{\"auths\": {{\"REGISTRY\": {{\"auth\": ...}}}}}})")]
+    NoAuths,
     /// No entry for the registry.
     #[error("has no entry for registry {0}")]
     NoEntry(String),
     /// The entry has neither username/password nor a decodable `auth`.
-    #[error("entry for registry {0} has no usable username and password")]
-    NoCredentials(String),
+    #[error("entry for registry {0} {1}")]
+    NoCredentials(String, &'static str),
+}
+
+/// The parsing side of [`DockerConfig`]: `auths` must be there.
+#[derive(Deserialize)]
+struct ParsedConfig {
+    auths: Option<BTreeMap<String, AuthEntry>>,
 }
 
 /// Finds the login for `registry` in a docker config (`.dockerconfigjson`).
+/// The values are returned as found; the caller checks them (see
+/// [`crate::hygiene`]).
 pub fn find_in_dockerconfigjson(bytes: &[u8], registry: &str) -> Result<RegistryAuth, ParseError> {
-    let config: DockerConfig = serde_json::from_slice(bytes).map_err(|e| {
+    let config: ParsedConfig = serde_json::from_slice(bytes).map_err(|e| {
         // serde_json's messages quote no input, only positions and types.
         ParseError::Malformed(format!("line {} column {}: {}", e.line(), e.column(), classify(&e)))
     })?;
-    let entry = config
-        .auths
+    let auths = config.auths.ok_or(ParseError::NoAuths)?;
+    let entry = auths
         .iter()
         .find(|(k, _)| key_matches(k, registry))
         .map(|(_, v)| v)
         .ok_or_else(|| ParseError::NoEntry(registry.to_string()))?;
+    let no_credentials = |detail| ParseError::NoCredentials(registry.to_string(), detail);
     let (username, password) = match (&entry.username, &entry.password, &entry.auth) {
         (Some(u), Some(p), _) if !u.is_empty() && !p.is_empty() => (u.clone(), p.clone()),
-        (_, _, Some(auth)) => {
+        (_, _, Some(auth)) if !auth.trim().is_empty() => {
             let decoded = STANDARD
                 .decode(auth.trim())
                 .ok()
                 .and_then(|b| String::from_utf8(b).ok())
-                .ok_or_else(|| ParseError::NoCredentials(registry.to_string()))?;
+                .ok_or_else(|| no_credentials("has an auth that is not base64 of UTF-8 text"))?;
             match decoded.split_once(':') {
                 Some((u, p)) if !u.is_empty() && !p.is_empty() => (u.to_string(), p.to_string()),
-                _ => return Err(ParseError::NoCredentials(registry.to_string())),
+                _ => return Err(no_credentials("has an auth that is not base64 of username:password")),
             }
         }
-        _ => return Err(ParseError::NoCredentials(registry.to_string())),
+        _ => return Err(no_credentials("has neither auth nor username and password")),
     };
     Ok(RegistryAuth { registry: registry.to_string(), username, password: password.into() })
 }
@@ -201,10 +213,16 @@ mod tests {
             find_in_dockerconfigjson(br#"{"auths":{"other":{"username":"u","password":"p"}}}"#, "r"),
             Err(ParseError::NoEntry("r".into()))
         );
-        assert_eq!(
+        assert!(matches!(
             find_in_dockerconfigjson(br#"{"auths":{"r":{"auth":"!!notbase64"}}}"#, "r"),
-            Err(ParseError::NoCredentials("r".into()))
-        );
+            Err(ParseError::NoCredentials(r, _)) if r == "r"
+        ));
+        assert_eq!(find_in_dockerconfigjson(br#"{"credsStore":"desktop"}"#, "r"), Err(ParseError::NoAuths));
+        assert_eq!(find_in_dockerconfigjson(br#"{"auths":null}"#, "r"), Err(ParseError::NoAuths));
+        let e = find_in_dockerconfigjson(br#"{"auths":{"r":{"email":"a@b"}}}"#, "r").unwrap_err();
+        assert_eq!(e.to_string(), "entry for registry r has neither auth nor username and password");
+        let e = find_in_dockerconfigjson(br#"{"auths":{"r":{"auth":"aHVudGVyMg=="}}}"#, "r").unwrap_err();
+        assert_eq!(e.to_string(), "entry for registry r has an auth that is not base64 of username:password");
         let e = find_in_dockerconfigjson(br#"{"auths":{"r":{"username":"hunter2"}}}"#, "r").unwrap_err();
         assert!(!e.to_string().contains("hunter2"));
         let e = find_in_dockerconfigjson(br#"{"auths": "hunter2"}"#, "r").unwrap_err();

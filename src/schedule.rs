@@ -25,6 +25,32 @@ pub fn whole_seconds(t: Timestamp) -> Timestamp {
     Timestamp::from_second(t.as_second()).unwrap_or(t)
 }
 
+/// Clocks this close are taken to agree: an HTTP `Date` has whole seconds
+/// and the answer takes time to arrive, so a smaller difference is noise,
+/// and the expiry is kept exactly as the provider reported it.
+pub const CLOCK_TOLERANCE: Duration = Duration::from_secs(5);
+
+/// The expiry of a credential on this node's clock.
+///
+/// A provider that reports an absolute expiry reports it on its own clock.
+/// Given the provider's time of answer (`provider_now`, the HTTP `Date`
+/// header of its response), the lifetime is measured on that one clock and
+/// counted from `minted_at` on this node's clock: a node clock minutes off
+/// then neither puts the refresh after the real expiry nor makes a valid
+/// credential look expired. A credential the provider itself sent already
+/// expired stays expired (at or before `minted_at`). Without the provider's
+/// time, or when the two clocks agree within [`CLOCK_TOLERANCE`], the expiry
+/// as reported. Whole seconds, as Kubernetes stores times.
+pub fn local_expiry(minted_at: Timestamp, expires_at: Timestamp, provider_now: Option<Timestamp>) -> Timestamp {
+    let Some(provider_now) = provider_now else { return whole_seconds(expires_at) };
+    let skew = minted_at.duration_since(provider_now).unsigned_abs();
+    if skew <= CLOCK_TOLERANCE {
+        return whole_seconds(expires_at);
+    }
+    let lifetime = expires_at.duration_since(provider_now);
+    whole_seconds(whole_seconds(minted_at).saturating_add(lifetime).unwrap_or(expires_at))
+}
+
 /// When a credential minted at `minted_at` should be refreshed.
 ///
 /// - Without expiry: after `refresh.interval` (default 1h).
@@ -90,6 +116,33 @@ mod tests {
         assert_eq!(refresh_at(ts(0), Some(ts(3600)), Some(&p), 0.0), ts(1), "renewBefore beyond the lifetime");
         let tiny = policy(r#"{"interval":"1ms"}"#);
         assert_eq!(refresh_at(ts(0), None, Some(&tiny), 0.0), ts(1), "tiny interval");
+    }
+
+    #[test]
+    fn lifetimes_are_measured_on_the_providers_clock() {
+        // The provider's clock is 10 minutes ahead of this node's, or behind
+        // it: a 15-minute credential still lives 15 minutes from the mint.
+        for skew in [-600, 600] {
+            let local = local_expiry(ts(0), ts(skew + 900), Some(ts(skew)));
+            assert_eq!(local, ts(900), "skew {skew}s");
+            assert_eq!(refresh_at(ts(0), Some(local), None, 0.0), ts(600), "skew {skew}s: renew at 2/3");
+        }
+        // Without the provider's time the reported expiry is taken as is:
+        // a node 10 minutes ahead would see a 5-minute credential expired.
+        assert_eq!(local_expiry(ts(0), ts(-300), None), ts(-300));
+        // Sent already expired, by the provider's own clock: stays expired,
+        // whatever the skew, and so is retried on PAST_EXPIRY_RETRY.
+        let dead = local_expiry(ts(0), ts(600 - 3600), Some(ts(600)));
+        assert!(dead <= ts(0));
+        assert_eq!(refresh_at(ts(0), Some(dead), None, 0.0), ts(60));
+        // Sub-second times are cut to whole seconds.
+        let minted = Timestamp::from_millisecond((1_800_000_000 * 1000) + 700).unwrap();
+        assert_eq!(local_expiry(minted, ts(100), Some(ts(40))), ts(60));
+        // Clocks within the tolerance agree: the expiry as reported, not
+        // moved by a second of rounding or latency.
+        assert_eq!(local_expiry(ts(1), ts(900), Some(ts(0))), ts(900));
+        assert_eq!(local_expiry(ts(0), ts(900), Some(ts(5))), ts(900));
+        assert_eq!(local_expiry(ts(0), ts(900), Some(ts(6))), ts(894));
     }
 
     #[test]

@@ -335,6 +335,18 @@ async fn the_chart_runs_regcred_pods_from_its_own_image_on_the_real_node() {
     })
     .await;
     let lease_seconds = leases.get(RELEASE).await.unwrap().spec.unwrap().lease_duration_seconds.unwrap_or(15);
+    // Exactly one Pod says it leads (regcred_leader 1), the other stands by.
+    let mut leading = Vec::new();
+    for p in &pods {
+        let ip = p.status.as_ref().unwrap().pod_ip.clone().unwrap();
+        let (_, text) =
+            tokio::task::spawn_blocking(move || http_get(&format!("http://{ip}:8080/metrics")).unwrap()).await.unwrap();
+        let value = text.lines().find(|l| l.starts_with("regcred_leader ")).and_then(|l| l.split_whitespace().nth(1));
+        if value == Some("1") {
+            leading.push(p.name_any());
+        }
+    }
+    assert_eq!(leading, std::slice::from_ref(&leader), "exactly the Lease holder reports regcred_leader 1");
     let before: BTreeMap<String, String> = managed_versions(&client, "team-pull").await;
     assert_eq!(before.len(), 2);
     // Watch regcred's Secrets from now on, to count writes per Secret.

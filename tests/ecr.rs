@@ -114,10 +114,15 @@ async fn static_keys_several_registry_ids_past_expiry_and_a_real_login() {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     };
+    // This credential is not minted again within the next seconds (its own
+    // lastRefreshTime; the refresh counter also counts the other tests'
+    // credentials, which mint in parallel).
     let before = refreshes(&operator().metrics().unwrap());
     tokio::time::sleep(Duration::from_secs(3)).await;
     let metrics = operator().metrics().unwrap();
-    assert!(refreshes(&metrics) - before <= 1.0, "ECR is called in a loop");
+    let again = rcreds.get("cred").await.unwrap().status.unwrap();
+    assert_eq!(again.last_refresh_time, status.last_refresh_time, "ECR is called in a loop");
+    eprintln!("ECR refreshes by every credential of this binary in 3 s: {}", refreshes(&metrics) - before);
     assert!(
         metrics.contains(
             "regcred_credential_expiry_timestamp_seconds{kind=\"RegistryCredential\",namespace=\"ecr-static\",name=\"cred\"} 1420070400"

@@ -246,6 +246,9 @@ async fn write_secret(ctx: &Context, owner: &str, desired: &DesiredSecret, names
             if exists { Outcome::Updated } else { Outcome::Created }
         }
         Err(kube::Error::Api(e)) if e.code == 409 && !exists => Outcome::Raced,
+        // Still throttled after the client's own retries (which honour
+        // Retry-After): not a failure of the credential, try again soon.
+        Err(kube::Error::Api(e)) if e.code == 429 => Outcome::Raced,
         Err(kube::Error::Api(e))
             if (e.code == 403 || e.code == 404) && ctx.live_namespace_labels(namespace).is_none() =>
         {

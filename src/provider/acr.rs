@@ -43,8 +43,9 @@ use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
 use k8s_openapi::jiff::Timestamp;
 use secrecy::{ExposeSecret, SecretString};
 
-use super::{CredentialProvider, Minted, ProviderError, Sources, secret_text};
+use super::{CredentialProvider, Minted, ProviderError, Sources, required_value};
 use crate::api::{AcrProvider, AzureCloud};
+use crate::hygiene::Kind;
 use crate::reasons;
 use crate::render::RegistryAuth;
 
@@ -170,14 +171,9 @@ impl Acr {
         let built = if let Some(sp) = &auth.service_principal {
             let secret = sources.secret(&sp.secret_ref).await?;
             let name = format!("{}/{}", sources.namespace(), sp.secret_ref.name);
-            let invalid = |key: &str| {
-                ProviderError::new(
-                    reasons::SOURCE_SECRET_INVALID,
-                    format!("Secret {name} has no key {key} (expected client-id and client-secret)"),
-                )
-            };
-            let client_id = secret_text(&secret, "client-id").ok_or_else(|| invalid("client-id"))?;
-            let client_secret = secret_text(&secret, "client-secret").ok_or_else(|| invalid("client-secret"))?;
+            const EXPECTED: &str = "client-id and client-secret";
+            let client_id = required_value(&secret, &name, "client-id", Kind::Username, EXPECTED)?;
+            let client_secret = required_value(&secret, &name, "client-secret", Kind::Secret, EXPECTED)?;
             let identity = Identity::ServicePrincipal { client_id: client_id.clone(), secret_name: name };
             let options = ClientSecretCredentialOptions { client_options: client_options(false) };
             let credential = ClientSecretCredential::new(tenant, client_id, client_secret.into(), Some(options));

@@ -3,17 +3,15 @@
 //! `kubernetes.io/dockerconfigjson` Secret.
 
 use async_trait::async_trait;
+use secrecy::ExposeSecret;
 
-use super::{CredentialProvider, Minted, ProviderError, Sources, secret_text};
+use super::{CredentialProvider, Minted, ProviderError, Sources, raw_value, source_value};
 use crate::api::BasicProvider;
+use crate::hygiene::{self, Kind};
 use crate::reasons;
 use crate::render::{RegistryAuth, find_in_dockerconfigjson};
 
 const DOCKERCONFIGJSON_KEY: &str = ".dockerconfigjson";
-
-/// Largest username + password accepted: the rendered Secret holds the
-/// password twice (once base64-encoded), and a Secret is at most 1 MiB.
-const MAX_LOGIN_BYTES: usize = 256 * 1024;
 
 pub struct Basic {
     spec: BasicProvider,
@@ -34,12 +32,27 @@ impl CredentialProvider for Basic {
             |detail: String| ProviderError::new(reasons::SOURCE_SECRET_INVALID, format!("Secret {name} {detail}"));
         let registry = &self.spec.registry;
 
-        let auth = if let Some(config) = secret.data.as_ref().and_then(|d| d.get(DOCKERCONFIGJSON_KEY)) {
-            find_in_dockerconfigjson(&config.0, registry)
-                .map_err(|e| invalid(format!("key {DOCKERCONFIGJSON_KEY} {e}")))?
+        let auth = if raw_value(&secret, DOCKERCONFIGJSON_KEY).is_some() {
+            let config = source_value(&secret, &name, DOCKERCONFIGJSON_KEY, Kind::Document)?.unwrap_or_default();
+            let found = find_in_dockerconfigjson(config.as_bytes(), registry)
+                .map_err(|e| invalid(format!("key {DOCKERCONFIGJSON_KEY} {e}")))?;
+            // The entry's values obey the same rules as separate keys.
+            let check = |what: &str, value: &str, kind| {
+                hygiene::clean(value.as_bytes(), kind).map_err(|problem| {
+                    invalid(format!(
+                        "key {DOCKERCONFIGJSON_KEY}: the {what} of the entry for registry {registry} {problem}"
+                    ))
+                })
+            };
+            let username = check("username", &found.username, Kind::Username)?;
+            let password = check("password", found.password.expose_secret(), Kind::Secret)?;
+            RegistryAuth { registry: registry.clone(), username, password: password.into() }
         } else {
-            let username = secret_text(&secret, "username");
-            let password = secret_text(&secret, "password").or_else(|| secret_text(&secret, "token"));
+            let username = source_value(&secret, &name, "username", Kind::Username)?;
+            let password = match source_value(&secret, &name, "password", Kind::Secret)? {
+                Some(p) => Some(p),
+                None => source_value(&secret, &name, "token", Kind::Secret)?,
+            };
             match (username, password) {
                 (Some(username), Some(password)) => {
                     RegistryAuth { registry: registry.clone(), username, password: password.into() }
@@ -52,12 +65,6 @@ impl CredentialProvider for Basic {
                 (Some(_), None) => return Err(invalid("has no key password or token".into())),
             }
         };
-        let size = auth.username.len() + secrecy::ExposeSecret::expose_secret(&auth.password).len();
-        if size > MAX_LOGIN_BYTES {
-            return Err(invalid(format!(
-                "holds a login of {size} bytes; at most {MAX_LOGIN_BYTES} bytes fit in a pull Secret"
-            )));
-        }
         Ok(Minted { auths: vec![auth], ..Default::default() })
     }
 }

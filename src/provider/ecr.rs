@@ -25,8 +25,9 @@ use base64::engine::general_purpose::STANDARD;
 use k8s_openapi::jiff::Timestamp;
 use secrecy::{ExposeSecret, SecretString};
 
-use super::{CredentialProvider, Minted, ProviderError, Sources, secret_text};
+use super::{CredentialProvider, Minted, ProviderError, Sources, optional_value, required_value};
 use crate::api::{AssumeRole, AwsAuth, EcrProvider, EcrPublicProvider};
+use crate::hygiene::Kind;
 use crate::reasons;
 use crate::render::RegistryAuth;
 
@@ -246,14 +247,11 @@ async fn resolve_identity(
     let base = if let Some(r) = &auth.secret_ref {
         let secret = sources.secret(r).await?;
         let name = format!("{}/{}", sources.namespace(), r.name);
-        let key = |k: &str| {
-            secret_text(&secret, k).ok_or_else(|| {
-                ProviderError::new(reasons::SOURCE_SECRET_INVALID, format!("Secret {name} has no key {k}"))
-            })
-        };
-        let access_key = key("access-key-id")?;
-        let secret_key = key("secret-access-key")?;
-        let session_token = secret_text(&secret, "session-token");
+        const EXPECTED: &str = "access-key-id and secret-access-key, optionally session-token";
+        let access_key = required_value(&secret, &name, "access-key-id", Kind::Username, EXPECTED)?;
+        let secret_key = required_value(&secret, &name, "secret-access-key", Kind::Secret, EXPECTED)?;
+        // An empty session-token (a template's unset value) means none.
+        let session_token = optional_value(&secret, &name, "session-token", Kind::Secret)?;
         redactor.0.push(secret_key.clone());
         if let Some(t) = &session_token {
             redactor.0.push(t.clone());
@@ -309,6 +307,46 @@ fn timestamp(dt: Option<&aws_sdk_ecr::primitives::DateTime>) -> Option<Timestamp
     dt.and_then(|d| Timestamp::from_second(d.secs()).ok())
 }
 
+/// The HTTP `Date` of AWS's answer: the clock `expiresAt` is on, against
+/// which the token's lifetime is measured ([`crate::schedule::local_expiry`]),
+/// so a node clock minutes off does not move the refresh.
+#[derive(Clone, Debug, Default)]
+struct ProviderDate(std::sync::Arc<std::sync::Mutex<Option<Timestamp>>>);
+
+impl ProviderDate {
+    fn get(&self) -> Option<Timestamp> {
+        *self.0.lock().expect("not poisoned")
+    }
+
+    /// `expires_at` on this node's clock, the token having arrived now.
+    fn local_expiry(&self, expires_at: Option<Timestamp>) -> Option<Timestamp> {
+        expires_at.map(|e| crate::schedule::local_expiry(Timestamp::now(), e, self.get()))
+    }
+}
+
+impl aws_sdk_ecrpublic::config::Intercept for ProviderDate {
+    fn name(&self) -> &'static str {
+        "ProviderDate"
+    }
+
+    fn read_before_deserialization(
+        &self,
+        context: &aws_sdk_ecrpublic::config::interceptors::BeforeDeserializationInterceptorContextRef<'_>,
+        _: &aws_sdk_ecrpublic::config::RuntimeComponents,
+        _: &mut aws_sdk_ecrpublic::config::ConfigBag,
+    ) -> Result<(), aws_sdk_ecrpublic::error::BoxError> {
+        use aws_sdk_ecrpublic::primitives::{DateTime, DateTimeFormat};
+        let date = context
+            .response()
+            .headers()
+            .get("date")
+            .and_then(|d| DateTime::from_str(d, DateTimeFormat::HttpDate).ok())
+            .and_then(|d| Timestamp::from_second(d.secs()).ok());
+        *self.0.lock().expect("not poisoned") = date;
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl CredentialProvider for Ecr {
     async fn mint(&self, sources: &Sources) -> Result<Minted, ProviderError> {
@@ -317,7 +355,8 @@ impl CredentialProvider for Ecr {
         let creds =
             resolve_identity(self.spec.auth.as_ref(), self.spec.assume_role.as_ref(), sources, &sdk, &mut redactor)
                 .await?;
-        let mut conf = aws_sdk_ecr::config::Builder::from(&sdk).credentials_provider(creds);
+        let date = ProviderDate::default();
+        let mut conf = aws_sdk_ecr::config::Builder::from(&sdk).credentials_provider(creds).interceptor(date.clone());
         if let Some(endpoint) = &self.spec.endpoint {
             conf = conf.endpoint_url(endpoint);
         }
@@ -349,7 +388,7 @@ impl CredentialProvider for Ecr {
             .into_iter()
             .map(|registry| RegistryAuth { registry, username: username.clone(), password: password.clone() })
             .collect();
-        let expires_at = timestamp(data.expires_at());
+        let expires_at = date.local_expiry(timestamp(data.expires_at()));
         Ok(Minted { auths, expires_at, state: None })
     }
 }
@@ -362,7 +401,9 @@ impl CredentialProvider for EcrPublic {
         let creds =
             resolve_identity(self.spec.auth.as_ref(), self.spec.assume_role.as_ref(), sources, &sdk, &mut redactor)
                 .await?;
-        let mut conf = aws_sdk_ecrpublic::config::Builder::from(&sdk).credentials_provider(creds);
+        let date = ProviderDate::default();
+        let mut conf =
+            aws_sdk_ecrpublic::config::Builder::from(&sdk).credentials_provider(creds).interceptor(date.clone());
         if let Some(endpoint) = &self.spec.endpoint {
             conf = conf.endpoint_url(endpoint);
         }
@@ -376,7 +417,7 @@ impl CredentialProvider for EcrPublic {
             ProviderError::new(reasons::PROVIDER_RESPONSE_INVALID, format!("{CALL}: no authorization data"))
         })?;
         let (username, password) = decode_token(CALL, data.authorization_token())?;
-        let expires_at = data.expires_at().and_then(|d| Timestamp::from_second(d.secs()).ok());
+        let expires_at = date.local_expiry(data.expires_at().and_then(|d| Timestamp::from_second(d.secs()).ok()));
         Ok(Minted {
             auths: vec![RegistryAuth { registry: ECR_PUBLIC_REGISTRY.into(), username, password }],
             expires_at,

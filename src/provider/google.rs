@@ -46,8 +46,9 @@ use rustls::pki_types::pem::PemObject;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
-use super::{CredentialProvider, Minted, ProviderError, Sources, secret_text};
+use super::{CredentialProvider, Minted, ProviderError, Sources, required_value};
 use crate::api::{GoogleFederation, GoogleProvider};
+use crate::hygiene::Kind;
 use crate::reasons;
 use crate::render::RegistryAuth;
 
@@ -136,14 +137,13 @@ impl CredentialProvider for Google {
         let (base, identity) = if let Some(secret_ref) = &auth.secret_ref {
             let secret = sources.secret(secret_ref).await?;
             let name = format!("{}/{}", sources.namespace(), secret_ref.name);
-            let text = secret_text(&secret, CREDENTIALS_KEY).ok_or_else(|| {
-                ProviderError::new(
-                    reasons::SOURCE_SECRET_INVALID,
-                    format!(
-                        "Secret {name} has no key {CREDENTIALS_KEY} (a service-account key or an external_account configuration)"
-                    ),
-                )
-            })?;
+            let text = required_value(
+                &secret,
+                &name,
+                CREDENTIALS_KEY,
+                Kind::Document,
+                "a service-account key or an external_account configuration",
+            )?;
             let credentials = Credentials::parse(&text).map_err(|detail| {
                 ProviderError::new(
                     reasons::SOURCE_SECRET_INVALID,

@@ -32,9 +32,10 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{CredentialProvider, Minted, ProviderError, Sources, secret_text};
+use super::{CredentialProvider, Minted, ProviderError, Sources, required_value};
 use crate::api::HarborProvider;
 use crate::http::{cause_chain, find_rustls_error, truncate};
+use crate::hygiene::Kind;
 use crate::reasons;
 use crate::render::RegistryAuth;
 
@@ -587,14 +588,9 @@ impl HarborApi {
         let secret_ref = &spec.auth.secret_ref;
         let secret = sources.secret(secret_ref).await?;
         let secret_name = format!("{}/{}", sources.namespace(), secret_ref.name);
-        let invalid = |key: &str| {
-            ProviderError::new(
-                reasons::SOURCE_SECRET_INVALID,
-                format!("Secret {secret_name} has no key {key} (expected username and password of a Harbor account)"),
-            )
-        };
-        let username = secret_text(&secret, "username").ok_or_else(|| invalid("username"))?;
-        let password = secret_text(&secret, "password").ok_or_else(|| invalid("password"))?;
+        const EXPECTED: &str = "username and password of a Harbor account";
+        let username = required_value(&secret, &secret_name, "username", Kind::Username, EXPECTED)?;
+        let password = required_value(&secret, &secret_name, "password", Kind::Secret, EXPECTED)?;
         let timeout = crate::http::PROVIDER_TIMEOUT;
         let ca_bundle = spec.ca_bundle.as_deref().filter(|c| !c.trim().is_empty());
         let client = crate::http::client(ca_bundle, timeout)

@@ -21,8 +21,8 @@ use kube::{Api, Client};
 use secrecy::SecretString;
 
 use crate::api::{Provider, SecretRef};
-use crate::reasons;
 use crate::render::RegistryAuth;
+use crate::{hygiene, reasons};
 
 /// What a provider returns: one login per registry and, for short-lived
 /// credentials, when they expire.
@@ -316,10 +316,92 @@ impl Sources {
     }
 }
 
-/// The value of a key in a Secret, as UTF-8 text (trailing newline
-/// trimmed, as `kubectl create secret --from-file` tends to add one).
-pub fn secret_text(secret: &Secret, key: &str) -> Option<String> {
-    let from_data = secret.data.as_ref().and_then(|d| d.get(key)).map(|b| String::from_utf8_lossy(&b.0).into_owned());
-    let from_string = || secret.string_data.as_ref().and_then(|d| d.get(key)).cloned();
-    from_data.or_else(from_string).map(|s| s.trim_end_matches(['\n', '\r']).to_string()).filter(|s| !s.is_empty())
+/// The raw bytes of a key in a Secret (`data`, or `stringData` for Secrets
+/// given to `regcred check`), if present.
+fn raw_value<'a>(secret: &'a Secret, key: &str) -> Option<&'a [u8]> {
+    let from_data = secret.data.as_ref().and_then(|d| d.get(key)).map(|b| b.0.as_slice());
+    from_data.or_else(|| secret.string_data.as_ref().and_then(|d| d.get(key)).map(|s| s.as_bytes()))
+}
+
+/// The value of `key` in the source Secret `secret_name` (`namespace/name`),
+/// cleaned and checked by [`hygiene::clean`]: `Ok(None)` when the key is
+/// absent, `SourceSecretInvalid` naming the Secret, the key and the problem
+/// (never the value) when it cannot work.
+pub fn source_value(
+    secret: &Secret,
+    secret_name: &str,
+    key: &str,
+    kind: hygiene::Kind,
+) -> Result<Option<String>, ProviderError> {
+    let Some(raw) = raw_value(secret, key) else { return Ok(None) };
+    hygiene::clean(raw, kind).map(Some).map_err(|problem| {
+        ProviderError::new(reasons::SOURCE_SECRET_INVALID, format!("Secret {secret_name} key {key} {problem}"))
+    })
+}
+
+/// Like [`source_value`], for an optional key that a template may leave
+/// blank: an empty value counts as absent.
+pub fn optional_value(
+    secret: &Secret,
+    secret_name: &str,
+    key: &str,
+    kind: hygiene::Kind,
+) -> Result<Option<String>, ProviderError> {
+    match raw_value(secret, key) {
+        Some(raw) if hygiene::clean(raw, kind) == Err(hygiene::Problem::Empty) => Ok(None),
+        _ => source_value(secret, secret_name, key, kind),
+    }
+}
+
+/// Like [`source_value`], for a key that must be present: its absence is
+/// `SourceSecretInvalid` "has no key KEY (EXPECTED)".
+pub fn required_value(
+    secret: &Secret,
+    secret_name: &str,
+    key: &str,
+    kind: hygiene::Kind,
+    expected: &str,
+) -> Result<String, ProviderError> {
+    source_value(secret, secret_name, key, kind)?.ok_or_else(|| {
+        ProviderError::new(
+            reasons::SOURCE_SECRET_INVALID,
+            format!("Secret {secret_name} has no key {key} (expected {expected})"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::ByteString;
+
+    fn secret(pairs: &[(&str, &[u8])]) -> Secret {
+        Secret {
+            data: Some(pairs.iter().map(|(k, v)| (k.to_string(), ByteString(v.to_vec()))).collect()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn source_values_name_the_secret_key_and_problem_never_the_value() {
+        let s = secret(&[("username", &b"nl:user"[..]), ("password", b"hunter2\n"), ("token", b"hunter2\0")]);
+        let e = source_value(&s, "ns/src", "username", hygiene::Kind::Username).unwrap_err();
+        assert_eq!(e.reason, reasons::SOURCE_SECRET_INVALID);
+        assert!(e.message.starts_with("Secret ns/src key username contains ':'"), "{}", e.message);
+        assert_eq!(source_value(&s, "ns/src", "password", hygiene::Kind::Secret).unwrap().as_deref(), Some("hunter2"));
+        let e = source_value(&s, "ns/src", "token", hygiene::Kind::Secret).unwrap_err();
+        assert!(e.message.contains("key token contains a NUL byte") && !e.message.contains("hunter2"), "{}", e.message);
+        assert_eq!(source_value(&s, "ns/src", "absent", hygiene::Kind::Secret), Ok(None));
+        let e = required_value(&s, "ns/src", "absent", hygiene::Kind::Secret, "a and b").unwrap_err();
+        assert_eq!(e.message, "Secret ns/src has no key absent (expected a and b)");
+    }
+
+    #[test]
+    fn string_data_is_read_when_data_lacks_the_key() {
+        let s = Secret {
+            string_data: Some([("username".to_string(), "bot\r\n".to_string())].into()),
+            ..Default::default()
+        };
+        assert_eq!(source_value(&s, "x", "username", hygiene::Kind::Username).unwrap().as_deref(), Some("bot"));
+    }
 }

@@ -214,10 +214,18 @@ fn serve(
     let mut out = stream;
     write!(
         out,
-        "HTTP/1.1 {status} X\r\nContent-Type: application/x-amz-json-1.1\r\nx-amzn-RequestId: regcred-test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
+        "HTTP/1.1 {status} X\r\nContent-Type: application/x-amz-json-1.1\r\nx-amzn-RequestId: regcred-test\r\nDate: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
+        http_date(SystemTime::now()),
         payload.len()
     )?;
     Ok(())
+}
+
+/// An HTTP `Date` (RFC 9110 IMF-fixdate), as AWS sends with every answer.
+fn http_date(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as i64;
+    let ts = k8s_openapi::jiff::Timestamp::from_second(secs).unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+    ts.strftime("%a, %d %b %Y %H:%M:%S GMT").to_string()
 }
 
 fn rand_u128() -> u128 {

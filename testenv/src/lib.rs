@@ -89,6 +89,8 @@ pub struct ControlPlane {
     watchdog: Option<Child>,
     /// `https://127.0.0.1:PORT` of kube-apiserver.
     pub server: String,
+    /// `http://127.0.0.1:PORT` of etcd's client endpoint.
+    etcd_url: String,
     ca_pem: String,
     admin_cert_pem: String,
     admin_key_pem: String,
@@ -238,12 +240,15 @@ impl ControlPlane {
 
         let api_port = free_port()?;
         let server = format!("https://127.0.0.1:{api_port}");
+        let etcd_port = free_port()?;
+        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
         let mut cp = ControlPlane {
             dir: dir.clone(),
             assets: assets.clone(),
             processes: Vec::new(),
             watchdog: None,
             server: server.clone(),
+            etcd_url: etcd_url.clone(),
             ca_pem: pki.ca_pem.clone(),
             admin_cert_pem: pki.admin_cert_pem.clone(),
             admin_key_pem: pki.admin_key_pem.clone(),
@@ -251,8 +256,6 @@ impl ControlPlane {
         };
         fs::write(&cp.kubeconfig, cp.kubeconfig_yaml("admin", &cp.admin_user_yaml()))?;
 
-        let etcd_port = free_port()?;
-        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
         cp.spawn(
             "etcd",
             &[
@@ -450,6 +453,13 @@ impl ControlPlane {
     /// `kube-apiserver`, `kube-controller-manager`): the newest one started.
     pub fn pid(&self, name: &str) -> Option<u32> {
         self.processes.iter().rev().find(|(n, _)| *n == name).map(|(_, c)| c.id())
+    }
+
+    /// `http://127.0.0.1:PORT` of etcd's client endpoint (gRPC and its
+    /// JSON gateway under `/v3/`), for tests that act on etcd directly,
+    /// for example compacting it.
+    pub fn etcd_url(&self) -> &str {
+        &self.etcd_url
     }
 
     /// The directory holding the control-plane binaries.
