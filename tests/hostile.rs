@@ -8,6 +8,18 @@
 
 mod common;
 
+/// The operator's write count once it stopped moving (the ServiceAccount
+/// patches follow the Secrets) for three seconds.
+async fn settled_writes(op: &regcred_testenv::operator::Operator) -> u64 {
+    let mut last = (op.write_requests().unwrap(), 0);
+    while last.1 < 3 {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let now = op.write_requests().unwrap();
+        last = if now == last.0 { (now, last.1 + 1) } else { (now, 0) };
+    }
+    last.0
+}
+
 mod throttle {
     use std::path::Path;
     use std::time::{Duration, Instant};
@@ -22,6 +34,7 @@ mod throttle {
     use serde_json::json;
 
     use super::common::{CLUSTER_NS, apply_crcred, basic_spec, create_namespace, login_in, poll_logged, put_login};
+    use super::settled_writes;
 
     const REGISTRY: &str = "registry.example.com";
     const N: usize = 1000;
@@ -36,18 +49,6 @@ mod throttle {
             .filter(|l| l.starts_with(&format!("{name}{{")) && keep(l))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>() as u64
-    }
-
-    /// The operator's write count once it stopped moving (the
-    /// ServiceAccount patches follow the Secrets) for three seconds.
-    async fn settled_writes(op: &Operator) -> u64 {
-        let mut last = (op.write_requests().unwrap(), 0);
-        while last.1 < 3 {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let now = op.write_requests().unwrap();
-            last = if now == last.0 { (now, last.1 + 1) } else { (now, 0) };
-        }
-        last.0
     }
 
     async fn managed(client: &Client, pull: &str) -> usize {
@@ -205,6 +206,7 @@ mod compaction {
     use super::common::{
         CLUSTER_NS, apply_crcred, basic_spec, create_namespace, label_namespace, login_in, poll_logged, put_login,
     };
+    use super::settled_writes;
 
     const REGISTRY: &str = "registry.example.com";
     const PULL: &str = "gap-pull";
@@ -282,17 +284,6 @@ mod compaction {
     fn etcd_revision(etcd_url: &str) -> i64 {
         let answer = etcd_post(etcd_url, "/v3/kv/range", &json!({"key": "AA==", "count_only": true}));
         answer["header"]["revision"].as_str().unwrap().parse().unwrap()
-    }
-
-    /// The operator's write count once it stopped moving for three seconds.
-    async fn settled_writes(op: &Operator) -> u64 {
-        let mut last = (op.write_requests().unwrap(), 0);
-        while last.1 < 3 {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let now = op.write_requests().unwrap();
-            last = if now == last.0 { (now, last.1 + 1) } else { (now, 0) };
-        }
-        last.0
     }
 
     /// The operator's write requests by label set (method, resource, ...).

@@ -200,6 +200,20 @@ fn make_pki() -> Result<Pki> {
     })
 }
 
+/// Runs `script` in a shell of its own process group, detached from the
+/// test's output: the watchdogs that clean up after a test process that died
+/// without unwinding.
+fn spawn_watchdog(script: &str) -> Result<Child> {
+    Ok(Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()?)
+}
+
 /// Tail of a process log, for error messages.
 fn log_tail(path: &Path) -> String {
     let mut s = String::new();
@@ -344,15 +358,7 @@ impl ControlPlane {
             parent = std::process::id(),
             dir = self.dir.display()
         );
-        let child = Command::new("bash")
-            .arg("-c")
-            .arg(script)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()?;
-        self.watchdog = Some(child);
+        self.watchdog = Some(spawn_watchdog(&script)?);
         Ok(())
     }
 

@@ -726,14 +726,7 @@ fn start_watchdog(dir: &Path) -> Result<Child> {
         parent = std::process::id(),
         dir = dir.display()
     );
-    Ok(Command::new("bash")
-        .arg("-c")
-        .arg(script)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()?)
+    crate::spawn_watchdog(&script)
 }
 
 /// Workloads on the node, and what their Pods show.
