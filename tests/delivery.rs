@@ -40,12 +40,28 @@ const HOUR: Duration = Duration::from_secs(3600);
 const PUSHER: &str = "delivery-pusher";
 const PUSH_PASS: &str = "delivery-push-password";
 
-/// A scratch directory for one test.
-fn scratch(name: &str) -> PathBuf {
+/// A scratch directory for one test (it holds test keys), removed when
+/// the test ends.
+struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn scratch(name: &str) -> Scratch {
     let dir = std::env::temp_dir().join(format!("regcred-delivery-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    Scratch(dir)
 }
 
 /// `dir/secrets/NAME/KEY` files, as a mounted Secret volume.

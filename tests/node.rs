@@ -114,15 +114,8 @@ async fn ecr_credential_pods_pull() {
     node().add_registry(host, &Endpoint::Http(r.registry.host.clone())).unwrap();
     create_namespace(&client, "node-ecr", &[]).await;
     record_secret("node-ecr-secret-access-key");
-    let keys: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "aws", "namespace": "node-ecr"},
-        "stringData": {"access-key-id": "AKIANODETEST00000001", "secret-access-key": "node-ecr-secret-access-key"}
-    }))
-    .unwrap();
-    Api::<Secret>::namespaced(client.clone(), "node-ecr")
-        .patch("aws", &PatchParams::apply("regcred-test").force(), &Patch::Apply(&keys))
-        .await
-        .unwrap();
+    let keys = json!({"access-key-id": "AKIANODETEST00000001", "secret-access-key": "node-ecr-secret-access-key"});
+    put_secret(&client, "node-ecr", "aws", keys).await;
     let spec = json!({"provider": {"ecr": {"region": "us-east-1", "endpoint": moto.endpoint(),
         "auth": {"secretRef": {"name": "aws"}}}}, "secret": {"name": "ecr-pull"}});
     prove_pods_pull(&client, "node-ecr", spec, &format!("{host}/{TEST_IMAGE}")).await;
@@ -144,15 +137,7 @@ async fn google_setup(client: &Client, ns: &str, email: &'static str, host: &str
     node().add_registry(host, &Endpoint::Http(r.registry.host.clone())).unwrap();
     let key = g.create_key(email, lifetime).unwrap_or_else(|e| panic!("{e:#}"));
     create_namespace(client, ns, &[]).await;
-    let s: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "gsa-key", "namespace": ns},
-        "stringData": {"credentials.json": key.json}
-    }))
-    .unwrap();
-    Api::<Secret>::namespaced(client.clone(), ns)
-        .patch("gsa-key", &PatchParams::apply("regcred-test").force(), &Patch::Apply(&s))
-        .await
-        .unwrap();
+    put_secret(client, ns, "gsa-key", json!({"credentials.json": key.json})).await;
     r
 }
 
@@ -186,15 +171,7 @@ async fn acr_credential_pods_pull() {
     az.grant_acr_pull(tenant, "node-app");
     create_namespace(&client, "node-acr", &[]).await;
     record_secret("node-sp-secret");
-    let sp: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "sp", "namespace": "node-acr"},
-        "stringData": {"client-id": "node-app", "client-secret": "node-sp-secret"}
-    }))
-    .unwrap();
-    Api::<Secret>::namespaced(client.clone(), "node-acr")
-        .patch("sp", &PatchParams::apply("regcred-test").force(), &Patch::Apply(&sp))
-        .await
-        .unwrap();
+    put_secret(&client, "node-acr", "sp", json!({"client-id": "node-app", "client-secret": "node-sp-secret"})).await;
     let spec = json!({"provider": {"acr": {
         "registry": host, "tenantId": tenant,
         "auth": {"servicePrincipal": {"secretRef": {"name": "sp"}}},
@@ -223,6 +200,17 @@ async fn harbor_credential_pods_pull() {
     let spec = json!({"provider": {"harbor": {"url": harbor.url(), "projects": ["regcred"],
         "auth": {"secretRef": {"name": "harbor-admin"}}, "caBundle": ca}}, "secret": {"name": "harbor-pull"}});
     prove_pods_pull(&client, "node-harbor", spec, &format!("{host}/{TEST_IMAGE}")).await;
+}
+
+/// Server-side applies a source Secret with `string_data`.
+async fn put_secret(client: &Client, ns: &str, name: &str, string_data: Value) {
+    let s: Secret =
+        serde_json::from_value(json!({"metadata": {"name": name, "namespace": ns}, "stringData": string_data}))
+            .unwrap();
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .patch(name, &PatchParams::apply("regcred-test").force(), &Patch::Apply(&s))
+        .await
+        .unwrap();
 }
 
 /// The password of the pull Secret's only entry.

@@ -340,10 +340,7 @@ impl Node {
                 Ok(_) => break,
                 // The ServiceAccount admission plugin refuses Pods until the
                 // namespace's default ServiceAccount exists.
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(200)).await
-                }
+                Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
                 Err(e) => return Err(e).context("creating the probe Pod"),
             }
         }
