@@ -75,9 +75,48 @@ pub struct RunArgs {
     #[arg(long, env = "REGCRED_ALLOW_NAMESPACED_AMBIENT_IDENTITY")]
     pub allow_namespaced_ambient_identity: bool,
     #[command(flatten)]
+    pub pacing: PacingArgs,
+    #[command(flatten)]
     pub leader: LeaderArgs,
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+/// Pacing of provider calls, per provider endpoint (an ECR region, an Entra
+/// authority, a Harbor), shared by every credential using it
+/// (docs/operations.md).
+#[derive(Debug, clap::Args)]
+pub struct PacingArgs {
+    /// Provider calls started per endpoint in any one second. The default
+    /// is half of ECR's sustained GetAuthorizationToken rate (20 per second
+    /// per account and region).
+    #[arg(long, env = "REGCRED_PROVIDER_CALLS_PER_SECOND", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub provider_calls_per_second: u32,
+    /// Provider calls in flight per endpoint.
+    #[arg(long, env = "REGCRED_PROVIDER_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub provider_concurrency: u32,
+    /// Retries of a throttled provider call, after the endpoint's backoff,
+    /// before the credential reports ProviderThrottled.
+    #[arg(long, env = "REGCRED_PROVIDER_THROTTLE_RETRIES", default_value_t = 3)]
+    pub provider_throttle_retries: u32,
+    /// The longest backoff of a throttled endpoint, in seconds (a longer
+    /// Retry-After is shortened to it).
+    #[arg(long, env = "REGCRED_PROVIDER_MAX_BACKOFF_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub provider_max_backoff_seconds: u64,
+}
+
+impl PacingArgs {
+    /// The pacing configuration these flags describe.
+    pub fn config(&self) -> crate::pacing::Config {
+        let max_backoff = std::time::Duration::from_secs(self.provider_max_backoff_seconds);
+        crate::pacing::Config {
+            calls_per_second: self.provider_calls_per_second,
+            concurrency: self.provider_concurrency as usize,
+            throttle_retries: self.provider_throttle_retries,
+            max_backoff,
+            max_throttle_wait: max_backoff,
+        }
+    }
 }
 
 /// Leader election: with several replicas, only the holder of a Lease writes.

@@ -94,23 +94,60 @@ pub fn find_rustls_error(e: &reqwest::Error) -> Option<&rustls::Error> {
     None
 }
 
-/// The messages under a reqwest error (which itself only repeats the URL),
-/// without repeats, at most 300 characters. Transport errors never contain
-/// request headers.
-pub fn cause_chain(e: &reqwest::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut next = std::error::Error::source(e);
+/// Largest response body read from a registry, its token service or a
+/// provider API. Real answers are a few KiB.
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// Why a response body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The connection failed while reading.
+    #[error("reading the response: {}", cause_chain(.0))]
+    Read(#[source] reqwest::Error),
+    /// More than [`MAX_BODY`] bytes: not an answer anyone can use.
+    #[error("response larger than {MAX_BODY} bytes")]
+    TooLarge,
+}
+
+/// The body of a response, at most [`MAX_BODY`] bytes.
+pub async fn read_body(response: &mut reqwest::Response) -> Result<Vec<u8>, BodyError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(BodyError::Read)? {
+        if body.len() + chunk.len() > MAX_BODY {
+            return Err(BodyError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// An error and its sources, `: `-separated, each message once (a source
+/// whose text is already there is skipped). reqwest and the SDKs keep the
+/// useful part, such as "connection refused" or a certificate problem, in
+/// the source chain.
+pub fn cause_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
     while let Some(err) = next {
-        let msg = err.to_string();
-        if !msg.is_empty() && !parts.iter().any(|p| p.contains(&msg)) {
-            parts.push(msg);
+        let text = err.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
         }
         next = err.source();
     }
-    if parts.is_empty() {
-        parts.push(e.to_string());
-    }
-    truncate(&parts.join(": "), 300)
+    out
+}
+
+/// The [`cause_chain`] under a reqwest transport error (whose own message
+/// only repeats the URL), at most 300 characters. Transport errors never
+/// contain request headers.
+pub fn transport_cause(e: &reqwest::Error) -> String {
+    let chain = match std::error::Error::source(e) {
+        Some(source) => cause_chain(source),
+        None => e.to_string(),
+    };
+    truncate(&chain, 300)
 }
 
 pub fn truncate(s: &str, max: usize) -> String {
@@ -122,4 +159,24 @@ pub fn truncate(s: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{0}")]
+    struct Layer(&'static str, #[source] Option<Box<Layer>>);
+
+    fn chain(parts: &[&'static str]) -> Layer {
+        parts.iter().rev().fold(None, |inner, p| Some(Layer(p, inner.map(Box::new)))).unwrap()
+    }
+
+    #[test]
+    fn cause_chains_join_each_message_once() {
+        assert_eq!(cause_chain(&chain(&["a"])), "a");
+        assert_eq!(cause_chain(&chain(&["sending", "connect", "refused"])), "sending: connect: refused");
+        assert_eq!(cause_chain(&chain(&["io: refused", "refused", ""])), "io: refused");
+    }
 }

@@ -8,13 +8,16 @@
 //! - [`targets`]: namespace and ServiceAccount selection.
 //! - [`admission`] and [`recovery`]: injecting the pull Secret into Pods at
 //!   admission, and which stuck Pods to recover.
-//! - [`schedule`]: when to refresh.
+//! - [`schedule`]: when to refresh; [`pacing`]: how fast each provider
+//!   endpoint is called.
 //! - [`controller`]: caches, triggers and reconciliation.
 //! - [`verify`]: logging in to a registry before publishing.
 //! - [`metrics`]: Prometheus metrics and the probe server.
 //! - [`standalone`]: the kubelet credential provider and the Docker/Podman
 //!   credential helper, on the same providers.
 //! - [`cli`], [`check`] and [`telemetry`]: the binary's command line, `regcred check`, logging.
+//! - [`http`] and [`redact`]: the shared HTTP client, body limit and error
+//!   chain printer, and the removal of secrets from messages.
 
 pub mod admission;
 pub mod api;
@@ -26,9 +29,11 @@ pub mod http;
 pub mod hygiene;
 pub mod leader;
 pub mod metrics;
+pub mod pacing;
 pub mod provider;
 pub mod reasons;
 pub mod recovery;
+pub mod redact;
 pub mod render;
 pub mod schedule;
 pub mod standalone;
@@ -46,17 +51,22 @@ pub enum Error {
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     /// Removing written objects failed; the finalizer stays until it works.
-    #[error("cleanup: {0}")]
-    Cleanup(String),
+    #[error("cleanup: {message}")]
+    Cleanup { reason: &'static str, message: String },
 }
 
 impl Error {
-    /// A short, stable label for metrics.
-    pub fn metric_label(&self) -> &'static str {
+    /// The condition reason (from [`reasons`]): metric labels are only
+    /// these.
+    pub fn reason(&self) -> &'static str {
+        use kube::runtime::finalizer::Error as F;
         match self {
-            Error::Kube(_) => "kube",
-            Error::Finalizer(_) => "finalizer",
-            Error::Cleanup(_) => "cleanup",
+            Error::Kube(_) => reasons::KUBE_API_ERROR,
+            Error::Finalizer(e) => match &**e {
+                F::ApplyFailed(e) | F::CleanupFailed(e) => e.reason(),
+                _ => reasons::KUBE_API_ERROR,
+            },
+            Error::Cleanup { reason, .. } => reason,
         }
     }
 }

@@ -98,6 +98,7 @@ fn crd(output_dir: Option<std::path::PathBuf>) -> anyhow::Result<()> {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     regcred::telemetry::init(&args.log.log_level, args.log.log_format)?;
+    regcred::pacing::configure(args.pacing.config());
     let config = match &args.kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)

@@ -60,6 +60,8 @@ pub struct Metrics {
     pub kube_throttled: Family<VerbLabels, Counter>,
     pub reconciles: Counter,
     pub reconcile_errors: Family<ReasonLabels, Counter>,
+    /// Time one reconcile took (minting, writes, status).
+    pub reconcile_duration: Histogram,
     pub managed_secrets: Family<CredentialLabels, Gauge>,
     pub expiry: Family<CredentialLabels, Gauge>,
     pub refreshes: Family<RefreshLabels, Counter>,
@@ -92,8 +94,14 @@ impl Default for Metrics {
         let reconcile_errors = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "reconcile_errors",
-            "Reconciliations that ended not Ready, by reason",
+            "Reconciliations that ended not Ready, by the Ready condition's reason",
             reconcile_errors.clone(),
+        );
+        let reconcile_duration = duration_histogram();
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time a reconcile of one credential took: minting, Secret and ServiceAccount writes, status",
+            reconcile_duration.clone(),
         );
         let managed_secrets = Family::<CredentialLabels, Gauge>::default();
         registry.register(
@@ -131,6 +139,7 @@ impl Default for Metrics {
             kube_throttled,
             reconciles,
             reconcile_errors,
+            reconcile_duration,
             managed_secrets,
             expiry,
             refreshes,

@@ -53,3 +53,28 @@ pub const ADMISSION_POLICY_MISSING: &str = "AdmissionPolicyMissing";
 /// Event reason: regcred deleted a Pod that missed the pull Secret, so
 /// that its controller recreates it with it.
 pub const POD_RECOVERED: &str = "PodRecovered";
+
+/// Every reason above: Event reasons and metric labels are only these.
+pub const ALL: &[&str] = &[
+    SYNCED,
+    SOURCE_SECRET_NOT_FOUND,
+    SOURCE_SECRET_INVALID,
+    SOURCE_NAMESPACE_FORBIDDEN,
+    NO_CLUSTER_RESOURCE_NAMESPACE,
+    SECRET_CONFLICT,
+    WRITE_FAILED,
+    KUBE_API_ERROR,
+    CREDENTIAL_EXPIRED,
+    VERIFICATION_FAILED,
+    AMBIENT_IDENTITY_FORBIDDEN,
+    SERVICE_ACCOUNT_NOT_FOUND,
+    PROVIDER_AUTH_FAILED,
+    PROVIDER_ERROR,
+    PROVIDER_THROTTLED,
+    PROVIDER_RESPONSE_INVALID,
+    INVALID_SPEC,
+    INJECTION_ACTIVE,
+    ADMISSION_POLICY_UNSUPPORTED,
+    ADMISSION_POLICY_MISSING,
+    POD_RECOVERED,
+];

@@ -4,25 +4,23 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::core::{Selector, SelectorExt};
 
 use crate::api::{ClusterRegistryCredentialSpec, ServiceAccountSelector};
 
-/// Whether `labels` match a Kubernetes label selector. An empty selector
-/// matches everything; an unknown operator matches nothing.
+/// Whether `labels` match a Kubernetes label selector (kube's
+/// [`Selector`]). An empty selector matches everything; a selector kube
+/// cannot use (an unknown operator) matches nothing. `In` and `NotIn`
+/// without `values` compare against the empty set, as they always have here
+/// (kube refuses them).
 pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let labels_ok = selector.match_labels.iter().flatten().all(|(k, v)| labels.get(k) == Some(v));
-    let exprs_ok = selector.match_expressions.iter().flatten().all(|e| {
-        let value = labels.get(&e.key);
-        let values = e.values.as_deref().unwrap_or_default();
-        match e.operator.as_str() {
-            "In" => value.is_some_and(|v| values.contains(v)),
-            "NotIn" => value.is_none_or(|v| !values.contains(v)),
-            "Exists" => value.is_some(),
-            "DoesNotExist" => value.is_none(),
-            _ => false,
+    let mut selector = selector.clone();
+    for e in selector.match_expressions.iter_mut().flatten() {
+        if matches!(e.operator.as_str(), "In" | "NotIn") {
+            e.values.get_or_insert_with(Vec::new);
         }
-    });
-    labels_ok && exprs_ok
+    }
+    Selector::try_from(selector).is_ok_and(|s| s.matches(labels))
 }
 
 /// A namespace as the target selection sees it.
@@ -107,6 +105,15 @@ mod tests {
         assert!(selector_matches(&exprs(vec![req("team", "Exists", &[])]), &l));
         assert!(selector_matches(&exprs(vec![req("other", "DoesNotExist", &[])]), &l));
         assert!(!selector_matches(&exprs(vec![req("team", "Bogus", &[])]), &l));
+        // Both kinds of terms must hold; values without `values` are the empty set.
+        let both = LabelSelector {
+            match_labels: Some(labels(&[("team", "a")])),
+            match_expressions: Some(vec![req("env", "In", &["dev"])]),
+        };
+        assert!(!selector_matches(&both, &l));
+        let no_values = |op: &str| LabelSelectorRequirement { key: "env".into(), operator: op.into(), values: None };
+        assert!(!selector_matches(&exprs(vec![no_values("In")]), &l));
+        assert!(selector_matches(&exprs(vec![no_values("NotIn")]), &l));
     }
 
     fn spec(json: serde_json::Value) -> ClusterRegistryCredentialSpec {

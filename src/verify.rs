@@ -24,14 +24,11 @@ use reqwest::{StatusCode, Url, header};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::api::VerifyPolicy;
-use crate::http::{cause_chain, find_rustls_error, truncate};
+use crate::http::{BodyError, MAX_BODY, find_rustls_error, read_body, transport_cause, truncate};
 use crate::render::RegistryAuth;
 
 /// How long one HTTP request may take when the caller has no opinion.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Largest token response read; real ones are a few KiB.
-const MAX_TOKEN_RESPONSE: usize = 1024 * 1024;
 
 /// Most redirects followed for one request (same origin only).
 const MAX_REDIRECTS: usize = 5;
@@ -255,13 +252,10 @@ impl Ctx<'_> {
             status => return Err(unexpected(step, url, status)),
         }
         let bad = |detail: String| VerifyError::BadTokenResponse { step, url: url.to_string(), detail };
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| self.transport_error(step, url, &e))? {
-            if body.len() + chunk.len() > MAX_TOKEN_RESPONSE {
-                return Err(bad(format!("larger than {} KiB", MAX_TOKEN_RESPONSE / 1024)));
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = read_body(&mut response).await.map_err(|e| match e {
+            BodyError::Read(e) => self.transport_error(step, url, &e),
+            BodyError::TooLarge => bad(format!("larger than {} KiB", MAX_BODY / 1024)),
+        })?;
         parse_token_response(&body).map_err(bad)
     }
 
@@ -277,7 +271,7 @@ impl Ctx<'_> {
             };
             return VerifyError::TlsHandshake { step, url, cause: format!("{tls}{hint}") };
         }
-        VerifyError::Unreachable { step, url, cause: cause_chain(e) }
+        VerifyError::Unreachable { step, url, cause: transport_cause(e) }
     }
 }
 
@@ -419,7 +413,7 @@ fn build_client(opts: &VerifyOptions) -> Result<reqwest::Client, VerifyError> {
             }
         }))
         .build()
-        .map_err(|e| VerifyError::TlsSetup(cause_chain(&e)))
+        .map_err(|e| VerifyError::TlsSetup(transport_cause(&e)))
 }
 
 /// rustls with the `ring` provider, the platform's roots and the CA bundle.
@@ -451,8 +445,11 @@ pub enum ChallengeError {
     #[error("empty challenge")]
     Empty,
     /// Not RFC 7235 syntax.
-    #[error("malformed challenge at byte {position}: {detail}")]
-    Malformed { position: usize, detail: &'static str },
+    #[error("malformed challenge: {detail}")]
+    Malformed {
+        /// What is wrong and at which byte.
+        detail: String,
+    },
     /// A Bearer challenge without (or with an empty) `realm`.
     #[error("Bearer challenge has no realm")]
     MissingRealm,
@@ -461,238 +458,135 @@ pub enum ChallengeError {
     Unsupported(String),
 }
 
-/// Parses a `WWW-Authenticate` value (RFC 7235: one or more challenges, each
+/// Parses a `WWW-Authenticate` value: one or more RFC 7235 challenges, each
 /// a scheme and comma-separated `key=value` parameters with token or quoted
-/// values). Prefers Bearer over Basic when both are offered; schemes are
-/// case-insensitive, unknown parameters are ignored, and a repeated parameter
-/// keeps its first value. Never panics.
+/// values, parsed by the `http-auth` crate. Prefers Bearer over Basic when
+/// both are offered; schemes and parameter names are case-insensitive,
+/// unknown parameters are ignored, and a repeated parameter keeps its first
+/// value. Several `WWW-Authenticate` headers are one list, joined with
+/// commas. Never panics.
+///
+/// No fallback for non-RFC syntax: every registry checked (Distribution,
+/// Docker Hub, Harbor, ACR, ECR, GAR, GHCR, Quay, Nexus) sends RFC syntax,
+/// and Docker's and containerd's own parsers would not accept more (an
+/// unquoted URL realm, for example).
 pub fn parse_challenge(header: &str) -> Result<Challenge, ChallengeError> {
-    let challenges = Parser::new(header).challenges()?;
-    if challenges.is_empty() {
+    // A field value has no leading or trailing whitespace (RFC 9110 5.5):
+    // HTTP stacks strip it, and so does this.
+    let header = header.trim_matches([' ', '\t']);
+    if header.split(',').all(|element| element.trim_matches([' ', '\t']).is_empty()) {
         return Err(ChallengeError::Empty);
     }
+    let header = normalize(header);
+    let challenges = http_auth::parse_challenges(&header).map_err(|e| {
+        // "invalid byte at byte 7: <the header>": the header is not repeated.
+        let text = e.to_string();
+        let detail = text.split(": ").next().unwrap_or_default();
+        ChallengeError::Malformed { detail: truncate(detail, 100) }
+    })?;
     let find = |scheme: &str| challenges.iter().find(|c| c.scheme.eq_ignore_ascii_case(scheme));
+    let param = |c: &http_auth::ChallengeRef<'_>, name: &str| {
+        c.params.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.to_unescaped())
+    };
     if let Some(bearer) = find("bearer") {
-        let realm = bearer.param("realm").filter(|r| !r.is_empty()).ok_or(ChallengeError::MissingRealm)?;
-        return Ok(Challenge::Bearer {
-            realm: realm.to_string(),
-            service: bearer.param("service").map(str::to_string),
-            scope: bearer.param("scope").map(str::to_string),
-        });
+        let realm = param(bearer, "realm").filter(|r| !r.is_empty()).ok_or(ChallengeError::MissingRealm)?;
+        return Ok(Challenge::Bearer { realm, service: param(bearer, "service"), scope: param(bearer, "scope") });
     }
     if let Some(basic) = find("basic") {
-        return Ok(Challenge::Basic { realm: basic.param("realm").unwrap_or_default().to_string() });
+        return Ok(Challenge::Basic { realm: param(basic, "realm").unwrap_or_default() });
     }
-    let schemes: Vec<&str> = challenges.iter().map(|c| c.scheme.as_str()).collect();
+    let schemes: Vec<&str> = challenges.iter().map(|c| c.scheme).collect();
     Err(ChallengeError::Unsupported(truncate(&schemes.join(", "), 100)))
 }
 
-/// One parsed challenge, before interpretation.
-struct RawChallenge {
-    scheme: String,
-    /// Lower-cased names and unescaped values, in order.
-    params: Vec<(String, String)>,
-    /// A token68 instead of parameters (schemes like Negotiate).
-    token68: bool,
+/// `header` in the shape http-auth 0.1.10 reads, where it refuses what
+/// RFC 7235 allows or what the hand-written parser before it accepted:
+/// - whitespace (`SP`/`HTAB`) outside quoted strings becomes one space, and
+///   none around `=` (RFC 7235 allows `1*SP` after a scheme, `BWS` around
+///   `=` and `OWS` around commas; http-auth takes exactly one space);
+/// - a challenge with a token68 instead of parameters (`Negotiate YIIB…==`,
+///   sent by SPNEGO proxies in front of registries) keeps only its scheme,
+///   which is all regcred needs of a scheme it does not use;
+/// - an unquoted parameter value that is not a token (an unquoted URL such
+///   as `realm=https://auth.example/token`) is quoted.
+///
+/// Anything else is left as it is, so malformed input stays malformed.
+fn normalize(header: &str) -> String {
+    let mut elements = Vec::new();
+    let (mut current, mut quoted, mut escaped) = (String::new(), false, false);
+    for c in header.chars() {
+        if quoted {
+            current.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                quoted = false;
+            }
+            continue;
+        }
+        match c {
+            '"' => {
+                quoted = true;
+                current.push(c);
+            }
+            ',' => elements.push(normalize_element(&std::mem::take(&mut current))),
+            ' ' | '\t' => {
+                if !current.is_empty() && !current.ends_with([' ', '=']) {
+                    current.push(' ');
+                }
+            }
+            '=' => {
+                if current.ends_with(' ') {
+                    current.pop();
+                }
+                current.push('=');
+            }
+            c => current.push(c),
+        }
+    }
+    elements.push(normalize_element(&current));
+    elements.join(",")
 }
 
-impl RawChallenge {
-    fn param(&self, name: &str) -> Option<&str> {
-        self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+/// One comma-separated element: `scheme`, `scheme token68`,
+/// `scheme name=value` or `name=value`, whitespace already normalised.
+fn normalize_element(element: &str) -> String {
+    let element = element.trim_end();
+    let (scheme, rest) = match element.split_once(' ') {
+        Some((scheme, rest)) if !scheme.contains('=') => (Some(scheme), rest),
+        _ => (None, element),
+    };
+    let is_token68 = |s: &str| {
+        let body = s.trim_end_matches('=');
+        !body.is_empty() && body.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
+    };
+    if let Some(scheme) = scheme
+        && is_token68(rest)
+    {
+        return scheme.to_string();
+    }
+    let rest = match rest.split_once('=') {
+        Some((name, value))
+            if !value.is_empty()
+                && !value.starts_with('"')
+                && !value.bytes().all(is_tchar)
+                && value.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\') =>
+        {
+            format!("{name}=\"{value}\"")
+        }
+        _ => rest.to_string(),
+    };
+    match scheme {
+        Some(scheme) => format!("{scheme} {rest}"),
+        None => rest,
     }
 }
 
-/// A byte cursor over the header. Delimiters are all ASCII, so slices taken
-/// between them stay valid UTF-8.
-struct Parser<'a> {
-    s: &'a [u8],
-    pos: usize,
-}
-
+/// RFC 9110 `tchar`.
 fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-fn is_token68_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-._~+/".contains(&b)
-}
-
-fn malformed(position: usize, detail: &'static str) -> ChallengeError {
-    ChallengeError::Malformed { position, detail }
-}
-
-impl<'a> Parser<'a> {
-    fn new(s: &'a str) -> Self {
-        Parser { s: s.as_bytes(), pos: 0 }
-    }
-
-    fn peek(&self) -> Option<u8> {
-        self.s.get(self.pos).copied()
-    }
-
-    fn skip_ows(&mut self) {
-        while matches!(self.peek(), Some(b' ' | b'\t')) {
-            self.pos += 1;
-        }
-    }
-
-    /// Skips whitespace and empty list elements; true if a comma was seen.
-    fn skip_separators(&mut self) -> bool {
-        let mut comma = false;
-        loop {
-            self.skip_ows();
-            if self.peek() == Some(b',') {
-                comma = true;
-                self.pos += 1;
-            } else {
-                return comma;
-            }
-        }
-    }
-
-    fn take_while(&mut self, f: impl Fn(u8) -> bool) -> &'a [u8] {
-        let start = self.pos;
-        while self.peek().is_some_and(&f) {
-            self.pos += 1;
-        }
-        self.s.get(start..self.pos).unwrap_or_default()
-    }
-
-    fn at_end_of_item(&self) -> bool {
-        matches!(self.peek(), None | Some(b',' | b' ' | b'\t'))
-    }
-
-    fn challenges(mut self) -> Result<Vec<RawChallenge>, ChallengeError> {
-        let mut out: Vec<RawChallenge> = Vec::new();
-        self.skip_separators();
-        while self.peek().is_some() {
-            let start = self.pos;
-            let scheme = self.take_while(is_tchar);
-            if scheme.is_empty() {
-                return Err(malformed(start, "expected an authentication scheme"));
-            }
-            if !self.at_end_of_item() {
-                return Err(malformed(self.pos, "unexpected character after the scheme"));
-            }
-            let mut challenge = RawChallenge {
-                scheme: String::from_utf8_lossy(scheme).into_owned(),
-                params: Vec::new(),
-                token68: false,
-            };
-            self.skip_ows();
-            // The first parameter, or a token68, follows the scheme directly.
-            if !matches!(self.peek(), None | Some(b',')) {
-                match self.param()? {
-                    Some(param) => challenge.params.push(param),
-                    None => {
-                        self.token68()?;
-                        challenge.token68 = true;
-                    }
-                }
-            }
-            // After a comma comes another parameter of this challenge, or the
-            // next challenge's scheme.
-            loop {
-                if !self.skip_separators() {
-                    if self.peek().is_some() {
-                        return Err(malformed(self.pos, "expected a comma"));
-                    }
-                    break;
-                }
-                if challenge.token68 || self.peek().is_none() {
-                    break;
-                }
-                match self.param()? {
-                    Some(param) => challenge.params.push(param),
-                    // Not a parameter: the next challenge starts here.
-                    None => break,
-                }
-            }
-            out.push(challenge);
-        }
-        Ok(out)
-    }
-
-    /// `token OWS "=" OWS (token / quoted-string)`. Returns None, with the
-    /// cursor unmoved, when the input here is not a parameter.
-    fn param(&mut self) -> Result<Option<(String, String)>, ChallengeError> {
-        let start = self.pos;
-        let name = self.take_while(is_tchar);
-        if name.is_empty() {
-            return Err(malformed(start, "expected a parameter or a scheme"));
-        }
-        self.skip_ows();
-        if self.peek() != Some(b'=') {
-            self.pos = start;
-            return Ok(None);
-        }
-        self.pos += 1;
-        self.skip_ows();
-        let value = match self.peek() {
-            Some(b'"') => self.quoted()?,
-            // `name=` followed by `=`, a comma or nothing has no value: it is
-            // a token68 such as `abc==`, or not a parameter at all.
-            Some(b'=' | b',') | None => {
-                self.pos = start;
-                return Ok(None);
-            }
-            _ => {
-                // Lenient token: anything up to a delimiter, so unquoted URLs
-                // (`realm=https://auth.example/token`) work too.
-                let value = self.take_while(|b| !matches!(b, b',' | b' ' | b'\t' | b'"') && !b.is_ascii_control());
-                String::from_utf8_lossy(value).into_owned()
-            }
-        };
-        let after = self.pos;
-        self.skip_ows();
-        if !matches!(self.peek(), None | Some(b',')) {
-            return Err(malformed(after, "expected a comma after a parameter value"));
-        }
-        Ok(Some((String::from_utf8_lossy(name).to_ascii_lowercase(), value)))
-    }
-
-    /// A quoted-string starting at the cursor, with backslash escapes.
-    fn quoted(&mut self) -> Result<String, ChallengeError> {
-        let start = self.pos;
-        self.pos += 1;
-        let mut out = Vec::new();
-        loop {
-            match self.peek() {
-                None => return Err(malformed(start, "unterminated quoted string")),
-                Some(b'"') => {
-                    self.pos += 1;
-                    return Ok(String::from_utf8_lossy(&out).into_owned());
-                }
-                Some(b'\\') => {
-                    self.pos += 1;
-                    match self.peek() {
-                        None => return Err(malformed(start, "unterminated quoted string")),
-                        Some(b) => {
-                            out.push(b);
-                            self.pos += 1;
-                        }
-                    }
-                }
-                Some(b) => {
-                    out.push(b);
-                    self.pos += 1;
-                }
-            }
-        }
-    }
-
-    /// `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
-    fn token68(&mut self) -> Result<(), ChallengeError> {
-        let start = self.pos;
-        if self.take_while(is_token68_char).is_empty() {
-            return Err(malformed(start, "expected parameters or a token68"));
-        }
-        self.take_while(|b| b == b'=');
-        if !self.at_end_of_item() {
-            return Err(malformed(self.pos, "unexpected character in token68"));
-        }
-        Ok(())
-    }
 }
 
 /// Fuzzing entry point (`fuzz/`): the registry token answer parser on
@@ -747,6 +641,16 @@ mod tests {
     }
 
     #[test]
+    fn spaces_collapse_outside_quoted_strings_only() {
+        assert_eq!(normalize("Bearer   realm=\"a  b\",  x=\"\\\"  \""), "Bearer realm=\"a  b\",x=\"\\\"  \"");
+        assert_eq!(
+            parse_challenge(r#"Basic   realm="two  spaces""#),
+            Ok(basic("two  spaces")),
+            "1*SP after the scheme, spaces inside the value kept"
+        );
+    }
+
+    #[test]
     fn values_keep_their_case() {
         assert_eq!(
             parse_challenge(r#"Bearer realm="https://T.example/Token",service=Reg"#),
@@ -780,10 +684,96 @@ mod tests {
     }
 
     #[test]
+    fn parses_what_real_registries_send() {
+        let cases = [
+            (
+                "Distribution (token auth spec example)",
+                r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:samalba/my-app:pull,push""#,
+                bearer(
+                    "https://auth.docker.io/token",
+                    Some("registry.docker.io"),
+                    Some("repository:samalba/my-app:pull,push"),
+                ),
+            ),
+            (
+                "Docker Hub",
+                r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io""#,
+                bearer("https://auth.docker.io/token", Some("registry.docker.io"), None),
+            ),
+            (
+                "Harbor",
+                r#"Bearer realm="https://harbor.example/service/token",service="harbor-registry""#,
+                bearer("https://harbor.example/service/token", Some("harbor-registry"), None),
+            ),
+            (
+                "ACR",
+                r#"Bearer realm="https://x.azurecr.io/oauth2/token",service="x.azurecr.io""#,
+                bearer("https://x.azurecr.io/oauth2/token", Some("x.azurecr.io"), None),
+            ),
+            (
+                "ECR",
+                r#"Basic realm="https://123456789012.dkr.ecr.us-east-1.amazonaws.com/",service="ecr.amazonaws.com""#,
+                basic("https://123456789012.dkr.ecr.us-east-1.amazonaws.com/"),
+            ),
+            (
+                "GAR (Artifact Registry)",
+                r#"Bearer realm="https://europe-docker.pkg.dev/v2/token""#,
+                bearer("https://europe-docker.pkg.dev/v2/token", None, None),
+            ),
+            (
+                "GHCR",
+                r#"Bearer realm="https://ghcr.io/token",service="ghcr.io",scope="repository:user/image:pull""#,
+                bearer("https://ghcr.io/token", Some("ghcr.io"), Some("repository:user/image:pull")),
+            ),
+            (
+                "Quay",
+                r#"Bearer realm="https://quay.io/v2/auth",service="quay.io""#,
+                bearer("https://quay.io/v2/auth", Some("quay.io"), None),
+            ),
+            (
+                "Nexus (upper-case scheme)",
+                r#"BASIC realm="Sonatype Nexus Repository Manager""#,
+                basic("Sonatype Nexus Repository Manager"),
+            ),
+            (
+                "lower-case scheme",
+                r#"bearer realm="https://quay.io/v2/auth",service="quay.io""#,
+                bearer("https://quay.io/v2/auth", Some("quay.io"), None),
+            ),
+            (
+                "Distribution error challenge",
+                r#"Bearer realm="https://ghcr.io/token",service="ghcr.io",scope="repository:a/b:pull",error="insufficient_scope""#,
+                bearer("https://ghcr.io/token", Some("ghcr.io"), Some("repository:a/b:pull")),
+            ),
+            (
+                "two challenges in one header (Basic and Distribution Bearer)",
+                r#"Basic realm="Registry", Bearer realm="https://harbor.example/service/token",service="harbor-registry""#,
+                bearer("https://harbor.example/service/token", Some("harbor-registry"), None),
+            ),
+            (
+                "two WWW-Authenticate headers, joined as challenge_of does",
+                r#"Bearer realm="https://x.azurecr.io/oauth2/token",service="x.azurecr.io", Basic realm="x.azurecr.io""#,
+                bearer("https://x.azurecr.io/oauth2/token", Some("x.azurecr.io"), None),
+            ),
+        ];
+        for (registry, header, want) in cases {
+            assert_eq!(parse_challenge(header), Ok(want), "{registry}: {header}");
+        }
+    }
+
+    #[test]
     fn accepts_token_values_and_unquoted_urls() {
         assert_eq!(
             parse_challenge("Bearer realm=https://t.example/token?x=1,service=reg,scope=a:b:pull"),
             Ok(bearer("https://t.example/token?x=1", Some("reg"), Some("a:b:pull")))
+        );
+    }
+
+    #[test]
+    fn a_missing_comma_is_malformed_and_the_header_is_not_repeated() {
+        assert_eq!(
+            parse_challenge(r#"Bearer realm="a" service="b""#).unwrap_err().to_string(),
+            "malformed challenge: invalid byte at byte 24"
         );
     }
 

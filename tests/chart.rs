@@ -360,7 +360,9 @@ fn lint_and_kubeconform_default_values() {
             "--log-level=info",
             "--log-format=json",
             "--concurrency=4",
-            "--write-concurrency=32"
+            "--write-concurrency=32",
+            "--provider-calls-per-second=10",
+            "--provider-concurrency=4"
         ]
     );
     assert_eq!(deploy["spec"]["strategy"]["type"], "Recreate", "one writer at a time without leader election");
@@ -387,6 +389,8 @@ fn lint_and_kubeconform_with_every_option_on() {
         "--allow-namespaced-ambient-identity",
         "--cluster-resource-namespace=regcred-sources",
         "--metrics-addr=0.0.0.0:9090",
+        "--provider-calls-per-second=5",
+        "--provider-concurrency=2",
     ] {
         assert!(args.contains(&arg), "{arg} missing from {args:?}");
     }

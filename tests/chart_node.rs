@@ -10,6 +10,9 @@
 //! takes over within the Lease duration, and a credential applied after
 //! that converges with each Secret written once; `helm upgrade` rolls the
 //! Deployment with no credential going Ready=False and no pull failing;
+//! the breadth scenario scaled to [`BREADTH`] namespaces and three
+//! credentials is served within the chart's default memory limit (no
+//! restart, peak RSS below the limit and printed);
 //! `kubectl logs` carries no secret; `helm uninstall` leaves the CRDs and
 //! the credentials.
 //!
@@ -44,6 +47,9 @@ const RELEASE: &str = "regcred";
 const NS: &str = "regcred-system";
 const PULLER: (&str, &str) = ("team", "chart-node-team-password");
 const PUSHER: (&str, &str) = ("ci", "chart-node-ci-password");
+/// Namespaces of the scaled breadth scenario (`make bench ARGS="--scenario
+/// breadth"` runs 10,000 outside the node; docs/benchmarks.md).
+const BREADTH: usize = 1000;
 
 fn helm(cp: &ControlPlane, args: &[&str]) -> Output {
     let mut cmd = regcred_testenv::chart::helm(&cp.dir().join("helm-home")).unwrap_or_else(|e| panic!("{e:#}"));
@@ -97,10 +103,15 @@ fn ready(pod: &Pod) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+/// `count` Ready operator Pods of one ReplicaSet: during a rollout (the
+/// Pod template changes with `replicas`, which turns leader election on) a
+/// Pod of the old ReplicaSet and one of the new can be Ready together.
 async fn wait_ready_pods(client: &Client, count: usize) -> Vec<Pod> {
     poll(&format!("{count} Ready operator Pods"), Duration::from_secs(120), || async {
         let pods = operator_pods(client).await;
-        (pods.len() == count && pods.iter().all(ready)).then_some(pods)
+        let hash = |p: &Pod| p.labels().get("pod-template-hash").cloned();
+        let one_template = pods.iter().all(|p| hash(p) == pods.first().and_then(hash));
+        (pods.len() == count && one_template && pods.iter().all(ready)).then_some(pods)
     })
     .await
 }
@@ -120,6 +131,33 @@ async fn wait_synced(client: &Client, name: &str) {
             .then_some(())
     })
     .await
+}
+
+/// The memory limit of the chart's default `resources`, in bytes.
+fn chart_memory_limit() -> u64 {
+    let values = std::fs::read_to_string(regcred_testenv::repo_root().join("charts/regcred/values.yaml")).unwrap();
+    let values: serde_yaml::Value = serde_yaml::from_str(&values).unwrap();
+    let limit = values["resources"]["limits"]["memory"].as_str().expect("resources.limits.memory in values.yaml");
+    let mib: u64 = limit.strip_suffix("Mi").and_then(|n| n.parse().ok()).expect("a limit in Mi");
+    mib * 1048576
+}
+
+/// The highest peak RSS (`VmHWM`, KiB) of the regcred processes the chart
+/// runs on this host.
+fn operator_peak_rss_kib() -> u64 {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let cmdline = String::from_utf8_lossy(&std::fs::read(e.path().join("cmdline")).ok()?).replace('\0', " ");
+            if !(cmdline.starts_with("/usr/local/bin/regcred run") && cmdline.contains("--metrics-addr=0.0.0.0:8080")) {
+                return None;
+            }
+            let status = std::fs::read_to_string(e.path().join("status")).ok()?;
+            status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()
+        })
+        .max()
+        .expect("no regcred process on the host")
 }
 
 /// A stripped copy of this build's regcred (the image recipe is the same
@@ -437,6 +475,62 @@ async fn the_chart_runs_regcred_pods_from_its_own_image_on_the_real_node() {
     );
     let args = rolled[0].spec.as_ref().unwrap().containers[0].args.clone().unwrap();
     assert!(args.iter().any(|a| a == "--log-level=debug"), "{args:?}");
+
+    // Breadth, scaled: BREADTH more labelled namespaces and a third
+    // credential, with the chart's default resources.
+    let limit = chart_memory_limit();
+    let started = Instant::now();
+    apply_yaml(
+        &cp,
+        &credential(
+            "breadth",
+            json!({"basic": {"registry": registry.host, "secretRef": {"name": "team-login"}}}),
+            "breadth-pull",
+        ),
+    );
+    futures::stream::iter(0..BREADTH)
+        .for_each_concurrent(16, |i| {
+            let client = client.clone();
+            async move {
+                let n: Namespace = serde_json::from_value(
+                    json!({"metadata": {"name": format!("wide-{i}"), "labels": {"regcred.dev/chart-node": "yes"}}}),
+                )
+                .unwrap();
+                Api::<Namespace>::all(client).create(&PostParams::default(), &n).await.unwrap();
+            }
+        })
+        .await;
+    let want = BREADTH + 2;
+    for name in ["basic", "short-lived", "breadth"] {
+        let api: Api<ClusterRegistryCredential> = Api::all(client.clone());
+        poll(&format!("{name}: {want} namespaces synced"), Duration::from_secs(240), || async {
+            let c = api.get_opt(name).await.unwrap()?;
+            let targets = c.status.as_ref()?.targets.clone()?;
+            (ready_reason(&c).as_deref() == Some("True/Synced") && targets.synced == want as i32).then_some(())
+        })
+        .await;
+    }
+    for pod in operator_pods(&client).await {
+        let container = &pod.status.as_ref().unwrap().container_statuses.as_ref().unwrap()[0];
+        assert_eq!(container.restart_count, 0, "the operator restarted serving {want} namespaces: {container:?}");
+    }
+    let peak = operator_peak_rss_kib();
+    eprintln!(
+        "breadth on the node: {want} namespaces x 3 credentials converged in {:?}; peak RSS {:.1} MiB of the chart's {:.0} MiB limit",
+        started.elapsed(),
+        peak as f64 / 1024.0,
+        limit as f64 / 1048576.0
+    );
+    assert!(peak * 1024 < limit, "peak RSS {peak} KiB is not below the memory limit {limit} bytes");
+    // The third credential goes again, taking its Secrets with it
+    // (deletionPolicy Delete) before the finalizer lets it go.
+    let credentials: Api<ClusterRegistryCredential> = Api::all(client.clone());
+    credentials.delete("breadth", &DeleteParams::default()).await.unwrap();
+    poll("the breadth credential's cleanup", Duration::from_secs(240), || async {
+        credentials.get_opt("breadth").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    assert!(managed_versions(&client, "breadth-pull").await.is_empty(), "its Secrets went with it");
 
     // Pod logs carry no secret (and join the suite's leak check).
     let mut secrets = vec![PULLER.1.to_string(), PUSHER.1.to_string(), "chart-node-aws-secret".into()];

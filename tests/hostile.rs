@@ -310,6 +310,21 @@ mod compaction {
             .collect()
     }
 
+    /// Whether every namespace's default ServiceAccount exists and lists the
+    /// pull Secret.
+    async fn accounts_list_the_secret(client: &Client) -> bool {
+        for i in 0..K {
+            let ns = format!("gap-{i}");
+            let Ok(Some(sa)) = Api::<ServiceAccount>::namespaced(client.clone(), &ns).get_opt("default").await else {
+                return false;
+            };
+            if !sa.image_pull_secrets.iter().flatten().any(|r| r.name == PULL) {
+                return false;
+            }
+        }
+        true
+    }
+
     /// Namespace -> resourceVersion of the default ServiceAccount of each
     /// namespace served before the gap.
     async fn service_accounts(client: &Client) -> BTreeMap<String, String> {
@@ -374,8 +389,12 @@ mod compaction {
         let mut spec = basic_spec(REGISTRY, "gap-login", PULL);
         spec["namespaceSelector"] = json!({"matchLabels": {"gap": "yes"}});
         apply_crcred(&client, "gap", spec).await;
+        // The namespaces' default ServiceAccounts come from the
+        // controller-manager, asynchronously: wait for each to exist and
+        // list the Secret, so the snapshot below is of a settled world.
         poll_logged(&format!("{K} Secrets, {K}/{K} Synced"), WAIT, Duration::from_millis(250), Some(&op), || async {
-            (managed(&client).await.len() == K && synced(&client, K).await.is_some()).then_some(())
+            let settled = managed(&client).await.len() == K && synced(&client, K).await.is_some();
+            (settled && accounts_list_the_secret(&client).await).then_some(())
         })
         .await;
         let before = managed(&client).await;

@@ -11,17 +11,17 @@
 //! patch.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use futures::StreamExt;
 use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
+use futures::channel::oneshot;
 use k8s_openapi::api::core::v1::{LocalObjectReference, ServiceAccount};
-use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
+use parking_lot::Mutex;
 
-use super::{Context, CredentialKind, FIELD_MANAGER};
-use crate::api::ServiceAccountSelector;
-use crate::targets::service_account_selected;
+use super::index::{AccountView, Claim};
+use super::{Context, FIELD_MANAGER};
 
 /// Patches tried per ServiceAccount before giving up until the next change.
 const ATTEMPTS: usize = 3;
@@ -36,19 +36,31 @@ struct NamespaceState {
     sent: bool,
     /// Being processed.
     running: bool,
+    /// Waiting for the next pass's result.
+    waiting: Vec<oneshot::Sender<PassResult>>,
+    /// Waiting for the running pass's result.
+    served: Vec<oneshot::Sender<PassResult>>,
+    /// Secrets being removed, whose entries the next pass takes out.
+    removing: Vec<String>,
+}
+
+/// How a pass over a namespace's ServiceAccounts ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PassResult {
+    Done,
+    /// A patch failed for a reason other than a race, with the message.
+    Failed(String),
 }
 
 impl NamespaceState {
     fn idle(&self) -> bool {
-        self.pending == 0 && !self.queued && !self.sent && !self.running
+        self.pending == 0
+            && !self.queued
+            && !self.sent
+            && !self.running
+            && self.waiting.is_empty()
+            && self.removing.is_empty()
     }
-}
-
-/// What regcred's own last patch left on a ServiceAccount, until the cache
-/// catches up.
-struct WrittenAccount {
-    resource_version: u64,
-    entries: Vec<String>,
 }
 
 /// Namespaces asked for, and the channel to the worker.
@@ -70,25 +82,16 @@ impl Queue {
     }
 }
 
-/// The queue of namespaces whose ServiceAccounts need a look, and what the
-/// worker learnt.
+/// The queue of namespaces whose ServiceAccounts need a look.
 pub struct Accounts {
     queue: Arc<Queue>,
     rx: Mutex<Option<UnboundedReceiver<String>>>,
-    written: Mutex<HashMap<(String, String), WrittenAccount>>,
-    /// Namespaces where a patch failed, with the message.
-    failures: Mutex<HashMap<String, String>>,
 }
 
 impl Default for Accounts {
     fn default() -> Self {
         let (tx, rx) = unbounded();
-        Accounts {
-            queue: Arc::new(Queue { state: Mutex::default(), tx }),
-            rx: Mutex::new(Some(rx)),
-            written: Mutex::default(),
-            failures: Mutex::default(),
-        }
+        Accounts { queue: Arc::new(Queue { state: Mutex::default(), tx }), rx: Mutex::new(Some(rx)) }
     }
 }
 
@@ -101,7 +104,7 @@ pub struct PendingWrite {
 
 impl Drop for PendingWrite {
     fn drop(&mut self) {
-        let mut state = self.queue.state.lock().expect("not poisoned");
+        let mut state = self.queue.state.lock();
         if let Some(s) = state.get_mut(&self.namespace) {
             s.pending = s.pending.saturating_sub(1);
         }
@@ -112,126 +115,77 @@ impl Drop for PendingWrite {
 impl Accounts {
     /// Asks for the ServiceAccounts of `namespace` to be brought up to date.
     pub fn enqueue(&self, namespace: &str) {
-        let mut state = self.queue.state.lock().expect("not poisoned");
+        let mut state = self.queue.state.lock();
         state.entry(namespace.to_string()).or_default().queued = true;
         self.queue.send_if_due(&mut state, namespace);
+    }
+
+    /// Asks for a pass over the ServiceAccounts of `namespace` and returns
+    /// its result when it is done: a pass that starts after this call, so it
+    /// sees every Secret in place by now.
+    pub fn pass(&self, namespace: &str) -> oneshot::Receiver<PassResult> {
+        self.ask(namespace, None)
+    }
+
+    /// Asks for a pass that also takes `secret` out of every ServiceAccount
+    /// of `namespace` that no other credential's claim keeps it in (the
+    /// Secret is about to be deleted), and returns its result.
+    pub fn remove(&self, namespace: &str, secret: &str) -> oneshot::Receiver<PassResult> {
+        self.ask(namespace, Some(secret))
+    }
+
+    fn ask(&self, namespace: &str, removing: Option<&str>) -> oneshot::Receiver<PassResult> {
+        let (tx, rx) = oneshot::channel();
+        let mut state = self.queue.state.lock();
+        let s = state.entry(namespace.to_string()).or_default();
+        s.queued = true;
+        s.waiting.push(tx);
+        s.removing.extend(removing.map(String::from));
+        self.queue.send_if_due(&mut state, namespace);
+        rx
     }
 
     /// A Secret write for `namespace` is about to start; the namespace waits
     /// until the returned guard is dropped.
     pub fn begin_write(&self, namespace: &str) -> PendingWrite {
-        self.queue.state.lock().expect("not poisoned").entry(namespace.to_string()).or_default().pending += 1;
+        self.queue.state.lock().entry(namespace.to_string()).or_default().pending += 1;
         PendingWrite { queue: self.queue.clone(), namespace: namespace.to_string() }
     }
 
-    fn start(&self, namespace: &str) {
-        let mut state = self.queue.state.lock().expect("not poisoned");
+    /// Starts a pass; returns the Secrets whose entries it removes.
+    fn start(&self, namespace: &str) -> Vec<String> {
+        let mut state = self.queue.state.lock();
         let s = state.entry(namespace.to_string()).or_default();
         s.sent = false;
         s.queued = false;
         s.running = true;
+        s.served = std::mem::take(&mut s.waiting);
+        std::mem::take(&mut s.removing)
     }
 
-    fn finish(&self, namespace: &str) {
-        let mut state = self.queue.state.lock().expect("not poisoned");
+    /// Ends a pass; returns whether anyone waited for its result.
+    fn finish(&self, namespace: &str, result: PassResult) -> bool {
+        let mut state = self.queue.state.lock();
+        let mut waited = false;
         if let Some(s) = state.get_mut(namespace) {
             s.running = false;
+            for tx in s.served.drain(..) {
+                waited |= tx.send(result.clone()).is_ok();
+            }
         }
         self.queue.send_if_due(&mut state, namespace);
+        waited
     }
-
-    /// Forgets what was written to a deleted ServiceAccount.
-    pub fn forget(&self, namespace: &str, name: &str) {
-        self.written.lock().expect("not poisoned").remove(&(namespace.to_string(), name.to_string()));
-    }
-
-    /// The message of the last failed patch in `namespace`, if it still fails.
-    pub fn failure(&self, namespace: &str) -> Option<String> {
-        self.failures.lock().expect("not poisoned").get(namespace).cloned()
-    }
-}
-
-/// A ServiceAccount as the worker sees it: the cache, or regcred's own last
-/// patch if the cache has not caught up with it yet.
-pub struct AccountView {
-    pub name: String,
-    pub resource_version: Option<String>,
-    pub labels: std::collections::BTreeMap<String, String>,
-    pub entries: Vec<String>,
-}
-
-impl AccountView {
-    pub fn has(&self, secret: &str) -> bool {
-        self.entries.iter().any(|e| e == secret)
-    }
-
-    pub fn selected_by(&self, selector: Option<&ServiceAccountSelector>) -> bool {
-        service_account_selected(selector, &self.name, &self.labels)
-    }
-}
-
-fn rv_number(rv: Option<&str>) -> Option<u64> {
-    rv?.parse().ok()
-}
-
-/// The ServiceAccounts of a namespace, newest known version of each.
-pub fn accounts_in(ctx: &Context, namespace: &str) -> Vec<AccountView> {
-    let cached = ctx.service_accounts.in_namespace(namespace);
-    let written = ctx.accounts.written.lock().expect("not poisoned");
-    cached
-        .into_iter()
-        .map(|(name, sa)| {
-            let mut view = AccountView {
-                resource_version: sa.resource_version.map(|rv| rv.to_string()),
-                labels: sa.labels,
-                entries: sa.image_pull_secrets,
-                name,
-            };
-            if let Some(w) = written.get(&(namespace.to_string(), view.name.clone()))
-                && Some(w.resource_version) > sa.resource_version
-            {
-                view.resource_version = Some(w.resource_version.to_string());
-                view.entries = w.entries.clone();
-            }
-            view
-        })
-        .collect()
-}
-
-/// A credential's say over the ServiceAccounts of one namespace.
-struct Claim {
-    secret: String,
-    selector: Option<ServiceAccountSelector>,
-}
-
-/// Credentials that target `namespace`, are not being deleted, and whose
-/// pull Secret is in place there.
-fn claims(ctx: &Context, namespace: &str) -> Vec<Claim> {
-    fn claim<K: CredentialKind>(ctx: &Context, c: &K, namespace: &str) -> Option<Claim> {
-        if c.meta().deletion_timestamp.is_some() || !c.targets_namespace(ctx, namespace) {
-            return None;
-        }
-        let spec = c.credential();
-        ctx.secret_in_place(namespace, &spec.secret.name, &c.owner_key())
-            .then(|| Claim { secret: spec.secret.name.clone(), selector: spec.service_accounts.clone() })
-    }
-    let mut out = Vec::new();
-    for c in ctx.credentials.namespaced.state() {
-        if c.namespace().as_deref() == Some(namespace) {
-            out.extend(claim(ctx, &*c, namespace));
-        }
-    }
-    for c in ctx.credentials.cluster.state() {
-        out.extend(claim(ctx, &*c, namespace));
-    }
-    out
 }
 
 /// The list a ServiceAccount should have: every entry it has, plus the
 /// Secrets of credentials that select it, minus those of credentials that
-/// do not. Entries of others keep their place.
-fn desired_entries(view: &AccountView, claims: &[Claim]) -> Vec<String> {
+/// do not and those being removed (unless a claim keeps them). Entries of
+/// others keep their place.
+fn desired_entries(view: &AccountView, claims: &[Claim], removing: &[String]) -> Vec<String> {
+    let kept = |secret: &str| claims.iter().any(|c| c.secret == secret && view.selected_by(c.selector.as_ref()));
     let mut entries = view.entries.clone();
+    entries.retain(|e| !removing.contains(e) || kept(e));
     for c in claims {
         let want = view.selected_by(c.selector.as_ref());
         let has = entries.contains(&c.secret);
@@ -248,26 +202,24 @@ fn desired_entries(view: &AccountView, claims: &[Claim]) -> Vec<String> {
 /// Runs the worker until the process stops. Call once, after the caches are
 /// filled.
 pub async fn run(ctx: Arc<Context>) {
-    let Some(rx) = ctx.accounts.rx.lock().expect("not poisoned").take() else { return };
+    let Some(rx) = ctx.accounts.rx.lock().take() else { return };
     let concurrency = ctx.settings.write_concurrency.max(1);
     rx.for_each_concurrent(concurrency, |namespace| {
         let ctx = ctx.clone();
         // A task per namespace, so the work spreads over every thread.
         let task = tokio::spawn(async move {
-            ctx.accounts.start(&namespace);
-            let failure = sync_namespace(&ctx, &namespace).await;
-            let changed = {
-                let mut failures = ctx.accounts.failures.lock().expect("not poisoned");
-                match failure {
-                    Some(message) => failures.insert(namespace.clone(), message).is_none(),
-                    None => failures.remove(&namespace).is_some(),
-                }
+            let removing = ctx.accounts.start(&namespace);
+            let result = match sync_namespace(&ctx, &namespace, &removing).await {
+                Some(message) => PassResult::Failed(message),
+                None => PassResult::Done,
             };
-            // Credentials report failures in their status: tell them.
-            if changed {
-                ctx.wake_credentials_targeting(&namespace);
+            let failed = result != PassResult::Done;
+            // Credentials report failures in their status: a pass no
+            // reconcile waited for (a ServiceAccount changed) wakes them,
+            // and their own pass brings them the message.
+            if !ctx.accounts.finish(&namespace, result) && failed {
+                ctx.wake_all(ctx.index.credentials_targeting(&namespace));
             }
-            ctx.accounts.finish(&namespace);
         });
         async move {
             if let Err(e) = task.await {
@@ -280,24 +232,30 @@ pub async fn run(ctx: Arc<Context>) {
 
 /// Brings every ServiceAccount of `namespace` up to date; returns a failure
 /// message if a patch failed for a reason other than a race.
-async fn sync_namespace(ctx: &Context, namespace: &str) -> Option<String> {
-    let claims = claims(ctx, namespace);
-    if claims.is_empty() {
+async fn sync_namespace(ctx: &Context, namespace: &str, removing: &[String]) -> Option<String> {
+    let claims = ctx.index.claims(namespace);
+    if claims.is_empty() && removing.is_empty() {
         return None;
     }
     let mut failure = None;
-    for view in accounts_in(ctx, namespace) {
-        if let Err(message) = sync_account(ctx, namespace, view, &claims).await {
+    for view in ctx.index.accounts_in(namespace) {
+        if let Err(message) = sync_account(ctx, namespace, view, &claims, removing).await {
             failure = Some(message);
         }
     }
     failure
 }
 
-async fn sync_account(ctx: &Context, namespace: &str, mut view: AccountView, claims: &[Claim]) -> Result<(), String> {
+async fn sync_account(
+    ctx: &Context,
+    namespace: &str,
+    mut view: AccountView,
+    claims: &[Claim],
+    removing: &[String],
+) -> Result<(), String> {
     let api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), namespace);
     for _ in 0..ATTEMPTS {
-        let entries = desired_entries(&view, claims);
+        let entries = desired_entries(&view, claims, removing);
         if entries == view.entries {
             return Ok(());
         }
@@ -317,7 +275,14 @@ async fn sync_account(ctx: &Context, namespace: &str, mut view: AccountView, cla
             Err(e) => return Err(failure_message(namespace, &view.name, &e)),
         }
     }
-    // Still racing with another writer: its change brings another pass.
+    // Still racing with another writer: its change brings another pass,
+    // unless an entry of a Secret about to be deleted is still there.
+    if removing.iter().any(|r| view.has(r)) {
+        return Err(format!(
+            "patching ServiceAccount {namespace}/{}: it kept changing; tried {ATTEMPTS} times",
+            view.name
+        ));
+    }
     Ok(())
 }
 
@@ -327,40 +292,10 @@ fn failure_message(namespace: &str, name: &str, e: &kube::Error) -> String {
     message
 }
 
-/// Takes `secret` out of a ServiceAccount's `imagePullSecrets`, reading it
-/// again when another writer changed it in the meantime (several
-/// credentials deleted at once remove their entries from the same
-/// ServiceAccounts).
-pub async fn remove_entry(
-    ctx: &Context,
-    namespace: &str,
-    mut view: AccountView,
-    secret: &str,
-) -> Result<(), kube::Error> {
-    let api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), namespace);
-    let mut attempt = 0;
-    loop {
-        if !view.has(secret) {
-            return Ok(());
-        }
-        let entries = view.entries.iter().filter(|e| *e != secret).cloned().collect();
-        match patch_entries(ctx, namespace, &view.name, view.resource_version.as_deref(), entries).await {
-            Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
-            Err(kube::Error::Api(e)) if e.code == 409 && attempt + 1 < ATTEMPTS => {
-                attempt += 1;
-                let Some(sa) = api.get_opt(&view.name).await? else { return Ok(()) };
-                view.resource_version = sa.metadata.resource_version.clone();
-                view.entries = sa.image_pull_secrets.iter().flatten().map(|r| r.name.clone()).collect();
-            }
-            other => return other,
-        }
-    }
-}
-
 /// Replaces the `imagePullSecrets` list, guarded by the resourceVersion it
 /// was computed from, so a concurrent change fails (409) instead of losing
 /// someone's entry.
-pub async fn patch_entries(
+async fn patch_entries(
     ctx: &Context,
     namespace: &str,
     name: &str,
@@ -375,19 +310,15 @@ pub async fn patch_entries(
     });
     let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
     let written = api.patch(name, &params, &Patch::Merge(&patch)).await?;
-    if let Some(rv) = rv_number(written.metadata.resource_version.as_deref()) {
-        ctx.accounts
-            .written
-            .lock()
-            .expect("not poisoned")
-            .insert((namespace.to_string(), name.to_string()), WrittenAccount { resource_version: rv, entries });
-    }
+    let key = (namespace.to_string(), name.to_string());
+    ctx.index.ledger.account_written(key, written.metadata.resource_version.as_deref(), entries);
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::ServiceAccountSelector;
 
     fn view(name: &str, entries: &[&str]) -> AccountView {
         AccountView {
@@ -412,27 +343,50 @@ mod tests {
     fn every_credential_selecting_an_account_is_added_in_one_list() {
         let v = view("default", &["theirs"]);
         let claims = [claim("a", None), claim("b", None), claim("c", Some(&["builder"]))];
-        assert_eq!(desired_entries(&v, &claims), ["theirs", "a", "b"]);
+        assert_eq!(desired_entries(&v, &claims, &[]), ["theirs", "a", "b"]);
     }
 
     #[test]
     fn entries_of_credentials_that_no_longer_select_are_removed_others_stay() {
         let v = view("default", &["a", "theirs", "c"]);
         let claims = [claim("a", Some(&["builder"])), claim("c", None)];
-        assert_eq!(desired_entries(&v, &claims), ["theirs", "c"]);
+        assert_eq!(desired_entries(&v, &claims, &[]), ["theirs", "c"]);
     }
 
     #[test]
     fn two_credentials_on_one_name_keep_it_if_either_selects() {
         let v = view("default", &["a"]);
         let claims = [claim("a", Some(&["builder"])), claim("a", None)];
-        assert_eq!(desired_entries(&v, &claims), ["a"]);
+        assert_eq!(desired_entries(&v, &claims, &[]), ["a"]);
+    }
+
+    #[test]
+    fn a_removed_secret_leaves_every_account_unless_a_claim_keeps_it() {
+        let v = view("default", &["a", "theirs", "b"]);
+        let removing = ["a".to_string(), "b".to_string()];
+        assert_eq!(desired_entries(&v, &[], &removing), ["theirs"]);
+        assert_eq!(desired_entries(&v, &[claim("b", None)], &removing), ["theirs", "b"], "b is still claimed here");
+        let builder = view("builder", &["b"]);
+        assert!(desired_entries(&builder, &[claim("b", None)], &removing).is_empty(), "not selected there");
+    }
+
+    #[test]
+    fn removals_ride_on_the_next_pass() {
+        let accounts = Accounts::default();
+        let mut rx = accounts.rx.lock().take().unwrap();
+        let mut first = accounts.remove("ns", "a");
+        let _second = accounts.remove("ns", "b");
+        assert_eq!(rx.try_recv().ok().as_deref(), Some("ns"));
+        assert_eq!(accounts.start("ns"), ["a", "b"], "one pass removes both");
+        assert!(accounts.finish("ns", PassResult::Done));
+        assert_eq!(first.try_recv().unwrap(), Some(PassResult::Done));
+        assert_eq!(accounts.start("other"), Vec::<String>::new());
     }
 
     #[test]
     fn a_namespace_waits_for_pending_writes_and_is_sent_once() {
         let accounts = Accounts::default();
-        let mut rx = accounts.rx.lock().unwrap().take().unwrap();
+        let mut rx = accounts.rx.lock().take().unwrap();
         let first = accounts.begin_write("ns");
         let second = accounts.begin_write("ns");
         accounts.enqueue("ns");
@@ -447,10 +401,33 @@ mod tests {
         accounts.start("ns");
         accounts.enqueue("ns");
         assert!(rx.try_recv().is_err(), "running: sent again only when it finishes");
-        accounts.finish("ns");
+        accounts.finish("ns", PassResult::Done);
         assert_eq!(rx.try_recv().ok().as_deref(), Some("ns"));
         accounts.start("ns");
-        accounts.finish("ns");
-        assert!(accounts.queue.state.lock().unwrap().is_empty(), "idle namespaces are forgotten");
+        assert!(!accounts.finish("ns", PassResult::Done), "nobody waited");
+        assert!(accounts.queue.state.lock().is_empty(), "idle namespaces are forgotten");
+    }
+
+    #[test]
+    fn a_pass_hands_its_result_to_those_who_asked_before_it_started() {
+        let accounts = Accounts::default();
+        let mut rx = accounts.rx.lock().take().unwrap();
+        let mut early = accounts.pass("ns");
+        assert_eq!(rx.try_recv().ok().as_deref(), Some("ns"));
+        accounts.start("ns");
+        // Asked while the pass runs: it may not see what this caller wrote,
+        // so the answer comes from the next pass.
+        let mut late = accounts.pass("ns");
+        assert!(accounts.finish("ns", PassResult::Failed("patching ServiceAccount ns/default: 403".into())));
+        assert_eq!(
+            early.try_recv().unwrap(),
+            Some(PassResult::Failed("patching ServiceAccount ns/default: 403".into()))
+        );
+        assert_eq!(late.try_recv().unwrap(), None, "not answered by the pass that was already running");
+        assert_eq!(rx.try_recv().ok().as_deref(), Some("ns"), "a second pass is sent");
+        accounts.start("ns");
+        assert!(accounts.finish("ns", PassResult::Done));
+        assert_eq!(late.try_recv().unwrap(), Some(PassResult::Done));
+        assert!(accounts.queue.state.lock().is_empty());
     }
 }

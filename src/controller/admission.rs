@@ -10,7 +10,9 @@
 //! else works as before.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -275,7 +277,7 @@ pub async fn sync<K: CredentialKind>(obj: &K, ctx: &Context) -> InjectionState {
         OWNER_ANNOTATION,
     );
     let hash = content_hash(&comparable(&desired));
-    let written = admission.written.lock().expect("not poisoned").get(&name).copied();
+    let written = admission.written.lock().get(&name).copied();
     let in_sync = match &cached {
         Some(c) if written.is_some_and(|(h, rv)| h == hash && c.resource_version.is_none_or(|cached| cached < rv)) => {
             true
@@ -292,7 +294,7 @@ pub async fn sync<K: CredentialKind>(obj: &K, ctx: &Context) -> InjectionState {
         match api.patch(&name, &params, &Patch::Apply(&desired)).await {
             Ok(b) => {
                 if let Some(rv) = rv_of(&b.metadata) {
-                    admission.written.lock().expect("not poisoned").insert(name.clone(), (hash, rv));
+                    admission.written.lock().insert(name.clone(), (hash, rv));
                 }
                 tracing::info!(binding = %name, "MutatingAdmissionPolicyBinding written");
             }
@@ -309,13 +311,13 @@ pub async fn sync<K: CredentialKind>(obj: &K, ctx: &Context) -> InjectionState {
 impl Admission {
     /// Forgets regcred's own write of a binding that went away.
     pub fn forget(&self, name: &str) {
-        self.written.lock().expect("not poisoned").remove(name);
+        self.written.lock().remove(name);
     }
 }
 
 async fn delete(ctx: &Context, ar: &ApiResource, name: &str) -> Result<(), String> {
     let api = Api::<DynamicObject>::all_with(ctx.client.clone(), ar);
-    ctx.admission.written.lock().expect("not poisoned").remove(name);
+    ctx.admission.written.lock().remove(name);
     match api.delete(name, &DeleteParams::default()).await {
         Ok(_) => {
             tracing::info!(binding = %name, "MutatingAdmissionPolicyBinding deleted");

@@ -6,8 +6,8 @@
 //! the few fields regcred reads, so memory stays small with thousands of
 //! namespaces.
 
+use parking_lot::RwLock;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::RwLock;
 
 use kube::runtime::watcher::Event;
 
@@ -17,7 +17,7 @@ type Names<V> = HashMap<Box<str>, V>;
 pub struct Cache<V> {
     live: RwLock<HashMap<Box<str>, Names<V>>>,
     /// Filled during a (re)list; replaces `live` when the list is complete.
-    relist: std::sync::Mutex<Option<HashMap<Box<str>, Names<V>>>>,
+    relist: parking_lot::Mutex<Option<HashMap<Box<str>, Names<V>>>>,
     ready: tokio::sync::watch::Sender<bool>,
 }
 
@@ -43,26 +43,26 @@ impl<V: Clone> Cache<V> {
     /// `project` what is kept of it.
     pub fn apply<K>(&self, event: &Event<K>, key: impl Fn(&K) -> (String, String), project: impl Fn(&K) -> V) {
         match event {
-            Event::Init => *self.relist.lock().expect("not poisoned") = Some(HashMap::new()),
+            Event::Init => *self.relist.lock() = Some(HashMap::new()),
             Event::InitApply(obj) => {
                 let (ns, name) = key(obj);
-                if let Some(map) = self.relist.lock().expect("not poisoned").as_mut() {
+                if let Some(map) = self.relist.lock().as_mut() {
                     insert(map, &ns, &name, project(obj));
                 }
             }
             Event::InitDone => {
-                if let Some(map) = self.relist.lock().expect("not poisoned").take() {
-                    *self.live.write().expect("not poisoned") = map;
+                if let Some(map) = self.relist.lock().take() {
+                    *self.live.write() = map;
                 }
                 self.ready.send_replace(true);
             }
             Event::Apply(obj) => {
                 let (ns, name) = key(obj);
-                insert(&mut self.live.write().expect("not poisoned"), &ns, &name, project(obj));
+                insert(&mut self.live.write(), &ns, &name, project(obj));
             }
             Event::Delete(obj) => {
                 let (ns, name) = key(obj);
-                let mut live = self.live.write().expect("not poisoned");
+                let mut live = self.live.write();
                 if let Some(names) = live.get_mut(ns.as_str()) {
                     names.remove(name.as_str());
                     if names.is_empty() {
@@ -82,12 +82,12 @@ impl<V: Clone> Cache<V> {
 
     /// Calls `f` with one object, under the read lock.
     pub fn with<R>(&self, namespace: &str, name: &str, f: impl FnOnce(&V) -> R) -> Option<R> {
-        self.live.read().expect("not poisoned").get(namespace)?.get(name).map(f)
+        self.live.read().get(namespace)?.get(name).map(f)
     }
 
     /// The objects of one namespace, by name.
     pub fn in_namespace(&self, namespace: &str) -> Vec<(String, V)> {
-        let live = self.live.read().expect("not poisoned");
+        let live = self.live.read();
         let Some(names) = live.get(namespace) else { return Vec::new() };
         names.iter().map(|(name, v)| (name.to_string(), v.clone())).collect()
     }
@@ -95,7 +95,7 @@ impl<V: Clone> Cache<V> {
     /// Calls `f` with every object as `(namespace, name, value)`, under the
     /// read lock (so `f` must not touch this cache).
     pub fn with_all<R>(&self, f: impl FnOnce(&mut dyn Iterator<Item = (&str, &str, &V)>) -> R) -> R {
-        let live = self.live.read().expect("not poisoned");
+        let live = self.live.read();
         let mut it = live.iter().flat_map(|(ns, names)| names.iter().map(move |(name, v)| (&**ns, &**name, v)));
         f(&mut it)
     }

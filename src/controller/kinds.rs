@@ -10,11 +10,11 @@ use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::Context;
+use super::Settings;
+use super::index::Index;
+use super::mint::MintError;
 use crate::admission;
 use crate::api::{ClusterRegistryCredential, CredentialSpec, CredentialStatus, RegistryCredential};
-use crate::provider::ProviderError;
-use crate::reasons;
 use crate::targets::{NamespaceInfo, cluster_target_set, cluster_targets};
 
 /// A RegistryCredential or a ClusterRegistryCredential.
@@ -28,13 +28,13 @@ pub trait CredentialKind:
     /// An API addressing this object (namespaced or cluster-wide).
     fn api(&self, client: Client) -> Api<Self>;
     /// The only namespace source Secrets and ServiceAccounts are read from.
-    fn source_namespace(&self, ctx: &Context) -> Result<String, ProviderError>;
+    fn source_namespace(&self, settings: &Settings) -> Result<String, MintError>;
     /// The namespaces that should hold the pull Secret now.
-    fn target_namespaces(&self, ctx: &Context) -> BTreeSet<String>;
+    fn target_namespaces(&self, index: &Index) -> BTreeSet<String>;
     /// Whether `namespace` is a target now.
-    fn targets_namespace(&self, ctx: &Context, namespace: &str) -> bool;
+    fn targets_namespace(&self, index: &Index, namespace: &str) -> bool;
     /// Whether the provider may use the operator's own cloud identity.
-    fn allows_ambient(&self, ctx: &Context) -> bool;
+    fn allows_ambient(&self, settings: &Settings) -> bool;
     /// The chart's MutatingAdmissionPolicy for this kind.
     fn policy_name() -> &'static str;
     /// The `namespaceSelector` of this credential's
@@ -63,23 +63,23 @@ impl CredentialKind for RegistryCredential {
         Api::namespaced(client, &self.namespace().unwrap_or_default())
     }
 
-    fn source_namespace(&self, _: &Context) -> Result<String, ProviderError> {
+    fn source_namespace(&self, _: &Settings) -> Result<String, MintError> {
         Ok(self.namespace().unwrap_or_default())
     }
 
-    fn target_namespaces(&self, ctx: &Context) -> BTreeSet<String> {
+    fn target_namespaces(&self, index: &Index) -> BTreeSet<String> {
         let ns = self.namespace().unwrap_or_default();
-        if ctx.live_namespace_labels(&ns).is_some() { BTreeSet::from([ns]) } else { BTreeSet::new() }
+        if index.live_namespace_labels(&ns).is_some() { BTreeSet::from([ns]) } else { BTreeSet::new() }
     }
 
-    fn targets_namespace(&self, ctx: &Context, namespace: &str) -> bool {
-        self.namespace().as_deref() == Some(namespace) && ctx.live_namespace_labels(namespace).is_some()
+    fn targets_namespace(&self, index: &Index, namespace: &str) -> bool {
+        self.namespace().as_deref() == Some(namespace) && index.live_namespace_labels(namespace).is_some()
     }
 
     /// A tenant gets its own ServiceAccount's cloud permissions, never the
     /// operator's, unless the operator was started with the opt-in flag.
-    fn allows_ambient(&self, ctx: &Context) -> bool {
-        ctx.settings.allow_namespaced_ambient_identity
+    fn allows_ambient(&self, settings: &Settings) -> bool {
+        settings.allow_namespaced_ambient_identity
     }
 
     fn policy_name() -> &'static str {
@@ -104,17 +104,12 @@ impl CredentialKind for ClusterRegistryCredential {
         Api::all(client)
     }
 
-    fn source_namespace(&self, ctx: &Context) -> Result<String, ProviderError> {
-        ctx.settings.cluster_resource_namespace.clone().ok_or_else(|| {
-            ProviderError::new(
-                reasons::NO_CLUSTER_RESOURCE_NAMESPACE,
-                "the operator has no cluster resource namespace: set --cluster-resource-namespace or POD_NAMESPACE",
-            )
-        })
+    fn source_namespace(&self, settings: &Settings) -> Result<String, MintError> {
+        settings.cluster_resource_namespace.clone().ok_or(MintError::NoClusterResourceNamespace)
     }
 
-    fn target_namespaces(&self, ctx: &Context) -> BTreeSet<String> {
-        ctx.namespaces.with_all(|all| {
+    fn target_namespaces(&self, index: &Index) -> BTreeSet<String> {
+        index.namespaces.with_all(|all| {
             cluster_target_set(
                 &self.spec,
                 all.map(|(_, name, ns)| NamespaceInfo { name, labels: &ns.labels, terminating: ns.terminating }),
@@ -122,8 +117,8 @@ impl CredentialKind for ClusterRegistryCredential {
         })
     }
 
-    fn targets_namespace(&self, ctx: &Context, namespace: &str) -> bool {
-        match ctx.live_namespace_labels(namespace) {
+    fn targets_namespace(&self, index: &Index, namespace: &str) -> bool {
+        match index.live_namespace_labels(namespace) {
             Some(labels) => {
                 cluster_targets(&self.spec, &NamespaceInfo { name: namespace, labels: &labels, terminating: false })
             }
@@ -131,7 +126,7 @@ impl CredentialKind for ClusterRegistryCredential {
         }
     }
 
-    fn allows_ambient(&self, _: &Context) -> bool {
+    fn allows_ambient(&self, _: &Settings) -> bool {
         true
     }
 

@@ -9,7 +9,9 @@
 //! attempted yet, or a ServiceAccount patch still in flight) are read
 //! again one by one a few times over the next three minutes.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
@@ -53,7 +55,7 @@ impl Default for Recovery {
 impl Recovery {
     async fn wait_turn(&self) {
         loop {
-            let wait = match self.bucket.lock().expect("not poisoned").take(Instant::now()) {
+            let wait = match self.bucket.lock().take(Instant::now()) {
                 Ok(()) => return,
                 Err(wait) => wait,
             };
@@ -116,7 +118,7 @@ async fn handle(ctx: &Context, job: &Job, api: &Api<Pod>, pods: Vec<Pod>) -> Vec
     let mut undecided = Vec::new();
     for pod in pods {
         let facts = PodFacts::of(&pod);
-        let account = ctx.service_accounts.with(&job.namespace, &facts.service_account, |a| {
+        let account = ctx.index.service_accounts.with(&job.namespace, &facts.service_account, |a| {
             (a.labels.clone(), a.image_pull_secrets.contains(&job.secret))
         });
         let credential = Credential {

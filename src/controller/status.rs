@@ -3,9 +3,9 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
-use super::sync::Report;
+use super::act::Report;
+use super::mint::MintError;
 use crate::api::{CredentialStatus, TargetStatus};
-use crate::provider::ProviderError;
 use crate::reasons;
 
 /// At most this many failed namespaces are listed in status.
@@ -13,7 +13,7 @@ const MAX_FAILED_LISTED: usize = 50;
 
 /// The outcome of minting, as status needs it.
 pub struct MintOutcome<'a> {
-    pub error: Option<&'a ProviderError>,
+    pub error: Option<&'a MintError>,
     pub registries: Vec<String>,
     pub expires_at: Option<Timestamp>,
     pub minted_at: Option<Timestamp>,
@@ -27,11 +27,11 @@ pub fn ready(mint: &MintOutcome<'_>, desired: usize, report: &Report) -> (bool, 
     if let Some(e) = mint.error {
         let kept = report.synced.len();
         let message = if kept > 0 {
-            format!("{}; the last good Secret stays in place in {kept} namespace(s)", e.message)
+            format!("{e}; the last good Secret stays in place in {kept} namespace(s)")
         } else {
-            e.message.clone()
+            e.to_string()
         };
-        return (false, e.reason.to_string(), message);
+        return (false, e.reason().to_string(), message);
     }
     if !report.failed.is_empty() {
         let all_conflicts = report.failed.iter().all(|f| f.reason == reasons::SECRET_CONFLICT);

@@ -26,7 +26,7 @@
 //! is how Entra's `AADSTS` codes become precise reasons.
 
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
@@ -41,12 +41,15 @@ use azure_identity::{
 use base64::Engine;
 use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
 use k8s_openapi::jiff::Timestamp;
+use parking_lot::Mutex;
 use secrecy::{ExposeSecret, SecretString};
 
-use super::{CredentialProvider, Minted, ProviderError, Sources, required_value};
+use super::{CredentialProvider, Minted, ProviderError, SourceError, Sources, required_value};
 use crate::api::{AcrProvider, AzureCloud};
+use crate::http::{BodyError, cause_chain, read_body};
 use crate::hygiene::Kind;
 use crate::reasons;
+use crate::redact::Redactor;
 use crate::render::RegistryAuth;
 
 /// The user name ACR expects with a refresh token.
@@ -64,8 +67,6 @@ const CLIENT_ID_ENV: &str = "AZURE_CLIENT_ID";
 /// The ServiceAccount annotation naming the client id a ServiceAccount is
 /// federated with (Azure workload identity's key).
 pub const CLIENT_ID_ANNOTATION: &str = "azure.workload.identity/client-id";
-/// Largest response body read from Entra or the registry.
-const MAX_BODY: usize = 1024 * 1024;
 /// Most characters of a remote error description put into a message.
 const MAX_DESCRIPTION: usize = 300;
 
@@ -88,19 +89,158 @@ impl fmt::Debug for Acr {
     }
 }
 
+/// Why an ACR refresh token could not be minted. Messages name the
+/// identity, the endpoint and the status, never a token or a client secret.
+#[derive(Debug, thiserror::Error)]
+pub enum AcrError {
+    /// A source Secret or the ServiceAccount token could not be read.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The HTTP client could not be set up (`caBundle`).
+    #[error("acr: {0}")]
+    Setup(#[source] crate::http::SetupError),
+    /// The spec cannot be used.
+    #[error("{0}")]
+    InvalidSpec(String),
+    /// The operator's own federated token was asked for and is not there.
+    #[error(
+        "acr workloadIdentity without serviceAccountRef uses the operator's own federated token, but \
+         {FEDERATED_TOKEN_FILE_ENV} is not set: enable Microsoft Entra workload identity on the operator's Pod, \
+         or set serviceAccountRef"
+    )]
+    FederatedTokenFileUnset,
+    /// The SDK refused to build the credential.
+    #[error("acr {identity}: {}", azure_message(.source))]
+    Credential {
+        identity: Identity,
+        #[source]
+        source: azure_core::Error,
+    },
+    /// The Entra token request failed before any answer came back.
+    #[error("getting an Entra token for {identity}: {}", azure_message(.source))]
+    Entra {
+        identity: Identity,
+        #[source]
+        source: azure_core::Error,
+    },
+    /// The Entra (or managed identity) endpoint could not be reached.
+    #[error("getting an Entra token for {identity}: {endpoint} {url} could not be reached: {error}")]
+    EntraUnreachable {
+        identity: Identity,
+        endpoint: &'static str,
+        url: String,
+        error: String,
+        #[source]
+        source: azure_core::Error,
+    },
+    /// The endpoint answered a success without a usable token.
+    #[error(
+        "getting an Entra token for {identity}: {endpoint} {url} answered HTTP {status} without a usable token ({})",
+        azure_message(.source)
+    )]
+    EntraNoToken {
+        identity: Identity,
+        endpoint: &'static str,
+        url: String,
+        status: u16,
+        #[source]
+        source: azure_core::Error,
+    },
+    /// The endpoint refused: `detail` is its error code and description
+    /// and what they mean.
+    #[error("getting an Entra token for {identity}: {endpoint} {url} answered HTTP {status}{detail}")]
+    EntraRefused {
+        identity: Identity,
+        endpoint: &'static str,
+        url: String,
+        status: u16,
+        detail: String,
+        #[source]
+        source: azure_core::Error,
+    },
+    /// The registry's exchange endpoint could not be reached.
+    #[error("exchanging the Entra token at {url}: {}", cause_chain(.source))]
+    ExchangeUnreachable {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The exchange answer could not be read.
+    #[error("exchanging the Entra token at {url}: {source}")]
+    ExchangeBody {
+        url: String,
+        #[source]
+        source: BodyError,
+    },
+    /// The exchange answered a success without a refresh token.
+    #[error("{url} answered HTTP {status} without a refresh_token")]
+    ExchangeNoToken { url: String, status: u16 },
+    /// The registry refused the exchange (`detail` and `hint` are empty or
+    /// start with a space or a colon).
+    #[error("exchanging the Entra token at {url}: HTTP {status}{detail}{hint}")]
+    ExchangeRefused { url: String, status: u16, detail: String, hint: String },
+    /// The refresh token's expiry cannot be read.
+    #[error("{url}: the refresh token is not a usable JWT: {detail}")]
+    UnusableRefreshToken { url: String, detail: String },
+}
+
+impl AcrError {
+    /// The condition reason ([`crate::reasons`]).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AcrError::Source(e) => e.reason(),
+            AcrError::Setup(_) | AcrError::InvalidSpec(_) => reasons::INVALID_SPEC,
+            AcrError::FederatedTokenFileUnset => reasons::PROVIDER_AUTH_FAILED,
+            // A missing or unreadable federated token file.
+            AcrError::Credential { identity: Identity::Federated { service_account: None, .. }, .. } => {
+                reasons::PROVIDER_AUTH_FAILED
+            }
+            AcrError::Credential { .. } => reasons::INVALID_SPEC,
+            AcrError::Entra { .. } | AcrError::EntraUnreachable { .. } | AcrError::ExchangeUnreachable { .. } => {
+                reasons::PROVIDER_ERROR
+            }
+            AcrError::EntraNoToken { .. }
+            | AcrError::ExchangeNoToken { .. }
+            | AcrError::UnusableRefreshToken { .. } => reasons::PROVIDER_RESPONSE_INVALID,
+            // A 400 from the managed identity endpoint: not assigned here.
+            AcrError::EntraRefused { status, .. } => match status {
+                429 => reasons::PROVIDER_THROTTLED,
+                400 | 401 | 403 => reasons::PROVIDER_AUTH_FAILED,
+                _ => reasons::PROVIDER_ERROR,
+            },
+            AcrError::ExchangeBody { source: BodyError::TooLarge, .. } => reasons::PROVIDER_RESPONSE_INVALID,
+            AcrError::ExchangeBody { .. } => reasons::PROVIDER_ERROR,
+            AcrError::ExchangeRefused { status, .. } => match status {
+                400 | 401 | 403 => reasons::PROVIDER_AUTH_FAILED,
+                429 => reasons::PROVIDER_THROTTLED,
+                _ => reasons::PROVIDER_ERROR,
+            },
+        }
+    }
+}
+
+impl From<AcrError> for ProviderError {
+    fn from(e: AcrError) -> Self {
+        ProviderError::typed(e.reason(), e)
+    }
+}
+
 #[async_trait]
 impl CredentialProvider for Acr {
     async fn mint(&self, sources: &Sources) -> Result<Minted, ProviderError> {
+        Ok(self.refresh_token(sources).await?)
+    }
+}
+
+impl Acr {
+    /// An Entra token exchanged for an ACR refresh token.
+    async fn refresh_token(&self, sources: &Sources) -> Result<Minted, AcrError> {
         let http = crate::http::client(self.spec.ca_bundle.as_deref(), crate::http::PROVIDER_TIMEOUT)
-            .map_err(|e| ProviderError::new(reasons::INVALID_SPEC, format!("acr: {e}")))?;
+            .map_err(AcrError::Setup)?;
         let entra_token = self.entra_token(sources, &http).await?;
         let refresh_token = exchange(&http, &self.spec, &entra_token).await?;
-        let expires_at = jwt_expiry(refresh_token.expose_secret()).map_err(|detail| {
-            ProviderError::new(
-                reasons::PROVIDER_RESPONSE_INVALID,
-                format!("{}: the refresh token is not a usable JWT: {detail}", exchange_url(&self.spec.registry)),
-            )
-        })?;
+        let expires_at = jwt_expiry(refresh_token.expose_secret())
+            .map_err(|detail| AcrError::UnusableRefreshToken { url: exchange_url(&self.spec.registry), detail })?;
         Ok(Minted {
             auths: vec![RegistryAuth {
                 registry: self.spec.registry.clone(),
@@ -115,7 +255,7 @@ impl CredentialProvider for Acr {
 
 /// Which identity asked Entra for a token, for messages.
 #[derive(Clone, Debug)]
-enum Identity {
+pub enum Identity {
     ServicePrincipal { client_id: String, secret_name: String },
     Federated { client_id: String, service_account: Option<String> },
     Managed { client_id: Option<String> },
@@ -157,7 +297,7 @@ impl Acr {
     }
 
     /// A Microsoft Entra access token for [`ACR_SCOPE`].
-    async fn entra_token(&self, sources: &Sources, http: &reqwest::Client) -> Result<SecretString, ProviderError> {
+    async fn entra_token(&self, sources: &Sources, http: &reqwest::Client) -> Result<SecretString, AcrError> {
         let transport = Arc::new(Transport::new(http.clone()));
         let client_options = |ambient: bool| ClientOptions {
             transport: Some(azure_core::http::Transport::new(transport.clone())),
@@ -190,14 +330,11 @@ impl Acr {
                     let token = sources.service_account_token(&sa.name, sa.namespace.as_deref(), audience).await?;
                     let annotated = token.annotations.get(CLIENT_ID_ANNOTATION).filter(|s| !s.is_empty());
                     let client_id = wi.client_id.clone().or(annotated.cloned()).ok_or_else(|| {
-                        ProviderError::new(
-                            reasons::INVALID_SPEC,
-                            format!(
-                                "workloadIdentity has no clientId and ServiceAccount {} has no {CLIENT_ID_ANNOTATION} \
-                                 annotation: set one of them",
-                                sa.name
-                            ),
-                        )
+                        AcrError::InvalidSpec(format!(
+                            "workloadIdentity has no clientId and ServiceAccount {} has no {CLIENT_ID_ANNOTATION} \
+                             annotation: set one of them",
+                            sa.name
+                        ))
                     })?;
                     let identity = Identity::Federated {
                         client_id: client_id.clone(),
@@ -215,26 +352,16 @@ impl Acr {
                 None => {
                     sources.check_ambient("acr workloadIdentity without serviceAccountRef")?;
                     let Some(path) = std::env::var_os(FEDERATED_TOKEN_FILE_ENV).filter(|p| !p.is_empty()) else {
-                        return Err(ProviderError::new(
-                            reasons::PROVIDER_AUTH_FAILED,
-                            format!(
-                                "acr workloadIdentity without serviceAccountRef uses the operator's own federated \
-                                 token, but {FEDERATED_TOKEN_FILE_ENV} is not set: enable Microsoft Entra workload \
-                                 identity on the operator's Pod, or set serviceAccountRef"
-                            ),
-                        ));
+                        return Err(AcrError::FederatedTokenFileUnset);
                     };
                     let client_id = wi
                         .client_id
                         .clone()
                         .or_else(|| std::env::var(CLIENT_ID_ENV).ok().filter(|s| !s.is_empty()))
                         .ok_or_else(|| {
-                            ProviderError::new(
-                                reasons::INVALID_SPEC,
-                                format!(
-                                    "workloadIdentity has no clientId and {CLIENT_ID_ENV} is not set: set clientId"
-                                ),
-                            )
+                            AcrError::InvalidSpec(format!(
+                                "workloadIdentity has no clientId and {CLIENT_ID_ENV} is not set: set clientId"
+                            ))
                         })?;
                     let identity = Identity::Federated { client_id: client_id.clone(), service_account: None };
                     let options = WorkloadIdentityCredentialOptions {
@@ -257,25 +384,17 @@ impl Acr {
             let credential = ManagedIdentityCredential::new(Some(options));
             (credential.map(|c| c as Arc<dyn TokenCredential>), identity)
         } else {
-            return Err(ProviderError::new(
-                reasons::INVALID_SPEC,
-                "acr auth must set one of workloadIdentity, managedIdentity or servicePrincipal",
+            return Err(AcrError::InvalidSpec(
+                "acr auth must set one of workloadIdentity, managedIdentity or servicePrincipal".into(),
             ));
         };
         let (credential, identity) = match built {
             (Ok(credential), identity) => (credential, identity),
-            (Err(e), identity) => {
-                let reason = match &identity {
-                    // A missing or unreadable federated token file.
-                    Identity::Federated { service_account: None, .. } => reasons::PROVIDER_AUTH_FAILED,
-                    _ => reasons::INVALID_SPEC,
-                };
-                return Err(ProviderError::new(reason, format!("acr {identity}: {}", azure_message(&e, &[]))));
-            }
+            (Err(source), identity) => return Err(AcrError::Credential { identity, source }),
         };
         match credential.get_token(&[ACR_SCOPE], None).await {
             Ok(token) => Ok(SecretString::from(token.token.secret().to_string())),
-            Err(e) => Err(entra_failure(&identity, tenant, transport.last(), &e)),
+            Err(e) => Err(entra_failure(identity, tenant, transport.last(), e)),
         }
     }
 }
@@ -326,11 +445,11 @@ impl Transport {
     }
 
     fn last(&self) -> Option<Answer> {
-        self.last.lock().expect("not poisoned").clone()
+        self.last.lock().clone()
     }
 
     fn record(&self, answer: Answer) {
-        *self.last.lock().expect("not poisoned") = Some(answer);
+        *self.last.lock() = Some(answer);
     }
 }
 
@@ -364,11 +483,11 @@ impl HttpClient for Transport {
             self.record(Answer::Failed { url: shown.clone(), error: what.clone() });
             Error::with_message(kind, format!("{method} {shown}: {what}"))
         };
-        let response = match builder.send().await {
+        let mut response = match builder.send().await {
             Ok(r) => r,
             Err(e) => {
                 let kind = if e.is_connect() { ErrorKind::Connection } else { ErrorKind::Io };
-                return Err(failed(kind, error_chain(&e)));
+                return Err(failed(kind, cause_chain(&e)));
             }
         };
         let status = response.status().as_u16();
@@ -378,7 +497,7 @@ impl HttpClient for Transport {
                 headers.insert(HeaderName::from(name.as_str().to_string()), HeaderValue::from(v.to_string()));
             }
         }
-        let body = match read_limited(response).await {
+        let body = match read_body(&mut response).await {
             Ok(b) => b,
             Err(e) => return Err(failed(ErrorKind::Io, e.to_string())),
         };
@@ -392,67 +511,11 @@ impl HttpClient for Transport {
     }
 }
 
-/// Why a response body could not be read.
-#[derive(Debug)]
-enum BodyError {
-    /// The connection failed while reading.
-    Read(String),
-    /// More than [`MAX_BODY`] bytes: not an answer we can use.
-    TooLarge,
-}
-
-impl std::fmt::Display for BodyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            BodyError::Read(e) => write!(f, "reading the response: {e}"),
-            BodyError::TooLarge => write!(f, "response larger than {MAX_BODY} bytes"),
-        }
-    }
-}
-
-/// The body of a response, at most [`MAX_BODY`] bytes.
-async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, BodyError> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| BodyError::Read(error_chain(&e)))? {
-        if body.len() + chunk.len() > MAX_BODY {
-            return Err(BodyError::TooLarge);
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
-/// An error and its sources, `: `-separated (reqwest hides the cause, such
-/// as "connection refused" or a certificate problem, in the source chain).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}
-
 /// The message of an `azure_core` error, without the SDK's troubleshooting
-/// link, with any known secret replaced.
-fn azure_message(e: &azure_core::Error, secrets: &[String]) -> String {
-    let text = error_chain(e);
-    let text = text.split("\nTo troubleshoot").next().unwrap_or_default().trim().replace('\n', " ");
-    scrub(&text, secrets)
-}
-
-/// `text` with every secret in `secrets` replaced by `<redacted>`.
-fn scrub(text: &str, secrets: &[String]) -> String {
-    let mut out = text.to_string();
-    for s in secrets.iter().filter(|s| s.len() >= 4) {
-        out = out.replace(s.as_str(), "<redacted>");
-    }
-    out
+/// link.
+fn azure_message(e: &azure_core::Error) -> String {
+    let text = cause_chain(e);
+    text.split("\nTo troubleshoot").next().unwrap_or_default().trim().replace('\n', " ")
 }
 
 /// At most [`MAX_DESCRIPTION`] characters of a remote description, first
@@ -495,29 +558,18 @@ fn aadsts_hint(code: i64, tenant: &str, identity: &Identity) -> Option<String> {
     })
 }
 
-/// The ProviderError for a failed Entra token request.
-fn entra_failure(identity: &Identity, tenant: &str, last: Option<Answer>, e: &azure_core::Error) -> ProviderError {
+/// The error for a failed Entra token request.
+fn entra_failure(identity: Identity, tenant: &str, last: Option<Answer>, source: azure_core::Error) -> AcrError {
     let endpoint = match identity {
         Identity::Managed { .. } => "the managed identity endpoint",
         _ => "the Microsoft Entra token endpoint",
     };
     match last {
-        None => ProviderError::new(
-            reasons::PROVIDER_ERROR,
-            format!("getting an Entra token for {identity}: {}", azure_message(e, &[])),
-        ),
-        Some(Answer::Failed { url, error }) => ProviderError::new(
-            reasons::PROVIDER_ERROR,
-            format!("getting an Entra token for {identity}: {endpoint} {url} could not be reached: {error}"),
-        ),
-        Some(Answer::Response { url, status, .. }) if (200..300).contains(&status) => ProviderError::new(
-            reasons::PROVIDER_RESPONSE_INVALID,
-            format!(
-                "getting an Entra token for {identity}: {endpoint} {url} answered HTTP {status} without a usable \
-                 token ({})",
-                azure_message(e, &[])
-            ),
-        ),
+        None => AcrError::Entra { identity, source },
+        Some(Answer::Failed { url, error }) => AcrError::EntraUnreachable { identity, endpoint, url, error, source },
+        Some(Answer::Response { url, status, .. }) if (200..300).contains(&status) => {
+            AcrError::EntraNoToken { identity, endpoint, url, status, source }
+        }
         Some(Answer::Response { url, status, error_body }) => {
             let parsed: Option<EntraError> = serde_json::from_slice(&error_body).ok();
             let code_text = parsed
@@ -536,24 +588,18 @@ fn entra_failure(identity: &Identity, tenant: &str, last: Option<Answer>, e: &az
                 })
                 .filter(|s| !s.is_empty());
             let hint =
-                parsed.as_ref().and_then(|p| p.error_codes.iter().find_map(|c| aadsts_hint(*c, tenant, identity)));
-            let mut message = format!("getting an Entra token for {identity}: {endpoint} {url} answered HTTP {status}");
+                parsed.as_ref().and_then(|p| p.error_codes.iter().find_map(|c| aadsts_hint(*c, tenant, &identity)));
+            let mut detail = String::new();
             if let Some(text) = &code_text {
-                message.push_str(&format!(" ({text})"));
+                detail.push_str(&format!(" ({text})"));
             }
             if let Some(hint) = hint {
-                message.push_str(&format!(": {hint}"));
+                detail.push_str(&format!(": {hint}"));
             }
-            let reason = match status {
-                429 => reasons::PROVIDER_THROTTLED,
-                400 if matches!(identity, Identity::Managed { .. }) => {
-                    message.push_str(": the managed identity is not assigned to this node or Pod");
-                    reasons::PROVIDER_AUTH_FAILED
-                }
-                400 | 401 | 403 => reasons::PROVIDER_AUTH_FAILED,
-                _ => reasons::PROVIDER_ERROR,
-            };
-            ProviderError::new(reason, message)
+            if status == 400 && matches!(identity, Identity::Managed { .. }) {
+                detail.push_str(": the managed identity is not assigned to this node or Pod");
+            }
+            AcrError::EntraRefused { identity, endpoint, url, status, detail, source }
         }
     }
 }
@@ -584,7 +630,7 @@ async fn exchange(
     http: &reqwest::Client,
     spec: &AcrProvider,
     entra_token: &SecretString,
-) -> Result<SecretString, ProviderError> {
+) -> Result<SecretString, AcrError> {
     let url = exchange_url(&spec.registry);
     let form = url::form_urlencoded::Serializer::new(String::new())
         .append_pair("grant_type", "access_token")
@@ -592,28 +638,17 @@ async fn exchange(
         .append_pair("tenant", &spec.tenant_id)
         .append_pair("access_token", entra_token.expose_secret())
         .finish();
-    let response = http
+    let mut response = http
         .post(&url)
         .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
         .header(reqwest::header::ACCEPT, "application/json")
         .body(form)
         .send()
         .await
-        .map_err(|e| {
-            ProviderError::new(
-                reasons::PROVIDER_ERROR,
-                format!("exchanging the Entra token at {url}: {}", error_chain(&e)),
-            )
-        })?;
+        .map_err(|source| AcrError::ExchangeUnreachable { url: url.clone(), source })?;
     let status = response.status().as_u16();
-    let body = read_limited(response).await.map_err(|e| {
-        let reason = match e {
-            BodyError::TooLarge => reasons::PROVIDER_RESPONSE_INVALID,
-            BodyError::Read(_) => reasons::PROVIDER_ERROR,
-        };
-        ProviderError::new(reason, format!("exchanging the Entra token at {url}: {e}"))
-    })?;
-    let secrets = [entra_token.expose_secret().to_string()];
+    let body = read_body(&mut response).await.map_err(|source| AcrError::ExchangeBody { url: url.clone(), source })?;
+    let redactor = Redactor::new([entra_token.expose_secret()]);
     if (200..300).contains(&status) {
         #[derive(serde::Deserialize)]
         struct Exchanged {
@@ -622,10 +657,7 @@ async fn exchange(
         let token = serde_json::from_slice::<Exchanged>(&body).ok().and_then(|e| e.refresh_token);
         return match token.filter(|t| !t.is_empty()) {
             Some(t) => Ok(SecretString::from(t)),
-            None => Err(ProviderError::new(
-                reasons::PROVIDER_RESPONSE_INVALID,
-                format!("{url} answered HTTP {status} without a refresh_token"),
-            )),
+            None => Err(AcrError::ExchangeNoToken { url, status }),
         };
     }
     let detail = serde_json::from_slice::<RegistryErrors>(&body)
@@ -636,23 +668,19 @@ async fn exchange(
         })
         .map(|d| d.trim_matches([':', ' ']).to_string())
         .filter(|d| !d.is_empty())
-        .map(|d| format!(" ({})", scrub(&d, &secrets)))
+        .map(|d| format!(" ({})", redactor.clean(&d)))
         .unwrap_or_default();
-    let (reason, hint) = match status {
-        401 | 403 => (
-            reasons::PROVIDER_AUTH_FAILED,
-            format!(
-                ": the registry refused the Entra token; the identity may lack the AcrPull role on the registry \
-                 (or tenant {} is not the registry's tenant)",
-                spec.tenant_id
-            ),
+    let hint = match status {
+        401 | 403 => format!(
+            ": the registry refused the Entra token; the identity may lack the AcrPull role on the registry \
+             (or tenant {} is not the registry's tenant)",
+            spec.tenant_id
         ),
-        429 => (reasons::PROVIDER_THROTTLED, String::new()),
-        404 => (reasons::PROVIDER_ERROR, format!(": is {} an Azure Container Registry login server?", spec.registry)),
-        400 => (reasons::PROVIDER_AUTH_FAILED, ": the registry refused the exchange".to_string()),
-        _ => (reasons::PROVIDER_ERROR, String::new()),
+        404 => format!(": is {} an Azure Container Registry login server?", spec.registry),
+        400 => ": the registry refused the exchange".to_string(),
+        _ => String::new(),
     };
-    Err(ProviderError::new(reason, format!("exchanging the Entra token at {url}: HTTP {status}{detail}{hint}")))
+    Err(AcrError::ExchangeRefused { url, status, detail, hint })
 }
 
 /// The `exp` claim of a JWT, read without verifying the signature (the
@@ -743,7 +771,7 @@ mod tests {
         let e = azure_core::Error::with_message(azure_core::error::ErrorKind::Credential, "failed");
         let last =
             Answer::Response { url: "https://login/t/oauth2/v2.0/token".into(), status, error_body: body.into() };
-        entra_failure(identity, "t", Some(last), &e)
+        entra_failure(identity.clone(), "t", Some(last), e).into()
     }
 
     #[test]
@@ -786,12 +814,12 @@ mod tests {
         assert!(e.message.contains("not assigned") && e.message.contains("managed identity endpoint"));
 
         let unreachable = Answer::Failed { url: "https://login/t".into(), error: "connection refused".into() };
-        let e = entra_failure(
-            &sp,
+        let e = ProviderError::from(entra_failure(
+            sp.clone(),
             "t",
             Some(unreachable),
-            &azure_core::Error::with_message(azure_core::error::ErrorKind::Connection, "x"),
-        );
+            azure_core::Error::with_message(azure_core::error::ErrorKind::Connection, "x"),
+        ));
         assert_eq!(e.reason, reasons::PROVIDER_ERROR);
         assert!(e.message.contains("could not be reached: connection refused"));
     }
@@ -800,7 +828,7 @@ mod tests {
     fn remote_text_is_shortened_and_secrets_scrubbed() {
         assert_eq!(short("AADSTS1: x Trace ID: abc\r\nmore"), "AADSTS1: x");
         assert_eq!(short(&"y".repeat(400)).len(), MAX_DESCRIPTION + 3);
-        assert_eq!(scrub("token abcdef leaked", &["abcdef".into()]), "token <redacted> leaked");
+        assert_eq!(Redactor::new(["abcdef"]).clean("token abcdef leaked"), "token <redacted> leaked");
     }
 
     #[test]
@@ -810,5 +838,76 @@ mod tests {
         let t = Transport::new(crate::http::client(None, crate::http::PROVIDER_TIMEOUT).unwrap());
         t.record(Answer::Response { url: "u".into(), status: 400, error_body: b"body".to_vec() });
         assert!(!format!("{t:?}").contains("body"));
+    }
+
+    #[tokio::test]
+    async fn acr_error_reasons() {
+        let azure = || azure_core::Error::with_message(azure_core::error::ErrorKind::Credential, "failed");
+        let sp = Identity::ServicePrincipal { client_id: "app".into(), secret_name: "ns/sp".into() };
+        let own = Identity::Federated { client_id: "app".into(), service_account: None };
+        let endpoint = "the Microsoft Entra token endpoint";
+        let url = || "https://r.azurecr.io/oauth2/exchange".to_string();
+        let refused = crate::http::client(None, crate::http::PROVIDER_TIMEOUT)
+            .unwrap()
+            .get("http://127.0.0.1:1/")
+            .send()
+            .await
+            .unwrap_err();
+        let entra = |status: u16| AcrError::EntraRefused {
+            identity: sp.clone(),
+            endpoint,
+            url: url(),
+            status,
+            detail: String::new(),
+            source: azure(),
+        };
+        let exchange =
+            |status: u16| AcrError::ExchangeRefused { url: url(), status, detail: String::new(), hint: String::new() };
+        for (e, reason) in [
+            (AcrError::Source(SourceError::NoTokenSource { name: "sa".into() }), reasons::SERVICE_ACCOUNT_NOT_FOUND),
+            (AcrError::Setup(crate::http::SetupError::InvalidCaBundle("x".into())), reasons::INVALID_SPEC),
+            (AcrError::InvalidSpec("x".into()), reasons::INVALID_SPEC),
+            (AcrError::FederatedTokenFileUnset, reasons::PROVIDER_AUTH_FAILED),
+            (AcrError::Credential { identity: own.clone(), source: azure() }, reasons::PROVIDER_AUTH_FAILED),
+            (AcrError::Credential { identity: sp.clone(), source: azure() }, reasons::INVALID_SPEC),
+            (AcrError::Entra { identity: sp.clone(), source: azure() }, reasons::PROVIDER_ERROR),
+            (
+                AcrError::EntraUnreachable {
+                    identity: sp.clone(),
+                    endpoint,
+                    url: url(),
+                    error: "x".into(),
+                    source: azure(),
+                },
+                reasons::PROVIDER_ERROR,
+            ),
+            (
+                AcrError::EntraNoToken { identity: sp.clone(), endpoint, url: url(), status: 200, source: azure() },
+                reasons::PROVIDER_RESPONSE_INVALID,
+            ),
+            (entra(400), reasons::PROVIDER_AUTH_FAILED),
+            (entra(401), reasons::PROVIDER_AUTH_FAILED),
+            (entra(403), reasons::PROVIDER_AUTH_FAILED),
+            (entra(429), reasons::PROVIDER_THROTTLED),
+            (entra(503), reasons::PROVIDER_ERROR),
+            (AcrError::ExchangeUnreachable { url: url(), source: refused }, reasons::PROVIDER_ERROR),
+            (AcrError::ExchangeBody { url: url(), source: BodyError::TooLarge }, reasons::PROVIDER_RESPONSE_INVALID),
+            (AcrError::ExchangeNoToken { url: url(), status: 200 }, reasons::PROVIDER_RESPONSE_INVALID),
+            (exchange(400), reasons::PROVIDER_AUTH_FAILED),
+            (exchange(401), reasons::PROVIDER_AUTH_FAILED),
+            (exchange(403), reasons::PROVIDER_AUTH_FAILED),
+            (exchange(404), reasons::PROVIDER_ERROR),
+            (exchange(429), reasons::PROVIDER_THROTTLED),
+            (exchange(500), reasons::PROVIDER_ERROR),
+            (AcrError::UnusableRefreshToken { url: url(), detail: "x".into() }, reasons::PROVIDER_RESPONSE_INVALID),
+        ] {
+            assert_eq!(e.reason(), reason, "{e:?}");
+            assert_eq!(ProviderError::from(e).reason, reason);
+        }
+        let e = AcrError::ExchangeBody { url: url(), source: BodyError::TooLarge };
+        assert_eq!(
+            e.to_string(),
+            "exchanging the Entra token at https://r.azurecr.io/oauth2/exchange: response larger than 1048576 bytes"
+        );
     }
 }

@@ -5,10 +5,9 @@
 use async_trait::async_trait;
 use secrecy::ExposeSecret;
 
-use super::{CredentialProvider, Minted, ProviderError, Sources, raw_value, source_value};
+use super::{CredentialProvider, Minted, ProviderError, SourceError, Sources, raw_value, source_value};
 use crate::api::BasicProvider;
 use crate::hygiene::{self, Kind};
-use crate::reasons;
 use crate::render::{RegistryAuth, find_in_dockerconfigjson};
 
 const DOCKERCONFIGJSON_KEY: &str = ".dockerconfigjson";
@@ -26,10 +25,16 @@ impl Basic {
 #[async_trait]
 impl CredentialProvider for Basic {
     async fn mint(&self, sources: &Sources) -> Result<Minted, ProviderError> {
+        Ok(self.login(sources).await?)
+    }
+}
+
+impl Basic {
+    /// The login from the source Secret.
+    async fn login(&self, sources: &Sources) -> Result<Minted, SourceError> {
         let secret = sources.secret(&self.spec.secret_ref).await?;
         let name = format!("{}/{}", sources.namespace(), self.spec.secret_ref.name);
-        let invalid =
-            |detail: String| ProviderError::new(reasons::SOURCE_SECRET_INVALID, format!("Secret {name} {detail}"));
+        let invalid = |detail: String| SourceError::Invalid { secret: name.clone(), detail };
         let registry = &self.spec.registry;
 
         let auth = if raw_value(&secret, DOCKERCONFIGJSON_KEY).is_some() {

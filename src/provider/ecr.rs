@@ -13,6 +13,7 @@
 //! `AWS_ENDPOINT_URL_STS`, `AWS_ENDPOINT_URL_ECR`, ...) plus the spec's
 //! `endpoint` for the ECR API (VPC endpoints, FIPS).
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -23,12 +24,14 @@ use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use k8s_openapi::jiff::Timestamp;
+use parking_lot::Mutex;
 use secrecy::{ExposeSecret, SecretString};
 
-use super::{CredentialProvider, Minted, ProviderError, Sources, optional_value, required_value};
+use super::{CredentialProvider, Minted, ProviderError, SourceError, Sources, optional_value, required_value};
 use crate::api::{AssumeRole, AwsAuth, EcrProvider, EcrPublicProvider};
 use crate::hygiene::Kind;
 use crate::reasons;
+use crate::redact::{Redactor, Scrubbed};
 use crate::render::RegistryAuth;
 
 /// Audience of ServiceAccount tokens for `AssumeRoleWithWebIdentity` (as IRSA).
@@ -84,36 +87,94 @@ async fn sdk_config(region: &str) -> SdkConfig {
         .await
 }
 
-/// Secret values an error message must never show.
-struct Redactor(Vec<String>);
+/// Why an ECR token could not be minted. Messages name the AWS call and
+/// AWS's error code; AWS's own text has every key and token regcred knows
+/// removed, and so have the causes kept ([`Scrubbed`]: the SDK's errors
+/// themselves are not kept, their messages may quote a request).
+#[derive(Debug, thiserror::Error)]
+pub enum EcrError {
+    /// The keys Secret or the ServiceAccount token could not be read.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// `serviceAccountRef` without a role to assume.
+    #[error(
+        "serviceAccountRef {service_account}: no role: set assumeRole.roleArn or annotate the ServiceAccount with {ROLE_ANNOTATION}"
+    )]
+    NoRole { service_account: String },
+    /// The operator's default credential chain found nothing.
+    #[error("the operator has no ambient AWS credentials")]
+    NoAmbientCredentials,
+    /// AWS answered with an error code (`detail`: its message, cleaned;
+    /// `hint`: empty or what to check, starting with a space).
+    #[error("{call}: {code}: {detail}{hint}")]
+    Service {
+        call: &'static str,
+        code: String,
+        detail: String,
+        hint: &'static str,
+        #[source]
+        source: Scrubbed,
+    },
+    /// An answer without AWS's error format, described by its HTTP status.
+    #[error("{call}: {}", status_text(*status))]
+    Status {
+        call: &'static str,
+        status: u16,
+        #[source]
+        source: Scrubbed,
+    },
+    /// The request was not answered (`what`: timed out, could not connect,
+    /// failed).
+    #[error("{call}: the request {what} (is the region right, and the endpoint reachable?)")]
+    Dispatch {
+        call: &'static str,
+        what: &'static str,
+        #[source]
+        source: Scrubbed,
+    },
+    /// The SDK gave up waiting.
+    #[error("{call}: timed out")]
+    Timeout {
+        call: &'static str,
+        #[source]
+        source: Scrubbed,
+    },
+    /// The request could not be built, typically for want of credentials.
+    #[error("{call}: the request could not be built (no usable AWS credentials?)")]
+    Construction {
+        call: &'static str,
+        #[source]
+        source: Scrubbed,
+    },
+    /// Any other SDK failure.
+    #[error("{call}: failed")]
+    Other {
+        call: &'static str,
+        #[source]
+        source: Scrubbed,
+    },
+    /// A successful answer without a usable token or credentials.
+    #[error("{call}: {problem}")]
+    InvalidResponse { call: &'static str, problem: &'static str },
+}
 
-impl Redactor {
-    fn clean(&self, message: &str) -> String {
-        let mut out = message.to_string();
-        for s in self.0.iter().filter(|s| s.len() >= 4) {
-            out = out.replace(s.as_str(), "<redacted>");
-        }
-        out
+/// What an HTTP status alone says about a failed call.
+fn status_text(status: u16) -> String {
+    match status {
+        429 => "throttled (HTTP 429)".to_string(),
+        500..=599 => format!("the endpoint answered HTTP {status}"),
+        _ => format!("the response (HTTP {status}) could not be understood"),
     }
 }
 
-/// Maps an AWS SDK error to a precise reason. The message names the call.
-fn aws_error<E>(
-    call: &str,
-    err: &SdkError<E, aws_sdk_ecr::config::http::HttpResponse>,
-    redactor: &Redactor,
-) -> ProviderError
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-{
-    match err {
-        SdkError::ServiceError(ctx) => {
-            let e = ctx.err();
-            // No AWS error code: the body is not AWS's error format (a proxy
-            // or load balancer answered), so the HTTP status says more.
-            let Some(code) = e.code() else { return status_error(call, ctx.raw().status().as_u16()) };
-            let detail = redactor.clean(e.message().unwrap_or(""));
-            let reason = match code {
+impl EcrError {
+    /// The condition reason ([`crate::reasons`]).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            EcrError::Source(e) => e.reason(),
+            EcrError::NoRole { .. } => reasons::INVALID_SPEC,
+            EcrError::NoAmbientCredentials | EcrError::Construction { .. } => reasons::PROVIDER_AUTH_FAILED,
+            EcrError::Service { code, .. } => match code.as_str() {
                 "AccessDenied"
                 | "AccessDeniedException"
                 | "UnrecognizedClientException"
@@ -132,7 +193,40 @@ where
                     reasons::INVALID_SPEC
                 }
                 _ => reasons::PROVIDER_ERROR,
+            },
+            EcrError::Status { status: 429, .. } => reasons::PROVIDER_THROTTLED,
+            EcrError::Status { status: 500..=599, .. } => reasons::PROVIDER_ERROR,
+            EcrError::Status { .. } | EcrError::InvalidResponse { .. } => reasons::PROVIDER_RESPONSE_INVALID,
+            EcrError::Dispatch { .. } | EcrError::Timeout { .. } | EcrError::Other { .. } => reasons::PROVIDER_ERROR,
+        }
+    }
+}
+
+impl From<EcrError> for ProviderError {
+    fn from(e: EcrError) -> Self {
+        ProviderError::typed(e.reason(), e)
+    }
+}
+
+/// Maps an AWS SDK error to a precise reason. The message names the call.
+fn aws_error<E>(
+    call: &'static str,
+    err: &SdkError<E, aws_sdk_ecr::config::http::HttpResponse>,
+    redactor: &Redactor,
+) -> EcrError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let source = Scrubbed::new(err, redactor);
+    match err {
+        SdkError::ServiceError(ctx) => {
+            let e = ctx.err();
+            // No AWS error code: the body is not AWS's error format (a proxy
+            // or load balancer answered), so the HTTP status says more.
+            let Some(code) = e.code() else {
+                return EcrError::Status { call, status: ctx.raw().status().as_u16(), source };
             };
+            let detail = redactor.clean(e.message().unwrap_or(""));
             let hint = match code {
                 "ExpiredToken" | "ExpiredTokenException" => " (the AWS credentials have expired)",
                 "AccessDenied" | "AccessDeniedException" => {
@@ -141,7 +235,7 @@ where
                 "RegionDisabledException" => " (the region is not enabled for the account)",
                 _ => "",
             };
-            ProviderError::new(reason, format!("{call}: {code}: {detail}{hint}"))
+            EcrError::Service { call, code: code.to_string(), detail, hint, source }
         }
         SdkError::DispatchFailure(f) => {
             let what = if f.is_timeout() {
@@ -151,39 +245,20 @@ where
             } else {
                 "failed"
             };
-            ProviderError::new(
-                reasons::PROVIDER_ERROR,
-                format!("{call}: the request {what} (is the region right, and the endpoint reachable?)"),
-            )
+            EcrError::Dispatch { call, what, source }
         }
-        SdkError::TimeoutError(_) => ProviderError::new(reasons::PROVIDER_ERROR, format!("{call}: timed out")),
-        SdkError::ResponseError(r) => status_error(call, r.raw().status().as_u16()),
-        SdkError::ConstructionFailure(_) => ProviderError::new(
-            reasons::PROVIDER_AUTH_FAILED,
-            format!("{call}: the request could not be built (no usable AWS credentials?)"),
-        ),
-        _ => ProviderError::new(reasons::PROVIDER_ERROR, format!("{call}: failed")),
+        SdkError::TimeoutError(_) => EcrError::Timeout { call, source },
+        SdkError::ResponseError(r) => EcrError::Status { call, status: r.raw().status().as_u16(), source },
+        SdkError::ConstructionFailure(_) => EcrError::Construction { call, source },
+        _ => EcrError::Other { call, source },
     }
 }
 
-/// A failure described by its HTTP status alone.
-fn status_error(call: &str, status: u16) -> ProviderError {
-    match status {
-        429 => ProviderError::new(reasons::PROVIDER_THROTTLED, format!("{call}: throttled (HTTP 429)")),
-        500..=599 => {
-            ProviderError::new(reasons::PROVIDER_ERROR, format!("{call}: the endpoint answered HTTP {status}"))
-        }
-        _ => ProviderError::new(
-            reasons::PROVIDER_RESPONSE_INVALID,
-            format!("{call}: the response (HTTP {status}) could not be understood"),
-        ),
-    }
-}
-
-fn sts_credentials(call: &str, creds: Option<&aws_sdk_sts::types::Credentials>) -> Result<Credentials, ProviderError> {
-    let c = creds.ok_or_else(|| {
-        ProviderError::new(reasons::PROVIDER_RESPONSE_INVALID, format!("{call}: the response holds no credentials"))
-    })?;
+fn sts_credentials(
+    call: &'static str,
+    creds: Option<&aws_sdk_sts::types::Credentials>,
+) -> Result<Credentials, EcrError> {
+    let c = creds.ok_or(EcrError::InvalidResponse { call, problem: "the response holds no credentials" })?;
     let expiry = SystemTime::try_from(*c.expiration()).ok();
     Ok(Credentials::new(
         c.access_key_id(),
@@ -201,7 +276,7 @@ async fn resolve_identity(
     sources: &Sources,
     sdk: &SdkConfig,
     redactor: &mut Redactor,
-) -> Result<SharedCredentialsProvider, ProviderError> {
+) -> Result<SharedCredentialsProvider, EcrError> {
     let auth = auth.cloned().unwrap_or_default();
     let sts = |creds: Option<SharedCredentialsProvider>| {
         let mut b = aws_sdk_sts::config::Builder::from(sdk);
@@ -217,19 +292,11 @@ async fn resolve_identity(
     if let Some(sa) = &auth.service_account_ref {
         let audience = sa.audiences.as_ref().and_then(|a| a.first()).map(String::as_str).unwrap_or(STS_AUDIENCE);
         let token = sources.service_account_token(&sa.name, sa.namespace.as_deref(), audience).await?;
-        redactor.0.push(token.token.expose_secret().to_string());
+        redactor.add(token.token.expose_secret());
         let role = assume
             .map(|a| a.role_arn.clone())
             .or_else(|| token.annotations.get(ROLE_ANNOTATION).cloned())
-            .ok_or_else(|| {
-                ProviderError::new(
-                    reasons::INVALID_SPEC,
-                    format!(
-                        "serviceAccountRef {}: no role: set assumeRole.roleArn or annotate the ServiceAccount with {ROLE_ANNOTATION}",
-                        sa.name
-                    ),
-                )
-            })?;
+            .ok_or_else(|| EcrError::NoRole { service_account: sa.name.clone() })?;
         const CALL: &str = "sts:AssumeRoleWithWebIdentity";
         let out = sts(None)
             .assume_role_with_web_identity()
@@ -240,7 +307,7 @@ async fn resolve_identity(
             .await
             .map_err(|e| aws_error(CALL, &e, redactor))?;
         let creds = sts_credentials(CALL, out.credentials())?;
-        redactor.0.push(creds.secret_access_key().to_string());
+        redactor.add(creds.secret_access_key());
         return Ok(SharedCredentialsProvider::new(creds));
     }
 
@@ -252,16 +319,14 @@ async fn resolve_identity(
         let secret_key = required_value(&secret, &name, "secret-access-key", Kind::Secret, EXPECTED)?;
         // An empty session-token (a template's unset value) means none.
         let session_token = optional_value(&secret, &name, "session-token", Kind::Secret)?;
-        redactor.0.push(secret_key.clone());
+        redactor.add(&secret_key);
         if let Some(t) = &session_token {
-            redactor.0.push(t.clone());
+            redactor.add(t);
         }
         SharedCredentialsProvider::new(Credentials::new(access_key, secret_key, session_token, None, "regcred-secret"))
     } else {
         sources.check_ambient("ECR without auth.secretRef or auth.serviceAccountRef")?;
-        sdk.credentials_provider().ok_or_else(|| {
-            ProviderError::new(reasons::PROVIDER_AUTH_FAILED, "the operator has no ambient AWS credentials".to_string())
-        })?
+        sdk.credentials_provider().ok_or(EcrError::NoAmbientCredentials)?
     };
 
     let Some(role) = assume else { return Ok(base) };
@@ -275,13 +340,13 @@ async fn resolve_identity(
         .await
         .map_err(|e| aws_error(CALL, &e, redactor))?;
     let creds = sts_credentials(CALL, out.credentials())?;
-    redactor.0.push(creds.secret_access_key().to_string());
+    redactor.add(creds.secret_access_key());
     Ok(SharedCredentialsProvider::new(creds))
 }
 
 /// Decodes `AWS:<password>` from an authorization token.
-fn decode_token(call: &str, token: Option<&str>) -> Result<(String, SecretString), ProviderError> {
-    let invalid = |what: &str| ProviderError::new(reasons::PROVIDER_RESPONSE_INVALID, format!("{call}: {what}"));
+fn decode_token(call: &'static str, token: Option<&str>) -> Result<(String, SecretString), EcrError> {
+    let invalid = |problem| EcrError::InvalidResponse { call, problem };
     let raw = STANDARD
         .decode(token.ok_or_else(|| invalid("no authorization token"))?.trim())
         .map_err(|_| invalid("the authorization token is not base64"))?;
@@ -311,11 +376,11 @@ fn timestamp(dt: Option<&aws_sdk_ecr::primitives::DateTime>) -> Option<Timestamp
 /// which the token's lifetime is measured ([`crate::schedule::local_expiry`]),
 /// so a node clock minutes off does not move the refresh.
 #[derive(Clone, Debug, Default)]
-struct ProviderDate(std::sync::Arc<std::sync::Mutex<Option<Timestamp>>>);
+struct ProviderDate(Arc<Mutex<Option<Timestamp>>>);
 
 impl ProviderDate {
     fn get(&self) -> Option<Timestamp> {
-        *self.0.lock().expect("not poisoned")
+        *self.0.lock()
     }
 
     /// `expires_at` on this node's clock, the token having arrived now.
@@ -342,7 +407,7 @@ impl aws_sdk_ecrpublic::config::Intercept for ProviderDate {
             .get("date")
             .and_then(|d| DateTime::from_str(d, DateTimeFormat::HttpDate).ok())
             .and_then(|d| Timestamp::from_second(d.secs()).ok());
-        *self.0.lock().expect("not poisoned") = date;
+        *self.0.lock() = date;
         Ok(())
     }
 }
@@ -350,8 +415,15 @@ impl aws_sdk_ecrpublic::config::Intercept for ProviderDate {
 #[async_trait]
 impl CredentialProvider for Ecr {
     async fn mint(&self, sources: &Sources) -> Result<Minted, ProviderError> {
+        Ok(self.token(sources).await?)
+    }
+}
+
+impl Ecr {
+    /// `ecr:GetAuthorizationToken` as the credential's identity.
+    async fn token(&self, sources: &Sources) -> Result<Minted, EcrError> {
         let sdk = sdk_config(&self.spec.region).await;
-        let mut redactor = Redactor(Vec::new());
+        let mut redactor = Redactor::default();
         let creds =
             resolve_identity(self.spec.auth.as_ref(), self.spec.assume_role.as_ref(), sources, &sdk, &mut redactor)
                 .await?;
@@ -369,17 +441,16 @@ impl CredentialProvider for Ecr {
             .send()
             .await
             .map_err(|e| aws_error(CALL, &e, &redactor))?;
-        let data = out.authorization_data().first().ok_or_else(|| {
-            ProviderError::new(reasons::PROVIDER_RESPONSE_INVALID, format!("{CALL}: no authorization data"))
-        })?;
+        let data = out
+            .authorization_data()
+            .first()
+            .ok_or(EcrError::InvalidResponse { call: CALL, problem: "no authorization data" })?;
         let (username, password) = decode_token(CALL, data.authorization_token())?;
         let default_host = data
             .proxy_endpoint()
             .map(|e| e.trim_start_matches("https://").trim_end_matches('/').to_string())
             .filter(|h| h.contains('.'))
-            .ok_or_else(|| {
-                ProviderError::new(reasons::PROVIDER_RESPONSE_INVALID, format!("{CALL}: no proxy endpoint"))
-            })?;
+            .ok_or(EcrError::InvalidResponse { call: CALL, problem: "no proxy endpoint" })?;
         let hosts = match &self.spec.registry_ids {
             Some(ids) if !ids.is_empty() => ids.iter().map(|id| registry_host(&default_host, id)).collect(),
             _ => vec![default_host],
@@ -396,8 +467,15 @@ impl CredentialProvider for Ecr {
 #[async_trait]
 impl CredentialProvider for EcrPublic {
     async fn mint(&self, sources: &Sources) -> Result<Minted, ProviderError> {
+        Ok(self.token(sources).await?)
+    }
+}
+
+impl EcrPublic {
+    /// `ecr-public:GetAuthorizationToken` as the credential's identity.
+    async fn token(&self, sources: &Sources) -> Result<Minted, EcrError> {
         let sdk = sdk_config(ECR_PUBLIC_REGION).await;
-        let mut redactor = Redactor(Vec::new());
+        let mut redactor = Redactor::default();
         let creds =
             resolve_identity(self.spec.auth.as_ref(), self.spec.assume_role.as_ref(), sources, &sdk, &mut redactor)
                 .await?;
@@ -413,9 +491,9 @@ impl CredentialProvider for EcrPublic {
             .send()
             .await
             .map_err(|e| aws_error(CALL, &e, &redactor))?;
-        let data = out.authorization_data().ok_or_else(|| {
-            ProviderError::new(reasons::PROVIDER_RESPONSE_INVALID, format!("{CALL}: no authorization data"))
-        })?;
+        let data = out
+            .authorization_data()
+            .ok_or(EcrError::InvalidResponse { call: CALL, problem: "no authorization data" })?;
         let (username, password) = decode_token(CALL, data.authorization_token())?;
         let expires_at = date.local_expiry(data.expires_at().and_then(|d| Timestamp::from_second(d.secs()).ok()));
         Ok(Minted {
@@ -435,7 +513,7 @@ pub(super) fn fuzz_parse(data: &[u8]) {
         && text.len() >= 8
         && base64::engine::general_purpose::STANDARD.decode(text.as_bytes()).is_ok()
     {
-        assert!(!e.message.contains(text.as_ref()), "the error echoes the token");
+        assert!(!e.to_string().contains(text.as_ref()), "the error echoes the token");
     }
 }
 
@@ -448,7 +526,7 @@ mod tests {
         let (u, p) = decode_token("c", Some(&STANDARD.encode("AWS:s3cr3t-pw"))).unwrap();
         assert_eq!((u.as_str(), p.expose_secret()), ("AWS", "s3cr3t-pw"));
         for bad in ["!!!", &STANDARD.encode("no-colon-s3cr3t"), &STANDARD.encode("AWS:")] {
-            let e = decode_token("c", Some(bad)).unwrap_err();
+            let e = ProviderError::from(decode_token("c", Some(bad)).unwrap_err());
             assert_eq!(e.reason, reasons::PROVIDER_RESPONSE_INVALID);
             assert!(!e.message.contains("s3cr3t"));
         }
@@ -465,7 +543,53 @@ mod tests {
 
     #[test]
     fn redactor_hides_known_secrets() {
-        let r = Redactor(vec!["AKIASECRETVALUE".into()]);
+        let r = Redactor::new(["AKIASECRETVALUE"]);
         assert_eq!(r.clean("bad key AKIASECRETVALUE here"), "bad key <redacted> here");
+    }
+
+    #[test]
+    fn ecr_error_reasons() {
+        let source = || Scrubbed::new(&std::io::Error::other("cause"), &Redactor::default());
+        let call = "ecr:GetAuthorizationToken";
+        let service = |code: &str| EcrError::Service {
+            call,
+            code: code.into(),
+            detail: String::new(),
+            hint: "",
+            source: source(),
+        };
+        let status = |status: u16| EcrError::Status { call, status, source: source() };
+        for (e, reason) in [
+            (
+                EcrError::Source(SourceError::MissingKey { secret: "s".into(), key: "k".into(), expected: "e".into() }),
+                reasons::SOURCE_SECRET_INVALID,
+            ),
+            (EcrError::NoRole { service_account: "sa".into() }, reasons::INVALID_SPEC),
+            (EcrError::NoAmbientCredentials, reasons::PROVIDER_AUTH_FAILED),
+            (service("AccessDeniedException"), reasons::PROVIDER_AUTH_FAILED),
+            (service("ExpiredToken"), reasons::PROVIDER_AUTH_FAILED),
+            (service("InvalidIdentityToken"), reasons::PROVIDER_AUTH_FAILED),
+            (service("ThrottlingException"), reasons::PROVIDER_THROTTLED),
+            (service("RegionDisabledException"), reasons::INVALID_SPEC),
+            (service("ValidationError"), reasons::INVALID_SPEC),
+            (service("InternalFailure"), reasons::PROVIDER_ERROR),
+            (status(429), reasons::PROVIDER_THROTTLED),
+            (status(503), reasons::PROVIDER_ERROR),
+            (status(403), reasons::PROVIDER_RESPONSE_INVALID),
+            (EcrError::Dispatch { call, what: "timed out", source: source() }, reasons::PROVIDER_ERROR),
+            (EcrError::Timeout { call, source: source() }, reasons::PROVIDER_ERROR),
+            (EcrError::Construction { call, source: source() }, reasons::PROVIDER_AUTH_FAILED),
+            (EcrError::Other { call, source: source() }, reasons::PROVIDER_ERROR),
+            (EcrError::InvalidResponse { call, problem: "no proxy endpoint" }, reasons::PROVIDER_RESPONSE_INVALID),
+        ] {
+            assert_eq!(e.reason(), reason, "{e:?}");
+            assert_eq!(ProviderError::from(e).reason, reason);
+        }
+        assert_eq!(status(429).to_string(), "ecr:GetAuthorizationToken: throttled (HTTP 429)");
+        assert_eq!(status(502).to_string(), "ecr:GetAuthorizationToken: the endpoint answered HTTP 502");
+        assert_eq!(
+            status(404).to_string(),
+            "ecr:GetAuthorizationToken: the response (HTTP 404) could not be understood"
+        );
     }
 }

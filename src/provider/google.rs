@@ -46,8 +46,9 @@ use rustls::pki_types::pem::PemObject;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
-use super::{CredentialProvider, Minted, ProviderError, Sources, required_value};
+use super::{CredentialProvider, Minted, ProviderError, SourceError, Sources, required_value};
 use crate::api::{GoogleFederation, GoogleProvider};
+use crate::http::{BodyError, MAX_BODY, cause_chain, read_body};
 use crate::hygiene::Kind;
 use crate::reasons;
 use crate::render::RegistryAuth;
@@ -79,6 +80,95 @@ const IMPERSONATION_LIFETIME_SECS: u64 = 3600;
 /// The `google` provider.
 pub struct Google {
     spec: GoogleProvider,
+}
+
+/// Why a Google access token could not be minted. Messages name the call
+/// and its URL (without user info) and the HTTP status, never a token, an
+/// assertion or a key.
+#[derive(Debug, thiserror::Error)]
+pub enum GoogleError {
+    /// The credentials Secret or the ServiceAccount token could not be read.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The HTTP client could not be set up.
+    #[error("setting up HTTP: {0}")]
+    Setup(#[source] crate::http::SetupError),
+    /// `credentials.json` is not a usable credential (the detail names the
+    /// field at fault, never a value).
+    #[error("Secret {secret} key {CREDENTIALS_KEY} {detail}")]
+    InvalidCredentials { secret: String, detail: String },
+    /// The spec cannot be used.
+    #[error("{0}")]
+    InvalidSpec(String),
+    /// Signing the JWT-bearer assertion failed.
+    #[error("signing the service-account assertion failed")]
+    Signing,
+    /// An external_account's subject token file could not be read.
+    #[error("reading the external_account subject token file {path}: {}", .source.kind())]
+    SubjectTokenFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// An external_account's subject token is not what its format says.
+    #[error("the external_account subject token is not JSON with a string field \"{0}\"")]
+    SubjectTokenField(String),
+    /// An external_account's subject token is empty.
+    #[error("the external_account subject token is empty")]
+    EmptySubjectToken,
+    /// A call got no answer.
+    #[error("{what} to {url}: {}", cause_chain(.source))]
+    Unreachable {
+        what: &'static str,
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The answer could not be read to its end.
+    #[error("{what} to {url}: reading the answer: {}", cause_chain(.source))]
+    ReadAnswer {
+        what: &'static str,
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// An answer too large to be a token answer.
+    #[error("{what} to {url}: the answer is larger than {} KiB", MAX_BODY / 1024)]
+    TooLarge { what: &'static str, url: String },
+    /// A call answered with an error status (`detail`: the status, and the
+    /// OAuth2 error code and description when there are).
+    #[error("{what} to {url}: {detail}")]
+    Status { what: &'static str, url: String, status: u16, code: Option<String>, detail: String },
+    /// A successful answer without a usable token.
+    #[error("{what} to {url}: {problem}")]
+    InvalidAnswer { what: &'static str, url: String, problem: &'static str },
+}
+
+impl GoogleError {
+    /// The condition reason ([`crate::reasons`]).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            GoogleError::Source(e) => e.reason(),
+            GoogleError::Setup(_)
+            | GoogleError::Signing
+            | GoogleError::SubjectTokenFile { .. }
+            | GoogleError::Unreachable { .. }
+            | GoogleError::ReadAnswer { .. } => reasons::PROVIDER_ERROR,
+            GoogleError::InvalidCredentials { .. } => reasons::SOURCE_SECRET_INVALID,
+            GoogleError::InvalidSpec(_) => reasons::INVALID_SPEC,
+            GoogleError::SubjectTokenField(_)
+            | GoogleError::EmptySubjectToken
+            | GoogleError::TooLarge { .. }
+            | GoogleError::InvalidAnswer { .. } => reasons::PROVIDER_RESPONSE_INVALID,
+            GoogleError::Status { status, code, .. } => reason_for(*status, code.as_deref()),
+        }
+    }
+}
+
+impl From<GoogleError> for ProviderError {
+    fn from(e: GoogleError) -> Self {
+        ProviderError::typed(e.reason(), e)
+    }
 }
 
 impl Google {
@@ -125,14 +215,20 @@ struct Impersonation {
 #[async_trait]
 impl CredentialProvider for Google {
     async fn mint(&self, sources: &Sources) -> Result<Minted, ProviderError> {
+        Ok(self.token(sources).await?)
+    }
+}
+
+impl Google {
+    /// The access token, for every registry of the spec.
+    async fn token(&self, sources: &Sources) -> Result<Minted, GoogleError> {
         // A bad impersonation target fails before any call is made.
         if let Some(i) = &self.spec.impersonate
             && let Some(email) = &i.service_account
         {
             impersonation_url(i.endpoint.as_deref(), email)?;
         }
-        let http = crate::http::client(None, crate::http::PROVIDER_TIMEOUT)
-            .map_err(|e| ProviderError::new(reasons::PROVIDER_ERROR, format!("setting up HTTP: {e}")))?;
+        let http = crate::http::client(None, crate::http::PROVIDER_TIMEOUT).map_err(GoogleError::Setup)?;
         let auth = self.spec.auth.clone().unwrap_or_default();
         let (base, identity) = if let Some(secret_ref) = &auth.secret_ref {
             let secret = sources.secret(secret_ref).await?;
@@ -144,12 +240,8 @@ impl CredentialProvider for Google {
                 Kind::Document,
                 "a service-account key or an external_account configuration",
             )?;
-            let credentials = Credentials::parse(&text).map_err(|detail| {
-                ProviderError::new(
-                    reasons::SOURCE_SECRET_INVALID,
-                    format!("Secret {name} key {CREDENTIALS_KEY} {detail}"),
-                )
-            })?;
+            let credentials =
+                Credentials::parse(&text).map_err(|detail| GoogleError::InvalidCredentials { secret: name, detail })?;
             match credentials {
                 Credentials::ServiceAccount(key) => {
                     let token = key.access_token(&http).await?;
@@ -188,14 +280,11 @@ impl CredentialProvider for Google {
         let impersonation = match &self.spec.impersonate {
             Some(i) => {
                 let email = i.service_account.clone().or(identity.annotated_target.clone()).ok_or_else(|| {
-                    ProviderError::new(
-                        reasons::INVALID_SPEC,
-                        format!(
-                            "impersonate has no serviceAccount, and the identity names none: set \
-                             impersonate.serviceAccount, or the ServiceAccount's {GSA_ANNOTATION} annotation \
-                             (with auth.serviceAccountRef)"
-                        ),
-                    )
+                    GoogleError::InvalidSpec(format!(
+                        "impersonate has no serviceAccount, and the identity names none: set \
+                         impersonate.serviceAccount, or the ServiceAccount's {GSA_ANNOTATION} annotation \
+                         (with auth.serviceAccountRef)"
+                    ))
                 })?;
                 let url = impersonation_url(i.endpoint.as_deref(), &email)?;
                 Some((Some(email), url, IMPERSONATION_LIFETIME_SECS))
@@ -231,7 +320,7 @@ async fn federate(
     sources: &Sources,
     federation: &GoogleFederation,
     http: &reqwest::Client,
-) -> Result<(AccessToken, Identity), ProviderError> {
+) -> Result<(AccessToken, Identity), GoogleError> {
     let audience = federation.token_audience.clone().unwrap_or_else(|| default_token_audience(&federation.audience));
     let sa = sources.service_account_token(&federation.name, federation.namespace.as_deref(), &audience).await?;
     let token_url = federation.token_url.as_deref().unwrap_or(DEFAULT_STS_URL);
@@ -326,7 +415,7 @@ impl ServiceAccountKey {
     /// the token endpoint and `scope` is set, so the endpoint answers with an
     /// access token. (A self-signed JWT, which some libraries send to APIs
     /// directly, would have the API as `aud` and is never published here.)
-    fn assertion(&self, now: i64) -> Result<SecretString, ProviderError> {
+    fn assertion(&self, now: i64) -> Result<SecretString, GoogleError> {
         let mut header = json!({"alg": "RS256", "typ": "JWT"});
         if let Some(kid) = &self.private_key_id {
             header["kid"] = kid.clone().into();
@@ -343,14 +432,12 @@ impl ServiceAccountKey {
         let mut signature = vec![0; self.key.public().modulus_len()];
         self.key
             .sign(&RSA_PKCS1_SHA256, &ring::rand::SystemRandom::new(), signing_input.as_bytes(), &mut signature)
-            .map_err(|_| {
-                ProviderError::new(reasons::PROVIDER_ERROR, "signing the service-account assertion failed".to_string())
-            })?;
+            .map_err(|_| GoogleError::Signing)?;
         Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature)).into())
     }
 
     /// An access token through the JWT-bearer grant at `token_uri`.
-    async fn access_token(&self, http: &reqwest::Client) -> Result<AccessToken, ProviderError> {
+    async fn access_token(&self, http: &reqwest::Client) -> Result<AccessToken, GoogleError> {
         let assertion = self.assertion(Timestamp::now().as_second())?;
         let body = form(&[("grant_type", JWT_BEARER_GRANT), ("assertion", assertion.expose_secret())]);
         let call = Call { what: "service-account token request", url: &self.token_uri };
@@ -438,16 +525,13 @@ impl ExternalAccount {
     /// The subject token. File and URL sources are the operator's own
     /// environment (its files, its network position), so they count as
     /// ambient identity.
-    async fn subject_token(&self, sources: &Sources, http: &reqwest::Client) -> Result<SecretString, ProviderError> {
+    async fn subject_token(&self, sources: &Sources, http: &reqwest::Client) -> Result<SecretString, GoogleError> {
         let (text, json_field) = match &self.source {
             SubjectTokenSource::File { path, json_field } => {
                 sources.check_ambient("an external_account credential_source file (a file of the operator)")?;
-                let text = tokio::fs::read_to_string(path).await.map_err(|e| {
-                    ProviderError::new(
-                        reasons::PROVIDER_ERROR,
-                        format!("reading the external_account subject token file {path}: {}", e.kind()),
-                    )
-                })?;
+                let text = tokio::fs::read_to_string(path)
+                    .await
+                    .map_err(|source| GoogleError::SubjectTokenFile { path: path.clone(), source })?;
                 (SecretString::from(text), json_field)
             }
             SubjectTokenSource::Url { url, headers, json_field } => {
@@ -466,18 +550,10 @@ impl ExternalAccount {
             Some(field) => serde_json::from_str::<Value>(text.expose_secret())
                 .ok()
                 .and_then(|v| v.get(field).and_then(Value::as_str).map(str::to_string))
-                .ok_or_else(|| {
-                    ProviderError::new(
-                        reasons::PROVIDER_RESPONSE_INVALID,
-                        format!("the external_account subject token is not JSON with a string field \"{field}\""),
-                    )
-                })?,
+                .ok_or_else(|| GoogleError::SubjectTokenField(field.clone()))?,
         };
         if token.is_empty() {
-            return Err(ProviderError::new(
-                reasons::PROVIDER_RESPONSE_INVALID,
-                "the external_account subject token is empty".to_string(),
-            ));
+            return Err(GoogleError::EmptySubjectToken);
         }
         Ok(token.into())
     }
@@ -490,7 +566,7 @@ async fn sts_exchange(
     audience: &str,
     subject_token_type: &str,
     subject_token: &SecretString,
-) -> Result<AccessToken, ProviderError> {
+) -> Result<AccessToken, GoogleError> {
     let body = form(&[
         ("grant_type", TOKEN_EXCHANGE_GRANT),
         ("audience", audience),
@@ -507,7 +583,7 @@ async fn sts_exchange(
 
 /// The metadata server's token for the default service account (GKE
 /// workload identity, or the node's service account).
-async fn metadata_token(http: &reqwest::Client, host_override: Option<&str>) -> Result<AccessToken, ProviderError> {
+async fn metadata_token(http: &reqwest::Client, host_override: Option<&str>) -> Result<AccessToken, GoogleError> {
     let url = metadata_token_url(host_override);
     let call = Call { what: "metadata server token request", url: &url };
     let request = http.get(&url).header("Metadata-Flavor", "Google");
@@ -523,14 +599,13 @@ fn metadata_token_url(host_override: Option<&str>) -> String {
 
 /// `generateAccessToken` of the IAM Service Account Credentials API for
 /// `email`, at `endpoint` (default `https://iamcredentials.googleapis.com`).
-fn impersonation_url(endpoint: Option<&str>, email: &str) -> Result<String, ProviderError> {
+fn impersonation_url(endpoint: Option<&str>, email: &str) -> Result<String, GoogleError> {
     let valid = email.contains('@')
         && email.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '@' | '.' | '-' | '_' | '+'));
     if !valid {
-        return Err(ProviderError::new(
-            reasons::INVALID_SPEC,
-            format!("the service account to impersonate ({email:?}) is not a service account email"),
-        ));
+        return Err(GoogleError::InvalidSpec(format!(
+            "the service account to impersonate ({email:?}) is not a service account email"
+        )));
     }
     let endpoint = endpoint.unwrap_or(DEFAULT_IAM_CREDENTIALS).trim_end_matches('/');
     Ok(format!("{endpoint}/v1/projects/-/serviceAccounts/{email}:generateAccessToken"))
@@ -546,7 +621,7 @@ async fn generate_access_token(
     url: &str,
     base: &AccessToken,
     lifetime_secs: u64,
-) -> Result<AccessToken, ProviderError> {
+) -> Result<AccessToken, GoogleError> {
     let body = json!({"scope": [SCOPE], "lifetime": format!("{lifetime_secs}s")}).to_string();
     let call = Call { what: "IAM generateAccessToken", url };
     let request = http
@@ -564,9 +639,6 @@ fn form(pairs: &[(&str, &str)]) -> String {
     form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish()
 }
 
-/// Largest answer read from a Google endpoint: token answers are a few KiB.
-const MAX_RESPONSE: usize = 1024 * 1024;
-
 /// One HTTP exchange, for precise error messages: the call, its URL and
 /// the HTTP status, never a token.
 struct Call<'a> {
@@ -575,32 +647,28 @@ struct Call<'a> {
 }
 
 impl Call<'_> {
-    fn error(&self, reason: &'static str, detail: impl fmt::Display) -> ProviderError {
-        ProviderError::new(reason, format!("{} to {}: {detail}", self.what, display_url(self.url)))
+    fn url(&self) -> String {
+        display_url(self.url)
+    }
+
+    fn invalid(&self, problem: &'static str) -> GoogleError {
+        GoogleError::InvalidAnswer { what: self.what, url: self.url(), problem }
     }
 
     /// Sends the request; a non-2xx answer becomes an error whose reason
     /// follows the status. `sent` are the secrets in the request: an error
     /// description that echoes one is dropped.
-    async fn send(&self, request: reqwest::RequestBuilder, sent: &[&str]) -> Result<Vec<u8>, ProviderError> {
-        let response =
-            request.send().await.map_err(|e| self.error(reasons::PROVIDER_ERROR, error_chain(&e.without_url())))?;
+    async fn send(&self, request: reqwest::RequestBuilder, sent: &[&str]) -> Result<Vec<u8>, GoogleError> {
+        let mut response = request.send().await.map_err(|e| GoogleError::Unreachable {
+            what: self.what,
+            url: self.url(),
+            source: e.without_url(),
+        })?;
         let status = response.status();
-        let mut response = response;
-        let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| self.error(reasons::PROVIDER_ERROR, format!("reading the answer: {}", error_chain(&e))))?
-        {
-            if body.len() + chunk.len() > MAX_RESPONSE {
-                return Err(self.error(
-                    reasons::PROVIDER_RESPONSE_INVALID,
-                    format!("the answer is larger than {} KiB", MAX_RESPONSE / 1024),
-                ));
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = read_body(&mut response).await.map_err(|e| match e {
+            BodyError::Read(source) => GoogleError::ReadAnswer { what: self.what, url: self.url(), source },
+            BodyError::TooLarge => GoogleError::TooLarge { what: self.what, url: self.url() },
+        })?;
         if status.is_success() {
             return Ok(body);
         }
@@ -610,13 +678,13 @@ impl Call<'_> {
             detail.push_str(": ");
             detail.push_str(part);
         }
-        Err(self.error(reason_for(status.as_u16(), code.as_deref()), detail))
+        Err(GoogleError::Status { what: self.what, url: self.url(), status: status.as_u16(), code, detail })
     }
 
     /// `{"access_token", "expires_in"}` (OAuth2 token endpoint, STS and the
     /// metadata server).
-    fn oauth_token(&self, body: &[u8]) -> Result<AccessToken, ProviderError> {
-        let invalid = |what: &str| self.error(reasons::PROVIDER_RESPONSE_INVALID, what);
+    fn oauth_token(&self, body: &[u8]) -> Result<AccessToken, GoogleError> {
+        let invalid = |problem| self.invalid(problem);
         let json: Value = serde_json::from_slice(body).map_err(|_| invalid("the answer is not JSON"))?;
         let token = json
             .get("access_token")
@@ -637,8 +705,8 @@ impl Call<'_> {
     }
 
     /// `{"accessToken", "expireTime"}` (IAM Credentials).
-    fn iam_token(&self, body: &[u8]) -> Result<AccessToken, ProviderError> {
-        let invalid = |what: &str| self.error(reasons::PROVIDER_RESPONSE_INVALID, what);
+    fn iam_token(&self, body: &[u8]) -> Result<AccessToken, GoogleError> {
+        let invalid = |problem| self.invalid(problem);
         let json: Value = serde_json::from_slice(body).map_err(|_| invalid("the answer is not JSON"))?;
         let token = json
             .get("accessToken")
@@ -702,20 +770,6 @@ fn display_url(url: &str) -> String {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        let text = inner.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        source = inner.source();
-    }
-    s
-}
-
 /// Fuzzing entry point (`fuzz/`): the credential file parser and the token
 /// answer parsers on arbitrary input.
 pub(super) fn fuzz_parse(data: &[u8]) {
@@ -754,7 +808,7 @@ mod tests {
             (br#"{"access_token":"ya29.abcdefgh"}"#, "no positive expires_in"),
             (br#"{"access_token":"ya29.abcdefgh","expires_in":0}"#, "no positive expires_in"),
         ] {
-            let e = call.oauth_token(body).unwrap_err();
+            let e = ProviderError::from(call.oauth_token(body).unwrap_err());
             assert_eq!(e.reason, reasons::PROVIDER_RESPONSE_INVALID);
             assert!(e.message.contains(want) && e.message.contains("http://127.0.0.1:1/token"), "{e}");
             assert!(!e.message.contains("ya29"), "{e}");
@@ -769,7 +823,9 @@ mod tests {
             .unwrap();
         assert_eq!(t.token.expose_secret(), "ya29.impersonated");
         assert_eq!(t.expires_at.as_second(), "2030-01-02T03:04:05Z".parse::<Timestamp>().unwrap().as_second());
-        let e = call.iam_token(br#"{"accessToken":"ya29.impersonated","expireTime":"soon"}"#).unwrap_err();
+        let e = ProviderError::from(
+            call.iam_token(br#"{"accessToken":"ya29.impersonated","expireTime":"soon"}"#).unwrap_err(),
+        );
         assert_eq!(e.reason, reasons::PROVIDER_RESPONSE_INVALID);
         assert!(!e.message.contains("ya29"), "{e}");
     }
@@ -830,7 +886,7 @@ mod tests {
             impersonation_url(Some("http://127.0.0.1:9/"), "a@b.c").unwrap(),
             "http://127.0.0.1:9/v1/projects/-/serviceAccounts/a@b.c:generateAccessToken"
         );
-        let e = impersonation_url(None, "a@b.c/../../x").unwrap_err();
+        let e = ProviderError::from(impersonation_url(None, "a@b.c/../../x").unwrap_err());
         assert_eq!(e.reason, reasons::INVALID_SPEC);
         assert_eq!(
             email_in_impersonation_url(
@@ -932,5 +988,67 @@ mod tests {
         assert_eq!(claims["scope"], SCOPE);
         assert_eq!(claims["iat"], now);
         assert_eq!(claims["exp"], now + 3600);
+    }
+
+    #[tokio::test]
+    async fn google_error_reasons() {
+        let refused = || async {
+            crate::http::client(None, std::time::Duration::from_secs(5))
+                .unwrap()
+                .get("http://127.0.0.1:1/")
+                .send()
+                .await
+                .unwrap_err()
+        };
+        let url = || "https://oauth2.googleapis.com/token".to_string();
+        let what = "token request";
+        let status = |status: u16, code: Option<&str>| GoogleError::Status {
+            what,
+            url: url(),
+            status,
+            code: code.map(Into::into),
+            detail: String::new(),
+        };
+        for (e, reason) in [
+            (
+                GoogleError::Source(SourceError::AmbientForbidden { what: "x".into() }),
+                reasons::AMBIENT_IDENTITY_FORBIDDEN,
+            ),
+            (GoogleError::Setup(crate::http::SetupError::Tls("x".into())), reasons::PROVIDER_ERROR),
+            (
+                GoogleError::InvalidCredentials { secret: "ns/s".into(), detail: "is not JSON".into() },
+                reasons::SOURCE_SECRET_INVALID,
+            ),
+            (GoogleError::InvalidSpec("x".into()), reasons::INVALID_SPEC),
+            (GoogleError::Signing, reasons::PROVIDER_ERROR),
+            (
+                GoogleError::SubjectTokenFile { path: "/x".into(), source: std::io::ErrorKind::NotFound.into() },
+                reasons::PROVIDER_ERROR,
+            ),
+            (GoogleError::SubjectTokenField("f".into()), reasons::PROVIDER_RESPONSE_INVALID),
+            (GoogleError::EmptySubjectToken, reasons::PROVIDER_RESPONSE_INVALID),
+            (GoogleError::Unreachable { what, url: url(), source: refused().await }, reasons::PROVIDER_ERROR),
+            (GoogleError::ReadAnswer { what, url: url(), source: refused().await }, reasons::PROVIDER_ERROR),
+            (GoogleError::TooLarge { what, url: url() }, reasons::PROVIDER_RESPONSE_INVALID),
+            (status(400, Some("invalid_grant")), reasons::PROVIDER_AUTH_FAILED),
+            (status(400, Some("invalid_request")), reasons::PROVIDER_ERROR),
+            (status(403, None), reasons::PROVIDER_AUTH_FAILED),
+            (status(429, None), reasons::PROVIDER_THROTTLED),
+            (status(503, None), reasons::PROVIDER_ERROR),
+            (
+                GoogleError::InvalidAnswer { what, url: url(), problem: "the answer is not JSON" },
+                reasons::PROVIDER_RESPONSE_INVALID,
+            ),
+        ] {
+            assert_eq!(e.reason(), reason, "{e:?}");
+            assert_eq!(ProviderError::from(e).reason, reason);
+        }
+        let e = GoogleError::SubjectTokenFile { path: "/t".into(), source: std::io::ErrorKind::NotFound.into() };
+        assert_eq!(e.to_string(), "reading the external_account subject token file /t: entity not found");
+        let e = GoogleError::Unreachable { what, url: url(), source: refused().await.without_url() };
+        assert!(
+            e.to_string().starts_with("token request to https://oauth2.googleapis.com/token: error sending request"),
+            "{e}"
+        );
     }
 }

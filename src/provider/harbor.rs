@@ -32,11 +32,12 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{CredentialProvider, Minted, ProviderError, Sources, required_value};
+use super::{CredentialProvider, Minted, ProviderError, SourceError, Sources, required_value};
 use crate::api::HarborProvider;
-use crate::http::{cause_chain, find_rustls_error, truncate};
+use crate::http::{BodyError, MAX_BODY, find_rustls_error, read_body, transport_cause, truncate};
 use crate::hygiene::Kind;
 use crate::reasons;
+use crate::redact::Redactor;
 use crate::render::RegistryAuth;
 
 /// Lifetime of a robot when `robot.durationDays` is unset.
@@ -44,13 +45,83 @@ pub const DEFAULT_DURATION_DAYS: i64 = 30;
 /// First part of the robot names when `robot.namePrefix` is unset.
 pub const DEFAULT_NAME_PREFIX: &str = "regcred";
 const SECONDS_PER_DAY: i64 = 86_400;
-/// The largest Harbor answer read.
-const MAX_RESPONSE: usize = 1024 * 1024;
 /// Longest part of a robot name taken from the credential's name.
 const MAX_SLUG: usize = 40;
 
 pub struct Harbor {
     spec: HarborProvider,
+}
+
+/// Why Harbor robots could not be minted or deleted. Messages name the
+/// call, the URL and the status, never the account password or a robot
+/// secret.
+#[derive(Debug, thiserror::Error)]
+pub enum HarborError {
+    /// The account Secret could not be read.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The spec cannot be used (`spec.provider.harbor.<detail>`).
+    #[error("spec.provider.harbor.{0}")]
+    InvalidSpec(String),
+    /// `caBundle` cannot be used.
+    #[error("spec.provider.harbor.caBundle: {0}")]
+    CaBundle(#[source] crate::http::SetupError),
+    /// No answer: timeout, TLS or connection failure.
+    #[error("{message}")]
+    Transport {
+        message: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// Harbor answered with a status the call does not expect.
+    #[error("{message}")]
+    Status { status: StatusCode, message: String },
+    /// An answer too large to be one of Harbor's (`request`: method and
+    /// URL).
+    #[error("Harbor {request}: answer larger than {} KiB", MAX_BODY / 1024)]
+    TooLarge { request: String },
+    /// An answer that is not the JSON expected.
+    #[error("Harbor {request} answered {status} with an unexpected body: {source}")]
+    UnexpectedBody {
+        request: String,
+        status: StatusCode,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A successful answer without what it should hold.
+    #[error("Harbor {request} answered without {missing}")]
+    Incomplete { request: String, missing: &'static str },
+    /// The robot being rotated was deleted meanwhile.
+    #[error("Harbor robot {name} (id {id}) disappeared while it was being rotated; retrying")]
+    Vanished { name: String, id: i64 },
+}
+
+impl HarborError {
+    /// The condition reason ([`crate::reasons`]).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            HarborError::Source(e) => e.reason(),
+            HarborError::InvalidSpec(_) | HarborError::CaBundle(_) => reasons::INVALID_SPEC,
+            HarborError::Transport { .. } | HarborError::Vanished { .. } => reasons::PROVIDER_ERROR,
+            HarborError::Status { status, .. } => match *status {
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => reasons::PROVIDER_AUTH_FAILED,
+                StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => {
+                    reasons::INVALID_SPEC
+                }
+                StatusCode::TOO_MANY_REQUESTS => reasons::PROVIDER_THROTTLED,
+                _ => reasons::PROVIDER_ERROR,
+            },
+            HarborError::TooLarge { .. } | HarborError::UnexpectedBody { .. } | HarborError::Incomplete { .. } => {
+                reasons::PROVIDER_RESPONSE_INVALID
+            }
+        }
+    }
+}
+
+impl From<HarborError> for ProviderError {
+    fn from(e: HarborError) -> Self {
+        ProviderError::typed(e.reason(), e)
+    }
 }
 
 impl Harbor {
@@ -62,6 +133,17 @@ impl Harbor {
 #[async_trait]
 impl CredentialProvider for Harbor {
     async fn mint(&self, sources: &Sources) -> Result<Minted, ProviderError> {
+        Ok(self.rotate(sources).await?)
+    }
+
+    async fn cleanup(&self, sources: &Sources) -> Result<(), ProviderError> {
+        Ok(self.delete_robots(sources).await?)
+    }
+}
+
+impl Harbor {
+    /// Publishes the robot that is not published, with a fresh secret.
+    async fn rotate(&self, sources: &Sources) -> Result<Minted, HarborError> {
         let target = Target::from_spec(&self.spec)?;
         let api = HarborApi::connect(&self.spec, &target, sources).await?;
         let mut state = State::parse(sources.previous_state()).unwrap_or_else(State::fresh);
@@ -98,7 +180,8 @@ impl CredentialProvider for Harbor {
         })
     }
 
-    async fn cleanup(&self, sources: &Sources) -> Result<(), ProviderError> {
+    /// Deletes the credential's robots.
+    async fn delete_robots(&self, sources: &Sources) -> Result<(), HarborError> {
         let Some(state) = State::parse(sources.previous_state()) else {
             return Ok(());
         };
@@ -109,16 +192,17 @@ impl CredentialProvider for Harbor {
         };
         let api = match HarborApi::connect(&self.spec, &target, sources).await {
             Ok(api) => api,
-            Err(e) if e.reason == reasons::SOURCE_SECRET_NOT_FOUND || e.reason == reasons::SOURCE_SECRET_INVALID => {
+            Err(HarborError::Source(e))
+                if e.reason() == reasons::SOURCE_SECRET_NOT_FOUND || e.reason() == reasons::SOURCE_SECRET_INVALID =>
+            {
                 // Without the account nothing can be deleted; waiting would
                 // keep the credential (and its namespace) from going away.
                 // The robots expire by themselves.
                 let robots: Vec<&str> = state.robots.iter().map(|r| r.name.as_str()).collect();
                 tracing::warn!(
-                    reason = e.reason,
+                    reason = e.reason(),
                     ?robots,
-                    "cannot delete the Harbor robots: {}; they stay until they expire",
-                    e.message
+                    "cannot delete the Harbor robots: {e}; they stay until they expire"
                 );
                 return Ok(());
             }
@@ -159,7 +243,7 @@ async fn rotate(
     names: &Names,
     target: &Target,
     now: i64,
-) -> Result<Published, ProviderError> {
+) -> Result<Published, HarborError> {
     let raw = names.raw(slot);
     let existing = match state.robot(slot) {
         None => None,
@@ -203,11 +287,8 @@ async fn rotate(
     Ok(Published { id: robot.id, name: robot.name, secret, expires_at: robot.expires_at })
 }
 
-fn vanished(robot: &Robot) -> ProviderError {
-    ProviderError::new(
-        reasons::PROVIDER_ERROR,
-        format!("Harbor robot {} (id {}) disappeared while it was being rotated; retrying", robot.name, robot.id),
-    )
+fn vanished(robot: &Robot) -> HarborError {
+    HarborError::Vanished { name: robot.name.clone(), id: robot.id }
 }
 
 /// The `duration` (days) that makes a robot live `days` from `now`:
@@ -234,9 +315,8 @@ struct Target {
 }
 
 impl Target {
-    fn from_spec(spec: &HarborProvider) -> Result<Target, ProviderError> {
-        let invalid =
-            |detail: &str| ProviderError::new(reasons::INVALID_SPEC, format!("spec.provider.harbor.{detail}"));
+    fn from_spec(spec: &HarborProvider) -> Result<Target, HarborError> {
+        let invalid = |detail: &str| HarborError::InvalidSpec(detail.to_string());
         let base = Url::parse(spec.url.trim()).map_err(|e| invalid(&format!("url is not a valid URL: {e}")))?;
         if !matches!(base.scheme(), "http" | "https") {
             return Err(invalid("url must start with https:// or http://"));
@@ -277,18 +357,15 @@ struct Names {
 }
 
 impl Names {
-    fn new(prefix: &str, owner: &str, instance: &str) -> Result<Names, ProviderError> {
+    fn new(prefix: &str, owner: &str, instance: &str) -> Result<Names, HarborError> {
         let slug = slug(owner);
         let make = |slot: Slot| format!("{prefix}-{slug}-{instance}-{}", slot.as_str());
         let a = make(Slot::A);
         if !valid_robot_name(&a) {
-            return Err(ProviderError::new(
-                reasons::INVALID_SPEC,
-                format!(
-                    "spec.provider.harbor.robot.namePrefix {prefix:?} gives the robot name {a:?}, which Harbor \
-                     refuses: use lowercase letters and digits separated by single '-', '_' or '.'"
-                ),
-            ));
+            return Err(HarborError::InvalidSpec(format!(
+                "robot.namePrefix {prefix:?} gives the robot name {a:?}, which Harbor refuses: use lowercase \
+                 letters and digits separated by single '-', '_' or '.'"
+            )));
         }
         let owner = if owner.is_empty() { "regcred check" } else { owner };
         Ok(Names { a, b: make(Slot::B), description: format!("Managed by regcred for {owner}; do not edit") })
@@ -519,7 +596,7 @@ impl fmt::Debug for Published {
 enum Created {
     New(Published),
     /// 409: a robot with this name exists.
-    NameTaken(ProviderError),
+    NameTaken(HarborError),
 }
 
 /// Harbor's `201` answer to `POST /robots`. Not `Debug`: it holds the secret.
@@ -583,8 +660,15 @@ struct Answer {
     body: Vec<u8>,
 }
 
+impl Answer {
+    /// `METHOD URL`, for messages.
+    fn request(&self) -> String {
+        format!("{} {}", self.method, self.url)
+    }
+}
+
 impl HarborApi {
-    async fn connect(spec: &HarborProvider, target: &Target, sources: &Sources) -> Result<HarborApi, ProviderError> {
+    async fn connect(spec: &HarborProvider, target: &Target, sources: &Sources) -> Result<HarborApi, HarborError> {
         let secret_ref = &spec.auth.secret_ref;
         let secret = sources.secret(secret_ref).await?;
         let secret_name = format!("{}/{}", sources.namespace(), secret_ref.name);
@@ -593,8 +677,7 @@ impl HarborApi {
         let password = required_value(&secret, &secret_name, "password", Kind::Secret, EXPECTED)?;
         let timeout = crate::http::PROVIDER_TIMEOUT;
         let ca_bundle = spec.ca_bundle.as_deref().filter(|c| !c.trim().is_empty());
-        let client = crate::http::client(ca_bundle, timeout)
-            .map_err(|e| ProviderError::new(reasons::INVALID_SPEC, format!("spec.provider.harbor.caBundle: {e}")))?;
+        let client = crate::http::client(ca_bundle, timeout).map_err(HarborError::CaBundle)?;
         Ok(HarborApi { client, base: target.base.clone(), username, password: password.into(), secret_name, timeout })
     }
 
@@ -604,7 +687,7 @@ impl HarborApi {
         url
     }
 
-    async fn send(&self, method: Method, url: Url, body: Option<serde_json::Value>) -> Result<Answer, ProviderError> {
+    async fn send(&self, method: Method, url: Url, body: Option<serde_json::Value>) -> Result<Answer, HarborError> {
         let mut request = self
             .client
             .request(method.clone(), url.clone())
@@ -614,25 +697,20 @@ impl HarborApi {
             let bytes = serde_json::to_vec(&body).expect("JSON values serialize");
             request = request.header(header::CONTENT_TYPE, "application/json").body(bytes);
         }
-        let mut response = request.send().await.map_err(|e| self.transport_error(&method, &url, &e))?;
+        let mut response = request.send().await.map_err(|e| self.transport_error(&method, &url, e))?;
         let status = response.status();
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| self.transport_error(&method, &url, &e))? {
-            if body.len() + chunk.len() > MAX_RESPONSE {
-                return Err(ProviderError::new(
-                    reasons::PROVIDER_RESPONSE_INVALID,
-                    format!("Harbor {method} {url}: answer larger than {} KiB", MAX_RESPONSE / 1024),
-                ));
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = match read_body(&mut response).await {
+            Ok(body) => body,
+            Err(BodyError::Read(e)) => return Err(self.transport_error(&method, &url, e)),
+            Err(BodyError::TooLarge) => return Err(HarborError::TooLarge { request: format!("{method} {url}") }),
+        };
         Ok(Answer { method, url, status, body })
     }
 
-    fn transport_error(&self, method: &Method, url: &Url, e: &reqwest::Error) -> ProviderError {
+    fn transport_error(&self, method: &Method, url: &Url, e: reqwest::Error) -> HarborError {
         let message = if e.is_timeout() {
             format!("Harbor {method} {url} timed out after {}s", self.timeout.as_secs())
-        } else if let Some(tls) = find_rustls_error(e) {
+        } else if let Some(tls) = find_rustls_error(&e) {
             let hint = match tls {
                 rustls::Error::InvalidCertificate(_) => {
                     "; if Harbor uses a private CA, put it in spec.provider.harbor.caBundle"
@@ -642,57 +720,41 @@ impl HarborApi {
             };
             format!("TLS handshake with Harbor failed at {method} {url}: {tls}{hint}")
         } else {
-            format!("cannot reach Harbor at {method} {url}: {}", cause_chain(e))
+            format!("cannot reach Harbor at {method} {url}: {}", transport_cause(&e))
         };
-        ProviderError::new(reasons::PROVIDER_ERROR, self.scrub(&message))
+        HarborError::Transport { message: self.scrub(&message), source: e }
     }
 
     /// The error for an answer Harbor gave with an unexpected status.
-    fn status_error(&self, answer: &Answer, what: &str) -> ProviderError {
+    fn status_error(&self, answer: &Answer, what: &str) -> HarborError {
         let Answer { method, url, status, .. } = answer;
         let detail = self.harbor_message(&answer.body);
         let said = if detail.is_empty() { String::new() } else { format!(": {detail}") };
-        let (reason, message) = match *status {
-            StatusCode::UNAUTHORIZED => (
-                reasons::PROVIDER_AUTH_FAILED,
-                format!(
-                    "Harbor refused the account {} from Secret {} (401 Unauthorized) at {method} {url}: \
-                     check its username and password",
-                    self.username, self.secret_name
-                ),
+        let message = match *status {
+            StatusCode::UNAUTHORIZED => format!(
+                "Harbor refused the account {} from Secret {} (401 Unauthorized) at {method} {url}: \
+                 check its username and password",
+                self.username, self.secret_name
             ),
-            StatusCode::FORBIDDEN => (
-                reasons::PROVIDER_AUTH_FAILED,
-                format!(
-                    "Harbor account {} may not {what} (403 Forbidden at {method} {url}){said}: it needs to manage \
-                     system robot accounts (Harbor system administrator)",
-                    self.username
-                ),
+            StatusCode::FORBIDDEN => format!(
+                "Harbor account {} may not {what} (403 Forbidden at {method} {url}){said}: it needs to manage \
+                 system robot accounts (Harbor system administrator)",
+                self.username
             ),
-            StatusCode::NOT_FOUND => (
-                reasons::INVALID_SPEC,
-                format!(
-                    "Harbor answered 404 Not Found to {method} {url} ({what}){said}: check that every project in \
-                     spec.provider.harbor.projects exists and that url points at Harbor 2.x"
-                ),
+            StatusCode::NOT_FOUND => format!(
+                "Harbor answered 404 Not Found to {method} {url} ({what}){said}: check that every project in \
+                 spec.provider.harbor.projects exists and that url points at Harbor 2.x"
             ),
-            StatusCode::CONFLICT => (
-                reasons::PROVIDER_ERROR,
-                format!("Harbor answered 409 Conflict to {method} {url} ({what}){said}: the robot name is taken"),
-            ),
-            StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => (
-                reasons::INVALID_SPEC,
-                format!("Harbor refused the request {method} {url} ({what}) with {status}{said}"),
-            ),
-            StatusCode::TOO_MANY_REQUESTS => {
-                (reasons::PROVIDER_THROTTLED, format!("Harbor throttled {method} {url} ({what}): {status}"))
+            StatusCode::CONFLICT => {
+                format!("Harbor answered 409 Conflict to {method} {url} ({what}){said}: the robot name is taken")
             }
-            s if s.is_server_error() => {
-                (reasons::PROVIDER_ERROR, format!("Harbor answered {status} to {method} {url} ({what}){said}"))
+            StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => {
+                format!("Harbor refused the request {method} {url} ({what}) with {status}{said}")
             }
-            _ => (reasons::PROVIDER_ERROR, format!("Harbor answered {status} to {method} {url} ({what}){said}")),
+            StatusCode::TOO_MANY_REQUESTS => format!("Harbor throttled {method} {url} ({what}): {status}"),
+            _ => format!("Harbor answered {status} to {method} {url} ({what}){said}"),
         };
-        ProviderError::new(reason, self.scrub(&message))
+        HarborError::Status { status: *status, message: self.scrub(&message) }
     }
 
     /// The messages of Harbor's error body, short, without secrets.
@@ -712,24 +774,19 @@ impl HarborApi {
 
     /// Removes the account password from a message, should anything echo it.
     fn scrub(&self, message: &str) -> String {
-        let password = self.password.expose_secret();
-        if password.len() >= 4 { message.replace(password, "<redacted>") } else { message.to_string() }
+        Redactor::new([self.password.expose_secret()]).clean(message)
     }
 
-    fn parse<T: serde::de::DeserializeOwned>(&self, answer: &Answer) -> Result<T, ProviderError> {
-        serde_json::from_slice(&answer.body).map_err(|e| {
-            ProviderError::new(
-                reasons::PROVIDER_RESPONSE_INVALID,
-                format!(
-                    "Harbor {} {} answered {} with an unexpected body: {e}",
-                    answer.method, answer.url, answer.status
-                ),
-            )
+    fn parse<T: serde::de::DeserializeOwned>(&self, answer: &Answer) -> Result<T, HarborError> {
+        serde_json::from_slice(&answer.body).map_err(|source| HarborError::UnexpectedBody {
+            request: answer.request(),
+            status: answer.status,
+            source,
         })
     }
 
     /// `GET /robots/{id}`; `None` when it does not exist.
-    async fn get_robot(&self, id: i64) -> Result<Option<Robot>, ProviderError> {
+    async fn get_robot(&self, id: i64) -> Result<Option<Robot>, HarborError> {
         let answer = self.send(Method::GET, self.url(&format!("robots/{id}")), None).await?;
         match answer.status {
             StatusCode::OK => self.parse(&answer).map(Some),
@@ -739,7 +796,7 @@ impl HarborApi {
     }
 
     /// `GET /robots?q=name=RAW`: the system robots with that name.
-    async fn find_robots(&self, raw: &str) -> Result<Vec<Robot>, ProviderError> {
+    async fn find_robots(&self, raw: &str) -> Result<Vec<Robot>, HarborError> {
         let mut url = self.url("robots");
         url.query_pairs_mut().append_pair("q", &format!("name={raw}")).append_pair("page_size", "10");
         let answer = self.send(Method::GET, url, None).await?;
@@ -751,7 +808,7 @@ impl HarborApi {
     }
 
     /// `POST /robots`: a system robot with pull on the projects.
-    async fn create_robot(&self, raw: &str, target: &Target, description: &str) -> Result<Created, ProviderError> {
+    async fn create_robot(&self, raw: &str, target: &Target, description: &str) -> Result<Created, HarborError> {
         let body = json!({
             "name": raw,
             "description": description,
@@ -768,10 +825,7 @@ impl HarborApi {
         }
         let wire: CreatedWire = self.parse(&answer)?;
         if wire.secret.is_empty() || wire.name.is_empty() {
-            return Err(ProviderError::new(
-                reasons::PROVIDER_RESPONSE_INVALID,
-                format!("Harbor POST {} answered without the robot's name or secret", answer.url),
-            ));
+            return Err(HarborError::Incomplete { request: answer.request(), missing: "the robot's name or secret" });
         }
         tracing::info!(robot = %wire.name, id = wire.id, "Harbor robot created");
         Ok(Created::New(Published {
@@ -789,7 +843,7 @@ impl HarborApi {
         duration: i64,
         projects: &[String],
         description: &str,
-    ) -> Result<(), ProviderError> {
+    ) -> Result<(), HarborError> {
         let body = json!({
             "id": robot.id,
             "name": robot.name,
@@ -814,7 +868,7 @@ impl HarborApi {
     }
 
     /// `PATCH /robots/{id}` with an empty secret: Harbor generates a new one.
-    async fn refresh_secret(&self, robot: &Robot) -> Result<SecretString, ProviderError> {
+    async fn refresh_secret(&self, robot: &Robot) -> Result<SecretString, HarborError> {
         let answer = self.send(Method::PATCH, self.url(&format!("robots/{}", robot.id)), Some(json!({}))).await?;
         match answer.status {
             StatusCode::OK => {}
@@ -823,16 +877,13 @@ impl HarborApi {
         }
         let wire: SecretWire = self.parse(&answer)?;
         if wire.secret.is_empty() {
-            return Err(ProviderError::new(
-                reasons::PROVIDER_RESPONSE_INVALID,
-                format!("Harbor PATCH {} answered without a new secret", answer.url),
-            ));
+            return Err(HarborError::Incomplete { request: answer.request(), missing: "a new secret" });
         }
         Ok(wire.secret.into())
     }
 
     /// `DELETE /robots/{id}`; a robot already gone is fine.
-    async fn delete_robot(&self, id: i64) -> Result<(), ProviderError> {
+    async fn delete_robot(&self, id: i64) -> Result<(), HarborError> {
         let answer = self.send(Method::DELETE, self.url(&format!("robots/{id}")), None).await?;
         match answer.status {
             StatusCode::OK | StatusCode::NO_CONTENT | StatusCode::NOT_FOUND => {
@@ -901,12 +952,14 @@ mod tests {
 
     #[test]
     fn urls_with_credentials_or_paths_are_refused_without_echoing_them() {
-        let e = Target::from_spec(&spec("https://admin:Hunter2pass@harbor.example.com")).err().unwrap();
+        let e = ProviderError::from(
+            Target::from_spec(&spec("https://admin:Hunter2pass@harbor.example.com")).err().unwrap(),
+        );
         assert_eq!(e.reason, reasons::INVALID_SPEC);
         assert!(!e.message.contains("Hunter2pass"), "{}", e.message);
-        let e = Target::from_spec(&spec("https://harbor.example.com/api")).err().unwrap();
+        let e = ProviderError::from(Target::from_spec(&spec("https://harbor.example.com/api")).err().unwrap());
         assert_eq!(e.reason, reasons::INVALID_SPEC);
-        let e = Target::from_spec(&spec("ftp://harbor.example.com")).err().unwrap();
+        let e = ProviderError::from(Target::from_spec(&spec("ftp://harbor.example.com")).err().unwrap());
         assert_eq!(e.reason, reasons::INVALID_SPEC);
     }
 
@@ -922,7 +975,7 @@ mod tests {
         let long = format!("RegistryCredential/{}/x", "n".repeat(63));
         let n = Names::new("p", &long, "ff").unwrap();
         assert!(valid_robot_name(n.raw(Slot::A)) && n.raw(Slot::A).len() <= 2 + MAX_SLUG + 5, "{}", n.raw(Slot::A));
-        let e = Names::new("bad--prefix", "ClusterRegistryCredential/x", "ff").err().unwrap();
+        let e = ProviderError::from(Names::new("bad--prefix", "ClusterRegistryCredential/x", "ff").err().unwrap());
         assert_eq!(e.reason, reasons::INVALID_SPEC);
         for (name, ok) in
             [("a", true), ("a-b.c_d", true), ("-a", false), ("a-", false), ("a--b", false), ("A", false), ("", false)]
@@ -1029,14 +1082,15 @@ mod tests {
             ),
             (503, reasons::PROVIDER_ERROR, &["503"][..]),
         ] {
-            let e = api.status_error(&answer(status, body), "create robot accounts");
+            let e = ProviderError::from(api.status_error(&answer(status, body), "create robot accounts"));
             assert_eq!(e.reason, reason, "{status}: {}", e.message);
             for w in words {
                 assert!(e.message.contains(w), "{status}: {w:?} not in {}", e.message);
             }
             assert!(!e.message.contains("S3cretAdminPass"), "{}", e.message);
         }
-        let e = api.status_error(&answer(502, "<html>bad gateway</html>"), "create robot accounts");
+        let e =
+            ProviderError::from(api.status_error(&answer(502, "<html>bad gateway</html>"), "create robot accounts"));
         assert!(!e.message.contains("html"), "non-JSON bodies are not quoted: {}", e.message);
     }
 
@@ -1047,5 +1101,60 @@ mod tests {
         let p =
             Published { id: 1, name: "robot$x".into(), secret: "R0botSecretValue".to_string().into(), expires_at: 0 };
         assert!(!format!("{p:?}").contains("R0botSecretValue"));
+    }
+
+    #[tokio::test]
+    async fn harbor_error_reasons() {
+        let request = || "GET https://harbor.example.com/api/v2.0/robots".to_string();
+        let status =
+            |code: u16| HarborError::Status { status: StatusCode::from_u16(code).unwrap(), message: String::new() };
+        // A transport error of a real request: nothing listens on port 1.
+        let refused = crate::http::client(None, Duration::from_secs(5))
+            .unwrap()
+            .get("http://127.0.0.1:1/")
+            .send()
+            .await
+            .unwrap_err();
+        let body_error = serde_json::from_slice::<Robot>(b"{}").unwrap_err();
+        for (e, reason) in [
+            (
+                HarborError::Source(SourceError::SecretNotFound { namespace: "ns".into(), name: "n".into() }),
+                reasons::SOURCE_SECRET_NOT_FOUND,
+            ),
+            (HarborError::InvalidSpec("url".into()), reasons::INVALID_SPEC),
+            (HarborError::CaBundle(crate::http::SetupError::InvalidCaBundle("x".into())), reasons::INVALID_SPEC),
+            (HarborError::Transport { message: "m".into(), source: refused }, reasons::PROVIDER_ERROR),
+            (status(401), reasons::PROVIDER_AUTH_FAILED),
+            (status(403), reasons::PROVIDER_AUTH_FAILED),
+            (status(404), reasons::INVALID_SPEC),
+            (status(400), reasons::INVALID_SPEC),
+            (status(422), reasons::INVALID_SPEC),
+            (status(409), reasons::PROVIDER_ERROR),
+            (status(429), reasons::PROVIDER_THROTTLED),
+            (status(500), reasons::PROVIDER_ERROR),
+            (status(302), reasons::PROVIDER_ERROR),
+            (HarborError::TooLarge { request: request() }, reasons::PROVIDER_RESPONSE_INVALID),
+            (
+                HarborError::UnexpectedBody { request: request(), status: StatusCode::OK, source: body_error },
+                reasons::PROVIDER_RESPONSE_INVALID,
+            ),
+            (
+                HarborError::Incomplete { request: request(), missing: "a new secret" },
+                reasons::PROVIDER_RESPONSE_INVALID,
+            ),
+            (HarborError::Vanished { name: "robot$x".into(), id: 1 }, reasons::PROVIDER_ERROR),
+        ] {
+            assert_eq!(e.reason(), reason, "{e:?}");
+            let p = ProviderError::from(e);
+            assert_eq!(p.reason, reason);
+            assert!(std::error::Error::source(&p).is_some_and(|s| s.downcast_ref::<HarborError>().is_some()));
+        }
+        let e = HarborError::TooLarge { request: request() };
+        assert_eq!(e.to_string(), "Harbor GET https://harbor.example.com/api/v2.0/robots: answer larger than 1024 KiB");
+        let e = ProviderError::from(HarborError::Incomplete {
+            request: answer(200, "").request(),
+            missing: "a new secret",
+        });
+        assert_eq!(e.message, "Harbor POST https://harbor.example.com/api/v2.0/robots answered without a new secret");
     }
 }

@@ -11,18 +11,25 @@ mod google;
 mod harbor;
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::fmt;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::jiff::Timestamp;
 use kube::{Api, Client};
+use parking_lot::Mutex;
 use secrecy::SecretString;
 
 use crate::api::{Provider, SecretRef};
 use crate::render::RegistryAuth;
 use crate::{hygiene, reasons};
+
+pub use acr::AcrError;
+pub use ecr::EcrError;
+pub use google::GoogleError;
+pub use harbor::HarborError;
 
 /// What a provider returns: one login per registry and, for short-lived
 /// credentials, when they expire.
@@ -36,18 +43,146 @@ pub struct Minted {
     pub state: Option<serde_json::Value>,
 }
 
-/// A provider failure. `reason` is a condition reason from
-/// [`crate::reasons`]; `message` never contains secret material.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{reason}: {message}")]
+/// A provider failure, as the controller reports it. `reason` is a
+/// condition reason from [`crate::reasons`]; `message` never contains secret
+/// material. Providers fail with their own error types ([`SourceError`],
+/// [`EcrError`], [`AcrError`], [`GoogleError`], [`HarborError`]), which
+/// convert into this one keeping the typed error as the
+/// [`source`](std::error::Error::source), so logs can print the whole cause
+/// chain ([`crate::http::cause_chain`]). Two errors are equal when reason
+/// and message are.
+#[derive(Clone)]
 pub struct ProviderError {
     pub reason: &'static str,
     pub message: String,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl fmt::Display for ProviderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.reason, self.message)
+    }
+}
+
+impl std::error::Error for ProviderError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        // The typed error itself, not the `Arc` around it (which would
+        // hide it from `downcast_ref`).
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+    }
 }
 
 impl ProviderError {
     pub fn new(reason: &'static str, message: impl Into<String>) -> Self {
-        ProviderError { reason, message: message.into() }
+        ProviderError { reason, message: message.into(), source: None }
+    }
+
+    /// The error for a typed provider error: its reason, its message, and
+    /// the error itself as the source.
+    fn typed<E: std::error::Error + Send + Sync + 'static>(reason: &'static str, error: E) -> Self {
+        ProviderError { reason, message: error.to_string(), source: Some(Arc::new(error)) }
+    }
+}
+
+impl PartialEq for ProviderError {
+    fn eq(&self, other: &Self) -> bool {
+        self.reason == other.reason && self.message == other.message
+    }
+}
+
+impl Eq for ProviderError {}
+
+impl fmt::Debug for ProviderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The source's Debug could be anything a library keeps; reason and
+        // message say what happened.
+        f.debug_struct("ProviderError")
+            .field("reason", &self.reason)
+            .field("message", &self.message)
+            .field("has_source", &self.source.is_some())
+            .finish()
+    }
+}
+
+/// Why a source object (a Secret, a ServiceAccount token) could not be
+/// used. Messages name the object and the key, never a value.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The spec names an object outside the source namespace.
+    #[error("{what} must be in namespace {allowed} (the credential's source namespace), not {requested}")]
+    NamespaceForbidden { what: String, allowed: String, requested: String },
+    /// A source Secret does not exist.
+    #[error("Secret {namespace}/{name} not found")]
+    SecretNotFound { namespace: String, name: String },
+    /// Reading a source Secret failed.
+    #[error("reading Secret {namespace}/{name}: {source}")]
+    ReadSecret {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    /// A key's value cannot work (see [`hygiene::clean`]).
+    #[error("Secret {secret} key {key} {problem}")]
+    InvalidValue { secret: String, key: String, problem: hygiene::Problem },
+    /// A required key is missing.
+    #[error("Secret {secret} has no key {key} (expected {expected})")]
+    MissingKey { secret: String, key: String, expected: String },
+    /// The Secret's content cannot work, for another reason.
+    #[error("Secret {secret} {detail}")]
+    Invalid { secret: String, detail: String },
+    /// A namespaced credential asked for the operator's own identity.
+    #[error(
+        "{what} would use the operator's own identity, which a RegistryCredential may not use: \
+         use secretRef or serviceAccountRef (or start the operator with --allow-namespaced-ambient-identity)"
+    )]
+    AmbientForbidden { what: String },
+    /// No way to get a ServiceAccount token here.
+    #[error(
+        "serviceAccountRef {name} needs a ServiceAccount token: with regcred check, a kubeconfig; in the \
+         kubelet credential provider, the Pod's token (tokenAttributes in the kubelet's \
+         CredentialProviderConfig)"
+    )]
+    NoTokenSource { name: String },
+    /// The ServiceAccount does not exist.
+    #[error("ServiceAccount {namespace}/{name} not found")]
+    ServiceAccountNotFound { namespace: String, name: String },
+    /// Reading the ServiceAccount or requesting its token failed.
+    #[error("requesting a token for ServiceAccount {namespace}/{name}: {source}")]
+    TokenRequest {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    /// The TokenRequest API answered without a token.
+    #[error("TokenRequest for {namespace}/{name} returned no token")]
+    NoToken { namespace: String, name: String },
+}
+
+impl SourceError {
+    /// The condition reason ([`crate::reasons`]).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SourceError::NamespaceForbidden { .. } => reasons::SOURCE_NAMESPACE_FORBIDDEN,
+            SourceError::SecretNotFound { .. } => reasons::SOURCE_SECRET_NOT_FOUND,
+            SourceError::ReadSecret { .. } | SourceError::TokenRequest { .. } | SourceError::NoToken { .. } => {
+                reasons::KUBE_API_ERROR
+            }
+            SourceError::InvalidValue { .. } | SourceError::MissingKey { .. } | SourceError::Invalid { .. } => {
+                reasons::SOURCE_SECRET_INVALID
+            }
+            SourceError::AmbientForbidden { .. } => reasons::AMBIENT_IDENTITY_FORBIDDEN,
+            SourceError::NoTokenSource { .. } | SourceError::ServiceAccountNotFound { .. } => {
+                reasons::SERVICE_ACCOUNT_NOT_FOUND
+            }
+        }
+    }
+}
+
+impl From<SourceError> for ProviderError {
+    fn from(e: SourceError) -> Self {
+        ProviderError::typed(e.reason(), e)
     }
 }
 
@@ -66,8 +201,13 @@ pub trait CredentialProvider: Send + Sync {
     }
 }
 
-/// The provider implementation for a spec.
+/// The provider implementation for a spec, its calls paced on its
+/// endpoint when the process paces them ([`crate::pacing`]).
 pub fn for_spec(provider: &Provider) -> Box<dyn CredentialProvider> {
+    crate::pacing::wrap(provider, unpaced(provider))
+}
+
+fn unpaced(provider: &Provider) -> Box<dyn CredentialProvider> {
     match provider {
         Provider::Basic(spec) => Box::new(basic::Basic::new(spec.clone())),
         Provider::Ecr(spec) => Box::new(ecr::Ecr::new(spec.clone())),
@@ -193,17 +333,11 @@ impl Sources {
     }
 
     /// Fails unless the operator's ambient identity may be used.
-    pub fn check_ambient(&self, what: &str) -> Result<(), ProviderError> {
+    pub fn check_ambient(&self, what: &str) -> Result<(), SourceError> {
         if self.allow_ambient {
             return Ok(());
         }
-        Err(ProviderError::new(
-            reasons::AMBIENT_IDENTITY_FORBIDDEN,
-            format!(
-                "{what} would use the operator's own identity, which a RegistryCredential may not use: \
-                 use secretRef or serviceAccountRef (or start the operator with --allow-namespaced-ambient-identity)"
-            ),
-        ))
+        Err(SourceError::AmbientForbidden { what: what.to_string() })
     }
 
     /// A token for a ServiceAccount in the source namespace, with one
@@ -213,33 +347,21 @@ impl Sources {
         name: &str,
         namespace: Option<&str>,
         audience: &str,
-    ) -> Result<ServiceAccountToken, ProviderError> {
+    ) -> Result<ServiceAccountToken, SourceError> {
         if let Some(pod) = &self.pod {
             return Ok(pod.clone());
         }
         self.check_namespace(namespace, &format!("ServiceAccount {name}"))?;
         let Backend::Kube(client) = &self.backend else {
-            return Err(ProviderError::new(
-                reasons::SERVICE_ACCOUNT_NOT_FOUND,
-                format!(
-                    "serviceAccountRef {name} needs a ServiceAccount token: with regcred check, a kubeconfig; in the \
-                     kubelet credential provider, the Pod's token (tokenAttributes in the kubelet's \
-                     CredentialProviderConfig)"
-                ),
-            ));
+            return Err(SourceError::NoTokenSource { name: name.to_string() });
         };
         let api: Api<ServiceAccount> = Api::namespaced(client.clone(), &self.namespace);
-        let not_found = || {
-            ProviderError::new(
-                reasons::SERVICE_ACCOUNT_NOT_FOUND,
-                format!("ServiceAccount {}/{name} not found", self.namespace),
-            )
-        };
-        let kube_error = |e: kube::Error| {
-            ProviderError::new(
-                reasons::KUBE_API_ERROR,
-                format!("requesting a token for ServiceAccount {}/{name}: {e}", self.namespace),
-            )
+        let not_found =
+            || SourceError::ServiceAccountNotFound { namespace: self.namespace.clone(), name: name.to_string() };
+        let kube_error = |source: kube::Error| SourceError::TokenRequest {
+            namespace: self.namespace.clone(),
+            name: name.to_string(),
+            source,
         };
         let sa = api.get_opt(name).await.map_err(kube_error)?.ok_or_else(not_found)?;
         let request = TokenRequest {
@@ -251,12 +373,11 @@ impl Sources {
             ..Default::default()
         };
         let response = api.create_token_request(name, &Default::default(), &request).await.map_err(kube_error)?;
-        let token = response.status.map(|s| s.token).filter(|t| !t.is_empty()).ok_or_else(|| {
-            ProviderError::new(
-                reasons::KUBE_API_ERROR,
-                format!("TokenRequest for {}/{name} returned no token", self.namespace),
-            )
-        })?;
+        let token = response
+            .status
+            .map(|s| s.token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| SourceError::NoToken { namespace: self.namespace.clone(), name: name.to_string() })?;
         Ok(ServiceAccountToken { token: token.into(), annotations: sa.metadata.annotations.unwrap_or_default() })
     }
 
@@ -265,27 +386,27 @@ impl Sources {
         &self.namespace
     }
 
-    fn check_namespace(&self, requested: Option<&str>, what: &str) -> Result<(), ProviderError> {
+    fn check_namespace(&self, requested: Option<&str>, what: &str) -> Result<(), SourceError> {
         match requested {
-            Some(ns) if ns != self.namespace => Err(ProviderError::new(
-                reasons::SOURCE_NAMESPACE_FORBIDDEN,
-                format!("{what} must be in namespace {} (the credential's source namespace), not {ns}", self.namespace),
-            )),
+            Some(ns) if ns != self.namespace => Err(SourceError::NamespaceForbidden {
+                what: what.to_string(),
+                allowed: self.namespace.clone(),
+                requested: ns.to_string(),
+            }),
             _ => Ok(()),
         }
     }
 
     /// Reads a source Secret.
-    pub async fn secret(&self, r: &SecretRef) -> Result<Secret, ProviderError> {
+    pub async fn secret(&self, r: &SecretRef) -> Result<Secret, SourceError> {
         self.check_namespace(r.namespace.as_deref(), &format!("Secret {}", r.name))?;
         let found = match &self.backend {
             Backend::Kube(client) => {
                 let api: Api<Secret> = Api::namespaced(client.clone(), &self.namespace);
-                api.get_opt(&r.name).await.map_err(|e| {
-                    ProviderError::new(
-                        reasons::KUBE_API_ERROR,
-                        format!("reading Secret {}/{}: {e}", self.namespace, r.name),
-                    )
+                api.get_opt(&r.name).await.map_err(|source| SourceError::ReadSecret {
+                    namespace: self.namespace.clone(),
+                    name: r.name.clone(),
+                    source,
                 })?
             }
             Backend::Local(secrets) => secrets
@@ -296,21 +417,17 @@ impl Sources {
                 })
                 .cloned(),
         };
-        let secret = found.ok_or_else(|| {
-            ProviderError::new(
-                reasons::SOURCE_SECRET_NOT_FOUND,
-                format!("Secret {}/{} not found", self.namespace, r.name),
-            )
-        })?;
+        let secret = found
+            .ok_or_else(|| SourceError::SecretNotFound { namespace: self.namespace.clone(), name: r.name.clone() })?;
         let rv = secret.metadata.resource_version.clone().unwrap_or_default();
-        self.seen.lock().expect("not poisoned").push((r.name.clone(), rv));
+        self.seen.lock().push((r.name.clone(), rv));
         Ok(secret)
     }
 
     /// `(name, resourceVersion)` of every source Secret read so far: a
     /// minted credential is reused until one of them changes.
     pub fn fingerprint(&self) -> Vec<(String, String)> {
-        let mut v = self.seen.lock().expect("not poisoned").clone();
+        let mut v = self.seen.lock().clone();
         v.sort();
         v
     }
@@ -332,10 +449,12 @@ pub fn source_value(
     secret_name: &str,
     key: &str,
     kind: hygiene::Kind,
-) -> Result<Option<String>, ProviderError> {
+) -> Result<Option<String>, SourceError> {
     let Some(raw) = raw_value(secret, key) else { return Ok(None) };
-    hygiene::clean(raw, kind).map(Some).map_err(|problem| {
-        ProviderError::new(reasons::SOURCE_SECRET_INVALID, format!("Secret {secret_name} key {key} {problem}"))
+    hygiene::clean(raw, kind).map(Some).map_err(|problem| SourceError::InvalidValue {
+        secret: secret_name.to_string(),
+        key: key.to_string(),
+        problem,
     })
 }
 
@@ -346,7 +465,7 @@ pub fn optional_value(
     secret_name: &str,
     key: &str,
     kind: hygiene::Kind,
-) -> Result<Option<String>, ProviderError> {
+) -> Result<Option<String>, SourceError> {
     match raw_value(secret, key) {
         Some(raw) if hygiene::clean(raw, kind) == Err(hygiene::Problem::Empty) => Ok(None),
         _ => source_value(secret, secret_name, key, kind),
@@ -361,12 +480,11 @@ pub fn required_value(
     key: &str,
     kind: hygiene::Kind,
     expected: &str,
-) -> Result<String, ProviderError> {
-    source_value(secret, secret_name, key, kind)?.ok_or_else(|| {
-        ProviderError::new(
-            reasons::SOURCE_SECRET_INVALID,
-            format!("Secret {secret_name} has no key {key} (expected {expected})"),
-        )
+) -> Result<String, SourceError> {
+    source_value(secret, secret_name, key, kind)?.ok_or_else(|| SourceError::MissingKey {
+        secret: secret_name.to_string(),
+        key: key.to_string(),
+        expected: expected.to_string(),
     })
 }
 
@@ -385,14 +503,15 @@ mod tests {
     #[test]
     fn source_values_name_the_secret_key_and_problem_never_the_value() {
         let s = secret(&[("username", &b"nl:user"[..]), ("password", b"hunter2\n"), ("token", b"hunter2\0")]);
-        let e = source_value(&s, "ns/src", "username", hygiene::Kind::Username).unwrap_err();
+        let e = ProviderError::from(source_value(&s, "ns/src", "username", hygiene::Kind::Username).unwrap_err());
         assert_eq!(e.reason, reasons::SOURCE_SECRET_INVALID);
         assert!(e.message.starts_with("Secret ns/src key username contains ':'"), "{}", e.message);
         assert_eq!(source_value(&s, "ns/src", "password", hygiene::Kind::Secret).unwrap().as_deref(), Some("hunter2"));
-        let e = source_value(&s, "ns/src", "token", hygiene::Kind::Secret).unwrap_err();
+        let e = ProviderError::from(source_value(&s, "ns/src", "token", hygiene::Kind::Secret).unwrap_err());
         assert!(e.message.contains("key token contains a NUL byte") && !e.message.contains("hunter2"), "{}", e.message);
-        assert_eq!(source_value(&s, "ns/src", "absent", hygiene::Kind::Secret), Ok(None));
-        let e = required_value(&s, "ns/src", "absent", hygiene::Kind::Secret, "a and b").unwrap_err();
+        assert!(matches!(source_value(&s, "ns/src", "absent", hygiene::Kind::Secret), Ok(None)));
+        let e =
+            ProviderError::from(required_value(&s, "ns/src", "absent", hygiene::Kind::Secret, "a and b").unwrap_err());
         assert_eq!(e.message, "Secret ns/src has no key absent (expected a and b)");
     }
 
@@ -403,5 +522,52 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(source_value(&s, "x", "username", hygiene::Kind::Username).unwrap().as_deref(), Some("bot"));
+    }
+
+    #[test]
+    fn source_error_reasons() {
+        let kube_error = || kube::Error::LinesCodecMaxLineLengthExceeded;
+        let s = String::new;
+        for (e, reason) in [
+            (
+                SourceError::NamespaceForbidden { what: s(), allowed: s(), requested: s() },
+                reasons::SOURCE_NAMESPACE_FORBIDDEN,
+            ),
+            (SourceError::SecretNotFound { namespace: s(), name: s() }, reasons::SOURCE_SECRET_NOT_FOUND),
+            (SourceError::ReadSecret { namespace: s(), name: s(), source: kube_error() }, reasons::KUBE_API_ERROR),
+            (
+                SourceError::InvalidValue { secret: s(), key: s(), problem: hygiene::Problem::Empty },
+                reasons::SOURCE_SECRET_INVALID,
+            ),
+            (SourceError::MissingKey { secret: s(), key: s(), expected: s() }, reasons::SOURCE_SECRET_INVALID),
+            (SourceError::Invalid { secret: s(), detail: s() }, reasons::SOURCE_SECRET_INVALID),
+            (SourceError::AmbientForbidden { what: s() }, reasons::AMBIENT_IDENTITY_FORBIDDEN),
+            (SourceError::NoTokenSource { name: s() }, reasons::SERVICE_ACCOUNT_NOT_FOUND),
+            (SourceError::ServiceAccountNotFound { namespace: s(), name: s() }, reasons::SERVICE_ACCOUNT_NOT_FOUND),
+            (SourceError::TokenRequest { namespace: s(), name: s(), source: kube_error() }, reasons::KUBE_API_ERROR),
+            (SourceError::NoToken { namespace: s(), name: s() }, reasons::KUBE_API_ERROR),
+        ] {
+            assert_eq!(e.reason(), reason, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn provider_errors_keep_the_typed_error_as_their_source() {
+        let e = ProviderError::from(SourceError::ReadSecret {
+            namespace: "ns".into(),
+            name: "src".into(),
+            source: kube::Error::LinesCodecMaxLineLengthExceeded,
+        });
+        assert_eq!(e.reason, reasons::KUBE_API_ERROR);
+        assert!(e.message.starts_with("reading Secret ns/src: "), "{}", e.message);
+        assert_eq!(e.to_string(), format!("{}: {}", e.reason, e.message));
+        let source = std::error::Error::source(&e).expect("a source");
+        assert!(source.downcast_ref::<SourceError>().is_some());
+        assert_eq!(crate::http::cause_chain(&e), format!("{}: {}", e.reason, e.message));
+        // Equality is reason and message; a clone shares the source.
+        assert_eq!(e.clone(), ProviderError::new(e.reason, e.message.clone()));
+        assert!(std::error::Error::source(&e.clone()).is_some());
+        assert!(ProviderError::new("R", "m").to_string() == "R: m");
+        assert!(!format!("{e:?}").contains("LinesCodec"), "{e:?}");
     }
 }

@@ -33,6 +33,7 @@ pub mod node;
 pub mod operator;
 pub mod registry;
 mod standin_http;
+pub mod throttle;
 pub mod tokenauth;
 
 use std::fs;
