@@ -34,10 +34,11 @@
 //! they are tested without sleeping.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use parking_lot::Mutex;
 
 use crate::api::{AzureCloud, Provider};
 use crate::provider::{CredentialProvider, Minted, ProviderError, Sources};
@@ -216,7 +217,7 @@ impl Endpoint {
         let permit = self.in_flight.clone().acquire_owned().await.expect("the semaphore is never closed");
         let _turn = self.gate.lock().await;
         loop {
-            let wait = self.window.lock().expect("not poisoned").try_start(now());
+            let wait = self.window.lock().try_start(now());
             match wait {
                 Ok(()) => return permit,
                 Err(wait) => tokio::time::sleep(wait).await,
@@ -241,7 +242,7 @@ impl Pacer {
     }
 
     fn endpoint(&self, key: &str) -> Arc<Endpoint> {
-        let mut endpoints = self.endpoints.lock().expect("not poisoned");
+        let mut endpoints = self.endpoints.lock();
         endpoints
             .entry(key.to_string())
             .or_insert_with(|| {
@@ -272,13 +273,12 @@ impl Pacer {
                     (result, RETRY_AFTER.with(std::cell::Cell::get))
                 })
                 .await;
-            ep.window.lock().expect("not poisoned").ended(now());
+            ep.window.lock().ended(now());
             drop(permit);
             match result {
                 Err(e) if e.reason == reasons::PROVIDER_THROTTLED => {
                     let retry_after = hint.or_else(|| retry_after_in(&e.message));
-                    let backoff =
-                        ep.window.lock().expect("not poisoned").throttled(now(), retry_after, rand::random::<f64>());
+                    let backoff = ep.window.lock().throttled(now(), retry_after, rand::random::<f64>());
                     let give_up =
                         retries >= self.config.throttle_retries || waited + backoff > self.config.max_throttle_wait;
                     tracing::warn!(
@@ -296,7 +296,7 @@ impl Pacer {
                 }
                 Err(e) => return Err(e),
                 Ok(v) => {
-                    ep.window.lock().expect("not poisoned").succeeded();
+                    ep.window.lock().succeeded();
                     return Ok(v);
                 }
             }
@@ -635,7 +635,7 @@ mod tests {
         let took = t0.elapsed();
         assert!(took >= Duration::from_secs(4) && took <= Duration::from_secs(5), "{took:?}");
         // 4 halved twice, then grown by the success.
-        assert_eq!(pacer.endpoint("e").window.lock().unwrap().effective_cap(), 2);
+        assert_eq!(pacer.endpoint("e").window.lock().effective_cap(), 2);
     }
 
     #[tokio::test(start_paused = true)]
@@ -674,7 +674,7 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 pacer
                     .run("shared", || async {
-                        starts.lock().unwrap().push(now());
+                        starts.lock().push(now());
                         let n = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
                         most.fetch_max(n, Ordering::SeqCst);
                         tokio::time::sleep(ms(50)).await;
@@ -687,7 +687,7 @@ mod tests {
         for t in tasks {
             t.await.unwrap().unwrap();
         }
-        let mut starts = starts.lock().unwrap().clone();
+        let mut starts = starts.lock().clone();
         starts.sort();
         assert_eq!(starts.len(), 12);
         assert!(max_in_window(&starts, Duration::from_secs(1)) <= 3);
