@@ -273,6 +273,21 @@ fn spawn_watches(client: &Client, seen: &Shared) {
 }
 
 /// Polls `f` every 5 ms until it returns `Some`, or fails after `timeout`.
+/// Creates ServiceAccount `ns/name` and returns how long regcred took to
+/// patch its pull Secret in.
+async fn new_service_account(client: &Client, seen: &Shared, ns: &str, name: &str) -> Result<Duration> {
+    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": name, "namespace": ns}}))?;
+    let t = Instant::now();
+    Api::<ServiceAccount>::namespaced(client.clone(), ns).create(&PostParams::default(), &sa).await?;
+    let s = seen.clone();
+    let key = (ns.to_string(), name.to_string());
+    let done = until(&format!("ServiceAccount {ns}/{name} to be patched"), Duration::from_secs(30), move || {
+        s.lock().unwrap().service_accounts.get(&key).copied().flatten()
+    })
+    .await?;
+    Ok(done.saturating_duration_since(t))
+}
+
 async fn until<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> Result<T> {
     until_every(what, timeout, Duration::from_millis(5), f).await
 }
@@ -947,16 +962,7 @@ async fn run() -> Result<()> {
     let mut sa_latency = Vec::new();
     for (i, ns) in targets.iter().take(args.samples).enumerate() {
         let name = format!("bench-sa-{i:04}");
-        let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": name, "namespace": ns}}))?;
-        let t = Instant::now();
-        Api::<ServiceAccount>::namespaced(client.clone(), ns).create(&PostParams::default(), &sa).await?;
-        let s = seen.clone();
-        let key = (ns.clone(), name.clone());
-        let done = until(&format!("ServiceAccount {ns}/{name} to be patched"), Duration::from_secs(30), move || {
-            s.lock().unwrap().service_accounts.get(&key).copied().flatten()
-        })
-        .await?;
-        sa_latency.push(done.saturating_duration_since(t));
+        sa_latency.push(new_service_account(&client, &seen, ns, &name).await?);
     }
     sa_latency.sort();
 

@@ -379,16 +379,7 @@ pub(super) async fn run(args: Args) -> Result<()> {
     for k in 0..args.samples {
         let ns = tenant_ns(k % n);
         let name = format!("bench-sa-{k:04}");
-        let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": name, "namespace": ns}}))?;
-        let t = Instant::now();
-        Api::<ServiceAccount>::namespaced(client.clone(), &ns).create(&PostParams::default(), &sa).await?;
-        let s = seen.clone();
-        let key = (ns.clone(), name.clone());
-        let done = until(&format!("ServiceAccount {ns}/{name} to be patched"), Duration::from_secs(30), move || {
-            s.lock().unwrap().service_accounts.get(&key).copied().flatten()
-        })
-        .await?;
-        sa_latency.push(done.saturating_duration_since(t));
+        sa_latency.push(new_service_account(&client, &seen, &ns, &name).await?);
     }
     sa_latency.sort();
 
