@@ -62,8 +62,10 @@ pub struct RunArgs {
     /// Kubeconfig to use; in-cluster configuration when unset.
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<std::path::PathBuf>,
-    /// Credentials reconciled in parallel.
-    #[arg(long, env = "REGCRED_CONCURRENCY", default_value_t = 4)]
+    /// Credentials reconciled in parallel. A credential waiting for its
+    /// provider endpoint's pacing holds one, so there are enough that the
+    /// others (and new ones) do not queue behind a paced endpoint.
+    #[arg(long, env = "REGCRED_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
     /// Kubernetes writes in flight per credential during a fan-out, and
     /// ServiceAccount patches in flight.

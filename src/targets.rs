@@ -14,13 +14,19 @@ use crate::api::{ClusterRegistryCredentialSpec, ServiceAccountSelector};
 /// without `values` compare against the empty set, as they always have here
 /// (kube refuses them).
 pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    compile(selector).is_some_and(|s| s.matches(labels))
+}
+
+/// A label selector made ready for many matches (see [`selector_matches`]);
+/// `None` when kube cannot use it.
+fn compile(selector: &LabelSelector) -> Option<Selector> {
     let mut selector = selector.clone();
     for e in selector.match_expressions.iter_mut().flatten() {
         if matches!(e.operator.as_str(), "In" | "NotIn") {
             e.values.get_or_insert_with(Vec::new);
         }
     }
-    Selector::try_from(selector).is_ok_and(|s| s.matches(labels))
+    Selector::try_from(selector).ok()
 }
 
 /// A namespace as the target selection sees it.
@@ -33,6 +39,17 @@ pub struct NamespaceInfo<'a> {
 
 /// Whether a ClusterRegistryCredential targets a namespace.
 pub fn cluster_targets(spec: &ClusterRegistryCredentialSpec, ns: &NamespaceInfo<'_>) -> bool {
+    let selector = spec.namespace_selector.as_ref().map(compile);
+    targets_with(spec, selector.as_ref(), ns)
+}
+
+/// [`cluster_targets`] with the selector compiled (`None`: no selector;
+/// `Some(None)`: one kube cannot use, which matches nothing).
+fn targets_with(
+    spec: &ClusterRegistryCredentialSpec,
+    selector: Option<&Option<Selector>>,
+    ns: &NamespaceInfo<'_>,
+) -> bool {
     if ns.terminating {
         return false;
     }
@@ -40,7 +57,7 @@ pub fn cluster_targets(spec: &ClusterRegistryCredentialSpec, ns: &NamespaceInfo<
         return false;
     }
     let by_name = spec.namespaces.iter().flatten().any(|n| n == ns.name);
-    let by_selector = spec.namespace_selector.as_ref().is_some_and(|s| selector_matches(s, ns.labels));
+    let by_selector = selector.is_some_and(|s| s.as_ref().is_some_and(|s| s.matches(ns.labels)));
     by_name || by_selector
 }
 
@@ -49,7 +66,13 @@ pub fn cluster_target_set<'a>(
     spec: &ClusterRegistryCredentialSpec,
     namespaces: impl IntoIterator<Item = NamespaceInfo<'a>>,
 ) -> BTreeSet<String> {
-    namespaces.into_iter().filter(|ns| cluster_targets(spec, ns)).map(|ns| ns.name.to_string()).collect()
+    // Compiled once, not once per namespace.
+    let selector = spec.namespace_selector.as_ref().map(compile);
+    namespaces
+        .into_iter()
+        .filter(|ns| targets_with(spec, selector.as_ref(), ns))
+        .map(|ns| ns.name.to_string())
+        .collect()
 }
 
 /// Whether a ServiceAccount gets the pull Secret. No selector at all means

@@ -359,7 +359,7 @@ fn lint_and_kubeconform_default_values() {
             "--cluster-resource-namespace=regcred-system",
             "--log-level=info",
             "--log-format=json",
-            "--concurrency=4",
+            "--concurrency=16",
             "--write-concurrency=32",
             "--provider-calls-per-second=10",
             "--provider-concurrency=4"

@@ -10,7 +10,7 @@ use futures::channel::oneshot;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 
-use super::plan::{DesiredSecret, Plan, Removal};
+use super::plan::{DesiredSecret, Plan, Removal, WriteKind};
 use super::{Context, FIELD_MANAGER, accounts};
 use crate::api::TargetFailure;
 use crate::reasons;
@@ -131,7 +131,7 @@ async fn write_secrets(
         .map(|(pending, write)| {
             let (ctx, owner, desired) = (ctx.clone(), owner.to_string(), desired.clone());
             let task = tokio::spawn(async move {
-                let outcome = write_secret(&ctx, &owner, &desired, &write.namespace, write.exists).await;
+                let outcome = write_secret(&ctx, &owner, &desired, &write.namespace, write.kind).await;
                 let pass = matches!(outcome, Outcome::Created).then(|| ctx.accounts.pass(&write.namespace));
                 drop(pending);
                 (write.namespace, outcome, pass)
@@ -143,18 +143,33 @@ async fn write_secrets(
         .await
 }
 
-/// Creates a missing Secret with a plain create (the cheapest write: a
-/// Secret created in the meantime by someone else makes it fail instead of
-/// being taken over), and updates one of regcred's own by server-side apply,
-/// forced, so fields another manager changed are taken back.
-async fn write_secret(ctx: &Context, owner: &str, desired: &DesiredSecret, namespace: &str, exists: bool) -> Outcome {
+/// Writes one Secret the way its [`WriteKind`] says: a plain create, a
+/// JSON merge patch of the data (a rotation: about a third cheaper for the
+/// apiserver than an apply, which computes field sets), or a forced
+/// server-side apply when the metadata drifted, so fields another manager
+/// changed are taken back and labels regcred no longer sets go.
+async fn write_secret(
+    ctx: &Context,
+    owner: &str,
+    desired: &DesiredSecret,
+    namespace: &str,
+    kind: WriteKind,
+) -> Outcome {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let result = if exists {
-        let params = PatchParams::apply(FIELD_MANAGER).force();
-        api.patch(&desired.name, &params, &Patch::Apply(desired.object(namespace))).await
-    } else {
-        let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-        api.create(&params, &desired.object(namespace)).await
+    let exists = kind != WriteKind::Create;
+    let result = match kind {
+        WriteKind::Create => {
+            let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+            api.create(&params, &desired.object(namespace)).await
+        }
+        WriteKind::Data => {
+            let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+            api.patch(&desired.name, &params, &Patch::Merge(desired.data_patch())).await
+        }
+        WriteKind::Apply => {
+            let params = PatchParams::apply(FIELD_MANAGER).force();
+            api.patch(&desired.name, &params, &Patch::Apply(desired.object(namespace))).await
+        }
     };
     match result {
         Ok(written) => {
@@ -172,6 +187,9 @@ async fn write_secret(ctx: &Context, owner: &str, desired: &DesiredSecret, names
         {
             Outcome::Gone
         }
+        // Deleted since the cache saw it: the watch brings the deletion,
+        // and the next reconcile creates it again.
+        Err(kube::Error::Api(e)) if e.code == 404 && kind == WriteKind::Data => Outcome::Raced,
         Err(e) => Outcome::Failed(format!("writing Secret {namespace}/{}: {e}", desired.name)),
     }
 }

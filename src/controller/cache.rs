@@ -11,13 +11,63 @@ use std::collections::{BTreeMap, HashMap};
 
 use kube::runtime::watcher::Event;
 
-type Names<V> = HashMap<Box<str>, V>;
+/// A fast hash (foldhash) for keys regcred gets from the apiserver: the plan
+/// looks up several per target namespace.
+type Fast = foldhash::fast::RandomState;
+type Names<V> = HashMap<Box<str>, V, Fast>;
+
+/// Values by namespace and name, looked up by `&str` without allocating,
+/// each namespace name stored once however many objects it holds.
+pub struct ByNamespace<V>(HashMap<Box<str>, Names<V>, Fast>);
+
+impl<V> Default for ByNamespace<V> {
+    fn default() -> Self {
+        ByNamespace(HashMap::default())
+    }
+}
+
+impl<V> ByNamespace<V> {
+    pub fn get(&self, namespace: &str, name: &str) -> Option<&V> {
+        self.0.get(namespace)?.get(name)
+    }
+
+    pub fn insert(&mut self, namespace: &str, name: &str, value: V) {
+        match self.0.get_mut(namespace) {
+            Some(names) => {
+                names.insert(name.into(), value);
+            }
+            None => {
+                let mut names = Names::default();
+                names.insert(name.into(), value);
+                self.0.insert(namespace.into(), names);
+            }
+        }
+    }
+
+    pub fn remove(&mut self, namespace: &str, name: &str) -> Option<V> {
+        let names = self.0.get_mut(namespace)?;
+        let removed = names.remove(name);
+        if names.is_empty() {
+            self.0.remove(namespace);
+        }
+        removed
+    }
+
+    /// The objects of one namespace.
+    pub fn in_namespace(&self, namespace: &str) -> impl Iterator<Item = (&str, &V)> {
+        self.0.get(namespace).into_iter().flatten().map(|(name, v)| (&**name, v))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str, &V)> {
+        self.0.iter().flat_map(|(ns, names)| names.iter().map(move |(name, v)| (&**ns, &**name, v)))
+    }
+}
 
 /// Objects by namespace (`""` for cluster-scoped ones) and name.
 pub struct Cache<V> {
-    live: RwLock<HashMap<Box<str>, Names<V>>>,
+    live: RwLock<ByNamespace<V>>,
     /// Filled during a (re)list; replaces `live` when the list is complete.
-    relist: parking_lot::Mutex<Option<HashMap<Box<str>, Names<V>>>>,
+    relist: parking_lot::Mutex<Option<ByNamespace<V>>>,
     ready: tokio::sync::watch::Sender<bool>,
 }
 
@@ -27,27 +77,16 @@ impl<V> Default for Cache<V> {
     }
 }
 
-fn insert<V>(map: &mut HashMap<Box<str>, Names<V>>, namespace: &str, name: &str, value: V) {
-    match map.get_mut(namespace) {
-        Some(names) => {
-            names.insert(name.into(), value);
-        }
-        None => {
-            map.insert(namespace.into(), HashMap::from([(name.into(), value)]));
-        }
-    }
-}
-
 impl<V: Clone> Cache<V> {
     /// Applies a watch event: `key` gives an object's namespace and name,
     /// `project` what is kept of it.
     pub fn apply<K>(&self, event: &Event<K>, key: impl Fn(&K) -> (String, String), project: impl Fn(&K) -> V) {
         match event {
-            Event::Init => *self.relist.lock() = Some(HashMap::new()),
+            Event::Init => *self.relist.lock() = Some(ByNamespace::default()),
             Event::InitApply(obj) => {
                 let (ns, name) = key(obj);
                 if let Some(map) = self.relist.lock().as_mut() {
-                    insert(map, &ns, &name, project(obj));
+                    map.insert(&ns, &name, project(obj));
                 }
             }
             Event::InitDone => {
@@ -58,17 +97,11 @@ impl<V: Clone> Cache<V> {
             }
             Event::Apply(obj) => {
                 let (ns, name) = key(obj);
-                insert(&mut self.live.write(), &ns, &name, project(obj));
+                self.live.write().insert(&ns, &name, project(obj));
             }
             Event::Delete(obj) => {
                 let (ns, name) = key(obj);
-                let mut live = self.live.write();
-                if let Some(names) = live.get_mut(ns.as_str()) {
-                    names.remove(name.as_str());
-                    if names.is_empty() {
-                        live.remove(ns.as_str());
-                    }
-                }
+                self.live.write().remove(&ns, &name);
             }
         }
     }
@@ -82,22 +115,24 @@ impl<V: Clone> Cache<V> {
 
     /// Calls `f` with one object, under the read lock.
     pub fn with<R>(&self, namespace: &str, name: &str, f: impl FnOnce(&V) -> R) -> Option<R> {
-        self.live.read().get(namespace)?.get(name).map(f)
+        self.live.read().get(namespace, name).map(f)
     }
 
     /// The objects of one namespace, by name.
     pub fn in_namespace(&self, namespace: &str) -> Vec<(String, V)> {
-        let live = self.live.read();
-        let Some(names) = live.get(namespace) else { return Vec::new() };
-        names.iter().map(|(name, v)| (name.to_string(), v.clone())).collect()
+        self.live.read().in_namespace(namespace).map(|(name, v)| (name.to_string(), v.clone())).collect()
+    }
+
+    /// Calls `f` with the objects of one namespace, under the read lock
+    /// (so `f` must not touch this cache).
+    pub fn with_namespace<R>(&self, namespace: &str, f: impl FnOnce(&mut dyn Iterator<Item = (&str, &V)>) -> R) -> R {
+        f(&mut self.live.read().in_namespace(namespace))
     }
 
     /// Calls `f` with every object as `(namespace, name, value)`, under the
     /// read lock (so `f` must not touch this cache).
     pub fn with_all<R>(&self, f: impl FnOnce(&mut dyn Iterator<Item = (&str, &str, &V)>) -> R) -> R {
-        let live = self.live.read();
-        let mut it = live.iter().flat_map(|(ns, names)| names.iter().map(move |(name, v)| (&**ns, &**name, v)));
-        f(&mut it)
+        f(&mut self.live.read().iter())
     }
 }
 

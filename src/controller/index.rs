@@ -9,7 +9,7 @@
 //! of it can call the API server, so all of it is unit-tested by applying
 //! watch events and asserting the outcome.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use kube::api::PartialObjectMeta;
@@ -18,7 +18,7 @@ use kube::runtime::watcher::Event;
 use kube::{Resource, ResourceExt};
 use parking_lot::Mutex;
 
-use super::cache::{Cache, Pairs};
+use super::cache::{ByNamespace, Cache, Pairs};
 use super::kinds::CredentialKind;
 use super::{MANAGED_BY, MANAGED_BY_LABEL, OWNER_ANNOTATION};
 use crate::api::{ClusterRegistryCredential, CredentialSpec, RegistryCredential, ServiceAccountSelector};
@@ -135,15 +135,15 @@ struct OwnAccount {
 /// again.
 #[derive(Default)]
 pub struct Ledger {
-    secrets: Mutex<HashMap<Key, OwnSecret>>,
-    accounts: Mutex<HashMap<Key, OwnAccount>>,
+    secrets: Mutex<ByNamespace<OwnSecret>>,
+    accounts: Mutex<ByNamespace<OwnAccount>>,
 }
 
 impl Ledger {
     /// What a managed Secret held when it was listed.
     pub fn secret_listed(&self, key: Key, resource_version: Option<&str>, digest: [u8; 32]) {
         if let Some(resource_version) = resource_version.and_then(|v| v.parse().ok()) {
-            self.secrets.lock().insert(key, OwnSecret { resource_version, digest, written: None });
+            self.secrets.lock().insert(&key.0, &key.1, OwnSecret { resource_version, digest, written: None });
         }
     }
 
@@ -158,29 +158,39 @@ impl Ledger {
     ) {
         if let Some(resource_version) = resource_version.and_then(|v| v.parse().ok()) {
             let written = Some(Written { content, owner: owner_hash(owner) });
-            self.secrets.lock().insert(key, OwnSecret { resource_version, digest, written });
+            self.secrets.lock().insert(&key.0, &key.1, OwnSecret { resource_version, digest, written });
         }
     }
 
     /// A Secret was deleted.
     pub fn secret_gone(&self, key: &Key) {
-        self.secrets.lock().remove(key);
+        self.secrets.lock().remove(&key.0, &key.1);
+    }
+
+    /// Whether `resource_version` of the Secret is regcred's own last
+    /// write of it for `owner`.
+    pub fn is_own_write(&self, key: &Key, owner: Option<&str>, resource_version: Option<u64>) -> bool {
+        let (Some(owner), Some(rv)) = (owner, resource_version) else { return false };
+        self.secrets
+            .lock()
+            .get(&key.0, &key.1)
+            .is_some_and(|o| o.resource_version == rv && o.written.is_some_and(|w| w.owner == owner_hash(owner)))
     }
 
     pub fn secret(&self, namespace: &str, name: &str) -> Option<OwnSecret> {
-        self.secrets.lock().get(&(namespace.to_string(), name.to_string())).copied()
+        self.secrets.lock().get(namespace, name).copied()
     }
 
     /// regcred patched a ServiceAccount's `imagePullSecrets`.
     pub fn account_written(&self, key: Key, resource_version: Option<&str>, entries: Vec<String>) {
         if let Some(resource_version) = resource_version.and_then(|v| v.parse().ok()) {
-            self.accounts.lock().insert(key, OwnAccount { resource_version, entries });
+            self.accounts.lock().insert(&key.0, &key.1, OwnAccount { resource_version, entries });
         }
     }
 
     /// A ServiceAccount was deleted.
     pub fn account_gone(&self, key: &Key) {
-        self.accounts.lock().remove(key);
+        self.accounts.lock().remove(&key.0, &key.1);
     }
 }
 
@@ -230,7 +240,7 @@ pub enum CredentialRef {
 pub enum Related {
     Namespace,
     ServiceAccount { namespace: String, name: String },
-    Secret { namespace: String, name: String, owner: Option<String> },
+    Secret { namespace: String, name: String, owner: Option<String>, resource_version: Option<u64> },
 }
 
 /// What a change asks for: credentials to reconcile, and a namespace whose
@@ -286,6 +296,7 @@ pub fn secret_related<K: Resource>(s: &K) -> Related {
         namespace: s.meta().namespace.clone().unwrap_or_default(),
         name: s.meta().name.clone().unwrap_or_default(),
         owner: owner_of(s.meta()),
+        resource_version: s.meta().resource_version.as_deref().and_then(|v| v.parse().ok()),
     }
 }
 
@@ -359,6 +370,24 @@ impl Index {
         cached.is_some_and(|(_, ours)| ours)
     }
 
+    /// Whether a ServiceAccount of `namespace` needs a pass of the writer
+    /// for Secret `secret`: selected and without the entry, or not selected
+    /// and listing it. Reads the caches in place: the plan asks this of
+    /// every target namespace.
+    pub fn accounts_need_pass(&self, namespace: &str, secret: &str, selector: Option<&ServiceAccountSelector>) -> bool {
+        self.service_accounts.with_namespace(namespace, |accounts| {
+            let written = self.ledger.accounts.lock();
+            let mut needing = accounts.filter(|(name, sa)| {
+                let entries = match written.get(namespace, name) {
+                    Some(w) if Some(w.resource_version) > sa.resource_version => &w.entries,
+                    _ => &sa.image_pull_secrets,
+                };
+                service_account_selected(selector, name, &sa.labels) != entries.iter().any(|e| e == secret)
+            });
+            needing.next().is_some()
+        })
+    }
+
     /// The ServiceAccounts of a namespace, newest known version of each.
     pub fn accounts_in(&self, namespace: &str) -> Vec<AccountView> {
         let cached = self.service_accounts.in_namespace(namespace);
@@ -372,7 +401,7 @@ impl Index {
                     entries: sa.image_pull_secrets,
                     name,
                 };
-                if let Some(w) = written.get(&(namespace.to_string(), view.name.clone()))
+                if let Some(w) = written.get(namespace, &view.name)
                     && Some(w.resource_version) > sa.resource_version
                 {
                     view.resource_version = Some(w.resource_version.to_string());
@@ -421,15 +450,22 @@ impl Index {
                 }
                 routed.accounts = Some(namespace.clone());
             }
-            Related::Secret { namespace, name, owner } => {
+            Related::Secret { namespace, name, owner, resource_version } => {
+                let key = (namespace.clone(), name.clone());
                 if deleted {
-                    self.ledger.secret_gone(&(namespace.clone(), name.clone()));
+                    self.ledger.secret_gone(&key);
                 }
+                // The watch bringing back what regcred itself just wrote
+                // wakes no one for it: the reconcile that wrote it counted it.
+                let echo = !deleted && self.ledger.is_own_write(&key, owner.as_deref(), *resource_version);
                 let interested = |spec: &CredentialSpec| {
                     spec.secret.name == *name || spec.provider.secret_names().contains(&&**name)
                 };
                 for c in self.credentials.namespaced.state() {
                     let mine = owner.as_deref() == Some(c.owner_key().as_str());
+                    if mine && echo {
+                        continue;
+                    }
                     if mine || (c.namespace().as_deref() == Some(namespace.as_str()) && interested(c.credential())) {
                         routed.credentials.push(namespaced_ref(&c));
                     }
@@ -438,6 +474,9 @@ impl Index {
                 for c in self.credentials.cluster.state() {
                     let spec = c.credential();
                     let mine = owner.as_deref() == Some(c.owner_key().as_str());
+                    if mine && echo {
+                        continue;
+                    }
                     let source =
                         source_ns == Some(namespace.as_str()) && spec.provider.secret_names().contains(&&**name);
                     let target = spec.secret.name == *name && c.targets_namespace(self, namespace);

@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 
 use super::index::Index;
 use super::{Context, CredentialKind};
-use crate::api::CredentialSpec;
+use crate::api::{CredentialSpec, CredentialStatus};
 use crate::metrics::{ProviderLabels, RefreshLabels};
 use crate::provider::{self, Minted, ProviderError, Sources};
 use crate::reasons;
@@ -83,6 +83,9 @@ pub struct Memory {
 struct Remembered {
     minted: Option<MintedEntry>,
     failures: u32,
+    /// The status regcred last wrote and the resourceVersion it got, kept
+    /// until the watch brings a version as new.
+    status: Option<(u64, CredentialStatus)>,
 }
 
 struct MintedEntry {
@@ -148,6 +151,30 @@ impl Memory {
         let r = credentials.entry(key.to_string()).or_default();
         r.failures = if failed { r.failures.saturating_add(1) } else { 0 };
         r.failures
+    }
+
+    /// regcred wrote `status`; the object is now at `resource_version`.
+    pub fn status_written(&self, key: &str, resource_version: Option<&str>, status: CredentialStatus) {
+        let mut credentials = self.credentials.lock();
+        let r = credentials.entry(key.to_string()).or_default();
+        r.status = resource_version.and_then(|v| v.parse().ok()).map(|rv| (rv, status));
+    }
+
+    /// The status regcred last wrote, if the object seen (at
+    /// `resource_version`) is older than that write: a reconcile woken
+    /// before the watch brings the write back compares with what was
+    /// written, not with the stale copy, and writes nothing twice.
+    pub fn newer_status(&self, key: &str, resource_version: Option<&str>) -> Option<CredentialStatus> {
+        let seen: u64 = resource_version.and_then(|v| v.parse().ok())?;
+        let mut credentials = self.credentials.lock();
+        let r = credentials.get_mut(key)?;
+        match &r.status {
+            Some((written, status)) if *written > seen => Some(status.clone()),
+            _ => {
+                r.status = None;
+                None
+            }
+        }
     }
 
     pub fn forget(&self, key: &str) {

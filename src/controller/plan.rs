@@ -65,6 +65,11 @@ impl DesiredSecret {
         subset(&self.labels, &s.labels) && subset(&self.annotations, &s.annotations)
     }
 
+    /// The JSON merge patch of a [`WriteKind::Data`] write: the data only.
+    pub fn data_patch(&self) -> serde_json::Value {
+        serde_json::json!({ "data": { DATA_KEY: ByteString(self.data.clone()) } })
+    }
+
     /// The Secret object for `namespace`.
     pub fn object(&self, namespace: &str) -> Secret {
         Secret {
@@ -82,11 +87,27 @@ impl DesiredSecret {
     }
 }
 
-/// A Secret to write: created if it does not exist, applied if it does.
+/// A Secret to write, and how.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SecretWrite {
     pub namespace: String,
-    pub exists: bool,
+    pub kind: WriteKind,
+}
+
+/// How a Secret is written: the cheapest write that brings it to the
+/// desired one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteKind {
+    /// Missing: a plain create (one created in the meantime by someone
+    /// else makes it fail instead of being taken over).
+    Create,
+    /// regcred's own, with the desired labels and annotations: only the
+    /// data is replaced, by a JSON merge patch (a rotation).
+    Data,
+    /// regcred's own, with other metadata (drift, or the spec changed it):
+    /// a forced server-side apply, which also drops labels and annotations
+    /// regcred set before and no longer wants.
+    Apply,
 }
 
 /// A Secret of this credential's that is no longer wanted, and the
@@ -126,7 +147,7 @@ pub struct Plan {
 #[derive(Debug, PartialEq)]
 enum Step {
     InPlace,
-    Write { exists: bool },
+    Write(WriteKind),
     Conflict(String),
 }
 
@@ -147,17 +168,17 @@ pub fn plan<K: CredentialKind>(index: &Index, obj: &K, desired: Option<&DesiredS
         };
         match step {
             Step::InPlace => plan.in_place.push(namespace.clone()),
-            Step::Write { exists } => plan.writes.push(SecretWrite { namespace: namespace.clone(), exists }),
+            Step::Write(kind) => plan.writes.push(SecretWrite { namespace: namespace.clone(), kind }),
             Step::Conflict(message) => plan.conflicts.push((namespace.clone(), message)),
         }
     }
     let selector = spec.service_accounts.as_ref();
     let served = plan.in_place.iter().chain(plan.writes.iter().map(|w| &w.namespace));
-    plan.accounts = served
-        .filter(|ns| index.accounts_in(ns).iter().any(|sa| sa.selected_by(selector) != sa.has(name)))
-        .cloned()
-        .collect();
-    plan.removals = removals(index, &owner, |ns, n| n == name && targets.contains(ns));
+    plan.accounts = served.filter(|ns| index.accounts_need_pass(ns, name, selector)).cloned().collect();
+    // A hash set: the check runs for every Secret the credential owns.
+    let wanted: std::collections::HashSet<&str, foldhash::fast::RandomState> =
+        targets.iter().map(String::as_str).collect();
+    plan.removals = removals(index, &owner, |ns, n| n == name && wanted.contains(ns));
     plan.targets = targets;
     plan
 }
@@ -184,26 +205,30 @@ fn secret_step(index: &Index, owner: &str, desired: &DesiredSecret, namespace: &
     if index.others.with(namespace, &desired.name, |_| ()).is_some() {
         return not_ours();
     }
+    // The owner: `None` when there is none, `Some(None)` when it is
+    // `owner` (no copy: the plan asks this of every target namespace).
     let cached = index.managed.with(namespace, &desired.name, |s| {
-        (s.owner().map(String::from), desired.metadata_matches(s), s.resource_version)
+        let other = s.owner().map(|o| (o != owner).then(|| o.to_string()));
+        (other, desired.metadata_matches(s), s.resource_version)
     });
     // The data counts only if it is known at the cached resourceVersion.
     let cached = cached.map(|(owner, metadata_matches, rv)| {
         let data_matches = index.content_at(namespace, &desired.name, rv) == Some(desired.digest);
-        (owner, metadata_matches && data_matches, rv)
+        let kind = if metadata_matches { WriteKind::Data } else { WriteKind::Apply };
+        (owner, metadata_matches && data_matches, rv, kind)
     });
     match cached {
         // Not in the cache: absent, or just written by us and not seen yet.
         None if written.is_some() => Step::InPlace,
-        None => Step::Write { exists: false },
-        Some((Some(o), _, _)) if o != owner => {
+        None => Step::Write(WriteKind::Create),
+        Some((Some(Some(o)), _, _, _)) => {
             Step::Conflict(format!("Secret {namespace}/{} is managed by regcred for {o}", desired.name))
         }
-        Some((None, _, _)) => not_ours(),
-        Some((_, true, _)) => Step::InPlace,
+        Some((None, _, _, _)) => not_ours(),
+        Some((_, true, _, _)) => Step::InPlace,
         // The cache still shows an older version than our own last write.
-        Some((_, false, rv)) if written.is_some_and(|w| Some(w.resource_version) > rv) => Step::InPlace,
-        Some(_) => Step::Write { exists: true },
+        Some((_, false, rv, _)) if written.is_some_and(|w| Some(w.resource_version) > rv) => Step::InPlace,
+        Some((_, false, _, kind)) => Step::Write(kind),
     }
 }
 
@@ -368,8 +393,8 @@ mod tests {
         v.iter().map(String::as_str).collect()
     }
 
-    fn writes(plan: &Plan) -> Vec<(&str, bool)> {
-        plan.writes.iter().map(|w| (w.namespace.as_str(), w.exists)).collect()
+    fn writes(plan: &Plan) -> Vec<(&str, WriteKind)> {
+        plan.writes.iter().map(|w| (w.namespace.as_str(), w.kind)).collect()
     }
 
     /// Records a write of regcred's own in the ledger, as `act` does.
@@ -387,7 +412,7 @@ mod tests {
         let c = w.cluster_credential("c1", json!({"namespaceSelector": {"matchLabels": {"pull": "yes"}}}));
         let d = desired(&*c, "p1");
         let plan = plan(&w.index, &*c, Some(&d));
-        assert_eq!(writes(&plan), [("a", false), ("b", false)]);
+        assert_eq!(writes(&plan), [("a", WriteKind::Create), ("b", WriteKind::Create)]);
         assert!(plan.in_place.is_empty() && plan.conflicts.is_empty() && plan.removals.is_empty());
         assert_eq!(names(&Vec::from_iter(plan.targets.clone())), ["a", "b"]);
     }
@@ -410,7 +435,7 @@ mod tests {
         // unknown.
         w.managed("b", "pull", 12, &owner, &d);
         let p = plan(&w.index, &*c, Some(&d));
-        assert_eq!((names(&p.in_place), writes(&p)), (vec!["a"], vec![("b", true)]));
+        assert_eq!((names(&p.in_place), writes(&p)), (vec!["a"], vec![("b", WriteKind::Data)]));
         // Someone strips the managed-by label off a: it lands in the other
         // watch and is not regcred's any more.
         w.index.apply_managed(&Event::Delete(PartialObjectMeta::<Secret> {
@@ -423,7 +448,33 @@ mod tests {
         // A new credential content: every namespace is written.
         let d2 = desired(&*c, "p2");
         w.index.ledger.secret_listed(("b".into(), "pull".into()), Some("12"), d.digest);
-        assert_eq!(writes(&plan(&w.index, &*c, Some(&d2))), [("b", true)]);
+        assert_eq!(writes(&plan(&w.index, &*c, Some(&d2))), [("b", WriteKind::Data)]);
+    }
+
+    #[test]
+    fn a_rotation_replaces_only_the_data_and_drifted_metadata_is_applied() {
+        let mut w = World::new();
+        w.namespace("a", &[]);
+        w.namespace("b", &[]);
+        let spec = json!({"namespaces": ["a", "b"], "secret": {"name": "pull", "labels": {"team": "x"}}});
+        let c = w.cluster_credential("c1", spec);
+        let d = desired(&*c, "p1");
+        let owner = c.owner_key();
+        w.managed("a", "pull", 10, &owner, &d);
+        let mut stripped = managed_secret("b", "pull", 11, &owner, &d);
+        stripped.metadata.labels.as_mut().unwrap().remove("team");
+        w.index.apply_managed(&Event::Apply(stripped));
+        w.index.ledger.secret_listed(("a".into(), "pull".into()), Some("10"), d.digest);
+        w.index.ledger.secret_listed(("b".into(), "pull".into()), Some("11"), d.digest);
+        // b lost a label regcred sets: the whole Secret is applied.
+        assert_eq!(writes(&plan(&w.index, &*c, Some(&d))), [("b", WriteKind::Apply)]);
+        // A new token: a keeps its metadata and gets new data only.
+        let d2 = desired(&*c, "p2");
+        assert_eq!(writes(&plan(&w.index, &*c, Some(&d2))), [("a", WriteKind::Data), ("b", WriteKind::Apply)]);
+        let patch = d2.data_patch();
+        assert_eq!(patch.as_object().unwrap().keys().collect::<Vec<_>>(), ["data"]);
+        let sent = patch["data"][DATA_KEY].as_str().unwrap();
+        assert_eq!(sent, serde_json::to_value(ByteString(d2.data.clone())).unwrap());
     }
 
     #[test]
@@ -538,18 +589,25 @@ mod tests {
         assert_eq!(names(&plan(&w.index, &*c, Some(&d)).in_place), ["a"]);
         assert!(w.index.secret_in_place("a", "pull", &owner));
         assert!(!w.index.secret_in_place("a", "pull", "ClusterRegistryCredential/other"));
+        // The watch bringing that write back wakes no one; a later version
+        // (someone else's change) wakes the owner.
+        let echo = managed_secret("a", "pull", 30, &owner, &d);
+        assert_eq!(w.index.route(&secret_related(&echo), false), Routed::default());
+        let changed = managed_secret("a", "pull", 32, &owner, &d);
+        let routed = w.index.route(&secret_related(&changed), false);
+        assert_eq!(routed.credentials, [CredentialRef::Cluster(ObjectRef::from_obj(&*c))]);
         // Updated: the cache still shows the older version.
         w.managed("a", "pull", 25, &owner, &d);
         assert_eq!(names(&plan(&w.index, &*c, Some(&d)).in_place), ["a"]);
         // A newer content than the one written is written.
-        assert_eq!(writes(&plan(&w.index, &*c, Some(&desired(&*c, "p2")))), [("a", true)]);
+        assert_eq!(writes(&plan(&w.index, &*c, Some(&desired(&*c, "p2")))), [("a", WriteKind::Data)]);
         // The Secret is deleted: routing wakes its owner, the ledger forgets
         // it, and it is created again.
         let gone = managed_secret("a", "pull", 31, &owner, &d);
         w.index.apply_managed(&Event::Delete(gone.clone()));
         let routed = w.index.route(&secret_related(&gone), true);
         assert_eq!(routed.credentials, [CredentialRef::Cluster(ObjectRef::from_obj(&*c))]);
-        assert_eq!(writes(&plan(&w.index, &*c, Some(&d))), [("a", false)]);
+        assert_eq!(writes(&plan(&w.index, &*c, Some(&d))), [("a", WriteKind::Create)]);
     }
 
     #[test]
@@ -594,7 +652,7 @@ mod tests {
         w.namespace("other", &[]);
         let c = w.credential("team", "mine", json!({}));
         let d = desired(&*c, "p1");
-        assert_eq!(writes(&plan(&w.index, &*c, Some(&d))), [("team", false)]);
+        assert_eq!(writes(&plan(&w.index, &*c, Some(&d))), [("team", WriteKind::Create)]);
         w.terminate("team");
         assert!(plan(&w.index, &*c, Some(&d)).targets.is_empty());
     }
@@ -620,13 +678,19 @@ mod tests {
         assert_eq!(w.index.route(&sa, false), Routed { credentials: vec![], accounts: Some("team".into()) });
         // A source Secret: the tenant's own in its namespace; the cluster
         // credentials' in the cluster resource namespace.
-        let source = |ns: &str| Related::Secret { namespace: ns.into(), name: "login".into(), owner: None };
+        let source = |ns: &str| Related::Secret {
+            namespace: ns.into(),
+            name: "login".into(),
+            owner: None,
+            resource_version: None,
+        };
         assert_eq!(w.index.route(&source("team"), false).credentials, std::slice::from_ref(&namespaced));
         let in_resource_ns = sorted(w.index.route(&source("regcred"), false).credentials);
         assert_eq!(in_resource_ns, sorted(vec![cluster(&elsewhere), cluster(&everywhere)]), "both read `login` there");
         // An unmanaged Secret taking a target's name wakes the credential
         // that targets the namespace, not the one that does not.
-        let clash = Related::Secret { namespace: "team".into(), name: "pull".into(), owner: None };
+        let clash =
+            Related::Secret { namespace: "team".into(), name: "pull".into(), owner: None, resource_version: None };
         assert_eq!(w.index.route(&clash, false).credentials, [cluster(&everywhere)]);
         assert_eq!(w.index.credentials_targeting("team").len(), 2, "the tenant and `everywhere`");
         assert_eq!(w.index.credentials_owned_by(&tenant.owner_key()), [namespaced]);

@@ -31,17 +31,25 @@ pub async fn reconcile<K: CredentialKind>(obj: Arc<K>, ctx: Arc<Context>) -> Res
     let key = obj.owner_key();
     let api = obj.api(ctx.client.clone());
     let verdict = Mutex::new(None::<Verdict>);
-    let result = finalizer(&api, FINALIZER, obj, |event| async {
-        match event {
-            finalizer::Event::Apply(obj) => {
-                let Reconciled { action, verdict: v } = apply(obj, ctx.clone()).await?;
-                *verdict.lock() = Some(v);
-                Ok(action)
-            }
-            finalizer::Event::Cleanup(obj) => cleanup(obj, ctx.clone()).await,
+    let result = match with_finalizer(&api, obj).await {
+        Ok(obj) => {
+            finalizer(&api, FINALIZER, obj, |event| async {
+                match event {
+                    finalizer::Event::Apply(obj) => {
+                        let Reconciled { action, verdict: v } = apply(obj, ctx.clone()).await?;
+                        *verdict.lock() = Some(v);
+                        Ok(action)
+                    }
+                    finalizer::Event::Cleanup(obj) => cleanup(obj, ctx.clone()).await,
+                }
+            })
+            .await
         }
-    })
-    .await;
+        // Changed since the cache saw it: look again once the watch has
+        // brought the newer version (not a failure).
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(Action::requeue(std::time::Duration::from_secs(1))),
+        Err(e) => Err(finalizer::Error::AddFinalizer(e)),
+    };
     let result = match result {
         // Deleted while this reconcile ran: nothing is left to do.
         Err(finalizer::Error::RemoveFinalizer(kube::Error::Api(e))) if e.code == 404 => Ok(Action::await_change()),
@@ -60,6 +68,27 @@ pub async fn reconcile<K: CredentialKind>(obj: Arc<K>, ctx: Arc<Context>) -> Res
     }
     ctx.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
     result
+}
+
+/// The credential with the cleanup finalizer: added here, by a patch
+/// guarded by the resourceVersion, and the reconcile goes on with the
+/// object the patch returned. (The finalizer helper alone would return
+/// after adding it and wait for the watch to bring the patch back: a round
+/// trip more before a new credential's first Secret.)
+async fn with_finalizer<K: CredentialKind>(api: &kube::Api<K>, obj: Arc<K>) -> Result<Arc<K>, kube::Error> {
+    let meta = obj.meta();
+    let has = meta.finalizers.iter().flatten().any(|f| f == FINALIZER);
+    if has || meta.deletion_timestamp.is_some() {
+        return Ok(obj);
+    }
+    let mut finalizers = meta.finalizers.clone().unwrap_or_default();
+    finalizers.push(FINALIZER.into());
+    let patch = serde_json::json!({
+        "metadata": { "finalizers": finalizers, "resourceVersion": meta.resource_version }
+    });
+    let params = kube::api::PatchParams::default();
+    let patched = api.patch(&kube::ResourceExt::name_any(&*obj), &params, &kube::api::Patch::Merge(patch)).await?;
+    Ok(Arc::new(patched))
 }
 
 /// Requeues a failed reconcile (already counted) with backoff.

@@ -69,19 +69,24 @@ pub async fn report<K: CredentialKind>(
         },
     };
     let generation = obj.meta().generation;
-    let mut new_status = status::build(obj.status(), generation, spec.provider.name(), &outcome, targets, done, now);
-    status::set_injection(&mut new_status, obj.status(), injection.condition(&spec.secret.name), generation, now);
-    for (type_, reason, note) in events(obj.status(), &new_status, &spec.secret.name, done, outcome.error) {
+    let key = obj.owner_key();
+    let written = ctx.memory.newer_status(&key, obj.meta().resource_version.as_deref());
+    let previous = written.as_ref().or(obj.status());
+    let mut new_status = status::build(previous, generation, spec.provider.name(), &outcome, targets, done, now);
+    status::set_injection(&mut new_status, previous, injection.condition(&spec.secret.name), generation, now);
+    for (type_, reason, note) in events(previous, &new_status, &spec.secret.name, done, outcome.error) {
         let event =
             KubeEvent { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
         if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
             tracing::warn!(error = %e, "publishing an Event failed");
         }
     }
-    if obj.status() != Some(&new_status) {
+    if previous != Some(&new_status) {
         let api = obj.api(ctx.client.clone());
         let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-        api.patch_status(&obj.name_any(), &params, &Patch::Merge(json!({ "status": new_status }))).await?;
+        let patched =
+            api.patch_status(&obj.name_any(), &params, &Patch::Merge(json!({ "status": new_status }))).await?;
+        ctx.memory.status_written(&key, patched.meta().resource_version.as_deref(), new_status.clone());
     }
     let labels = credential_labels(obj);
     ctx.metrics.managed_secrets.get_or_create(&labels).set(done.synced.len() as i64);

@@ -83,7 +83,7 @@ struct Args {
 fn usage() -> &'static str {
     "regcred-bench --regcred PATH [--scenario default|breadth|tenants] [--namespaces 2000 (breadth: 10000)] \
      [--credentials 3] [--samples 200] [--idle-seconds 60] [--lifetime-seconds 240 (tenants: 120)] \
-     [--write-concurrency 32] [--concurrency 4] \
+     [--write-concurrency 32] [--concurrency 16] \
      [--limit-concurrency N (default: min(credentials, concurrency) x write-concurrency)] [--rounds 3] \
      [--steady-seconds 300 (tenants)] \
      [--provider-calls-per-second N (default: regcred's; tenants: max(10, N/72))]"
@@ -99,7 +99,7 @@ fn parse_args() -> Result<Args> {
         idle: Duration::from_secs(60),
         lifetime: Duration::from_secs(240),
         write_concurrency: 32,
-        concurrency: 4,
+        concurrency: 16,
         limit_concurrency: None,
         rounds: 3,
         steady: Duration::from_secs(300),
