@@ -109,8 +109,11 @@ pub enum BodyError {
     TooLarge,
 }
 
-/// The body of a response, at most [`MAX_BODY`] bytes.
+/// The body of a response, at most [`MAX_BODY`] bytes. A throttling answer's
+/// `Retry-After` goes to the provider pacing on the way.
 pub async fn read_body(response: &mut reqwest::Response) -> Result<Vec<u8>, BodyError> {
+    let retry_after = response.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok());
+    note_retry_after(response.status().as_u16(), retry_after);
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(BodyError::Read)? {
         if body.len() + chunk.len() > MAX_BODY {
@@ -119,6 +122,18 @@ pub async fn read_body(response: &mut reqwest::Response) -> Result<Vec<u8>, Body
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+/// Tells the provider pacing how long a throttling answer (HTTP 429 or 503)
+/// asked callers to wait, so every credential using the endpoint waits that
+/// long. `Retry-After` in seconds; an HTTP date is ignored (the pacing's
+/// own backoff applies).
+pub fn note_retry_after(status: u16, retry_after: Option<&str>) {
+    if let (429 | 503, Some(value)) = (status, retry_after)
+        && let Ok(secs) = value.trim().parse::<u64>()
+    {
+        crate::pacing::report_retry_after(Duration::from_secs(secs));
+    }
 }
 
 /// An error and its sources, `: `-separated, each message once (a source

@@ -622,7 +622,8 @@ mod tests {
         let result = pacer
             .run("e", || async {
                 if calls.fetch_add(1, Ordering::SeqCst) < 2 {
-                    report_retry_after(Duration::from_secs(2));
+                    // As a provider's HTTP answer reports it (read_body).
+                    crate::http::note_retry_after(429, Some("2"));
                     Err(ProviderError::new(reasons::PROVIDER_THROTTLED, "throttled (HTTP 429)"))
                 } else {
                     Ok(7)

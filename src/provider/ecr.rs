@@ -224,7 +224,9 @@ where
             // No AWS error code: the body is not AWS's error format (a proxy
             // or load balancer answered), so the HTTP status says more.
             let Some(code) = e.code() else {
-                return EcrError::Status { call, status: ctx.raw().status().as_u16(), source };
+                let status = ctx.raw().status().as_u16();
+                crate::http::note_retry_after(status, ctx.raw().headers().get("retry-after"));
+                return EcrError::Status { call, status, source };
             };
             let detail = redactor.clean(e.message().unwrap_or(""));
             let hint = match code {
