@@ -6,8 +6,9 @@
 //! the few fields regcred reads, so memory stays small with thousands of
 //! namespaces.
 
-use parking_lot::RwLock;
-use std::collections::{BTreeMap, HashMap};
+use parking_lot::{Mutex, RwLock};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, LazyLock};
 
 use kube::runtime::watcher::Event;
 
@@ -137,13 +138,46 @@ impl<V: Clone> Cache<V> {
 }
 
 /// A few string pairs (labels, annotations) without a `BTreeMap`'s node
-/// allocation; sorted by key.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Pairs(Box<[(Box<str>, Box<str>)]>);
+/// allocation; sorted by key. Equal sets share one allocation: the Secrets
+/// regcred writes carry the same labels and annotations in every namespace,
+/// so 30,000 of them hold a handful of sets (docs/benchmarks.md, "Results:
+/// breadth").
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pairs(Arc<[(Box<str>, Box<str>)]>);
+
+type PairSet = Arc<[(Box<str>, Box<str>)]>;
+
+/// The sets in use. Sets no entry holds any more are dropped whenever the
+/// number of sets has doubled since the last sweep.
+struct Interned {
+    sets: HashSet<PairSet, Fast>,
+    sweep_at: usize,
+}
+
+static INTERNED: LazyLock<Mutex<Interned>> =
+    LazyLock::new(|| Mutex::new(Interned { sets: HashSet::default(), sweep_at: 64 }));
+
+impl Default for Pairs {
+    fn default() -> Self {
+        Pairs::from_map(None)
+    }
+}
 
 impl Pairs {
     pub fn from_map(map: Option<&BTreeMap<String, String>>) -> Self {
-        Pairs(map.into_iter().flatten().map(|(k, v)| (k.as_str().into(), v.as_str().into())).collect())
+        let pairs: Vec<(Box<str>, Box<str>)> =
+            map.into_iter().flatten().map(|(k, v)| (k.as_str().into(), v.as_str().into())).collect();
+        let mut interned = INTERNED.lock();
+        if let Some(set) = interned.sets.get(&pairs[..]) {
+            return Pairs(set.clone());
+        }
+        if interned.sets.len() >= interned.sweep_at {
+            interned.sets.retain(|set| Arc::strong_count(set) > 1);
+            interned.sweep_at = (interned.sets.len() * 2).max(64);
+        }
+        let set: PairSet = pairs.into();
+        interned.sets.insert(set.clone());
+        Pairs(set)
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
@@ -190,5 +224,22 @@ mod tests {
         assert_eq!(p.get("b"), Some("2"));
         assert_eq!(p.get("c"), None);
         assert_eq!(Pairs::from_map(None).get("a"), None);
+    }
+
+    #[test]
+    fn equal_pairs_share_one_allocation_and_unused_sets_are_swept() {
+        let map = |v: &str| BTreeMap::from([("owner".to_string(), v.to_string())]);
+        let a = Pairs::from_map(Some(&map("interning-test-a")));
+        let b = Pairs::from_map(Some(&map("interning-test-a")));
+        assert!(Arc::ptr_eq(&a.0, &b.0));
+        assert_ne!(a, Pairs::from_map(Some(&map("interning-test-b"))));
+        // Enough distinct sets, each dropped at once, to force sweeps: the
+        // set stays bounded while `a`'s survives.
+        for i in 0..1000 {
+            drop(Pairs::from_map(Some(&map(&format!("interning-test-{i}")))));
+        }
+        let interned = INTERNED.lock();
+        assert!(interned.sets.len() < 200, "{} sets kept", interned.sets.len());
+        assert!(interned.sets.iter().any(|s| Arc::ptr_eq(s, &a.0)));
     }
 }

@@ -188,6 +188,15 @@ impl Ledger {
         }
     }
 
+    /// The cache shows a ServiceAccount at `resource_version`: regcred's own
+    /// patch of it, if no newer, is no longer needed to see its entries.
+    pub fn account_seen(&self, namespace: &str, name: &str, resource_version: u64) {
+        let mut accounts = self.accounts.lock();
+        if accounts.get(namespace, name).is_some_and(|w| w.resource_version <= resource_version) {
+            accounts.remove(namespace, name);
+        }
+    }
+
     /// A ServiceAccount was deleted.
     pub fn account_gone(&self, key: &Key) {
         self.accounts.lock().remove(&key.0, &key.1);
@@ -319,6 +328,12 @@ impl Index {
 
     pub fn apply_account(&self, event: &Event<ServiceAccount>) {
         self.service_accounts.apply(event, key_of, AccountEntry::of);
+        if let Event::Apply(sa) | Event::InitApply(sa) = event
+            && let Some(rv) = rv_of(&sa.metadata)
+        {
+            let (namespace, name) = key_of(sa);
+            self.ledger.account_seen(&namespace, &name, rv);
+        }
     }
 
     pub fn apply_managed(&self, event: &Event<PartialObjectMeta<Secret>>) {
@@ -540,5 +555,24 @@ impl<K: CredentialKind> ClaimSource for K {
     }
     fn targets(&self, index: &Index, namespace: &str) -> bool {
         self.targets_namespace(index, namespace)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_account_patches_are_kept_only_until_the_cache_shows_them() {
+        let ledger = Ledger::default();
+        let key = || ("a".to_string(), "default".to_string());
+        ledger.account_written(key(), Some("10"), vec!["pull".into()]);
+        ledger.account_seen("a", "default", 9);
+        assert!(ledger.accounts.lock().get("a", "default").is_some(), "an older version in the cache needs it");
+        ledger.account_seen("a", "default", 10);
+        assert!(ledger.accounts.lock().get("a", "default").is_none(), "the cache has caught up");
+        ledger.account_written(key(), Some("12"), vec![]);
+        ledger.account_seen("a", "default", 14);
+        assert!(ledger.accounts.lock().get("a", "default").is_none(), "a newer version supersedes it");
     }
 }
