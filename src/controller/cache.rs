@@ -143,7 +143,7 @@ impl<V: Clone> Cache<V> {
 /// so 30,000 of them hold a handful of sets (docs/benchmarks.md, "Results:
 /// breadth").
 #[derive(Clone, Debug, PartialEq)]
-pub struct Pairs(Arc<[(Box<str>, Box<str>)]>);
+pub struct Pairs(PairSet);
 
 type PairSet = Arc<[(Box<str>, Box<str>)]>;
 

@@ -329,10 +329,10 @@ impl Index {
     pub fn apply_account(&self, event: &Event<ServiceAccount>) {
         self.service_accounts.apply(event, key_of, AccountEntry::of);
         if let Event::Apply(sa) | Event::InitApply(sa) = event
-            && let Some(rv) = rv_of(&sa.metadata)
+            && let (Some(namespace), Some(name), Some(rv)) =
+                (sa.metadata.namespace.as_deref(), sa.metadata.name.as_deref(), rv_of(&sa.metadata))
         {
-            let (namespace, name) = key_of(sa);
-            self.ledger.account_seen(&namespace, &name, rv);
+            self.ledger.account_seen(namespace, name, rv);
         }
     }
 
