@@ -8,8 +8,8 @@ use k8s_openapi::api::core::v1::Secret;
 use serde::Deserialize;
 
 use crate::api::{ClusterRegistryCredential, CredentialSpec, RegistryCredential};
-use crate::provider::{self, Sources};
-use crate::verify::{VerifyOptions, verify};
+use crate::provider::Sources;
+use crate::verify::{VerifyPlan, verify};
 
 /// What `check` needs from the command line.
 pub struct CheckOptions<'a> {
@@ -92,7 +92,7 @@ pub async fn run(opts: CheckOptions<'_>) -> Result<()> {
         Sources::local(m.secrets, namespace)
     };
     println!("{} {} (provider {})", m.kind, m.name, m.spec.provider.name());
-    let minted = provider::for_spec(&m.spec.provider)
+    let minted = crate::pacing::paced(&m.spec.provider)
         .mint(&sources)
         .await
         .map_err(|e| anyhow::anyhow!("minting failed: {}: {}", e.reason, e.message))?;
@@ -107,9 +107,11 @@ pub async fn run(opts: CheckOptions<'_>) -> Result<()> {
         println!("  username: {}", auth.username);
         println!("  password: {}", redact(auth.password.expose_secret()));
         if opts.verify {
-            let options = VerifyOptions::from_policy(&policy);
-            match verify(auth, &options).await {
-                Ok(()) => println!("  verify:   ok (logged in to the registry)"),
+            let plan = VerifyPlan::from_policy(&policy);
+            let repositories = plan.repositories_for(&auth.registry).unwrap_or_default();
+            match verify(auth, &plan).await {
+                Ok(()) if repositories.is_empty() => println!("  verify:   ok (logged in to the registry)"),
+                Ok(()) => println!("  verify:   ok (logged in; may pull {})", repositories.join(", ")),
                 Err(e) => {
                     println!("  verify:   FAILED: {e}");
                     failed = true;

@@ -109,11 +109,8 @@ pub enum BodyError {
     TooLarge,
 }
 
-/// The body of a response, at most [`MAX_BODY`] bytes. A throttling answer's
-/// `Retry-After` goes to the provider pacing on the way.
+/// The body of a response, at most [`MAX_BODY`] bytes.
 pub async fn read_body(response: &mut reqwest::Response) -> Result<Vec<u8>, BodyError> {
-    let retry_after = response.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok());
-    note_retry_after(response.status().as_u16(), retry_after);
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(BodyError::Read)? {
         if body.len() + chunk.len() > MAX_BODY {
@@ -124,16 +121,21 @@ pub async fn read_body(response: &mut reqwest::Response) -> Result<Vec<u8>, Body
     Ok(body)
 }
 
-/// Tells the provider pacing how long a throttling answer (HTTP 429 or 503)
-/// asked callers to wait, so every credential using the endpoint waits that
-/// long. `Retry-After` in seconds; an HTTP date is ignored (the pacing's
-/// own backoff applies).
-pub fn note_retry_after(status: u16, retry_after: Option<&str>) {
-    if let (429 | 503, Some(value)) = (status, retry_after)
-        && let Ok(secs) = value.trim().parse::<u64>()
-    {
-        crate::pacing::report_retry_after(Duration::from_secs(secs));
+/// How long a throttling answer (HTTP 429 or 503) asked callers to wait:
+/// its `Retry-After` in seconds (an HTTP date is ignored, the caller's own
+/// backoff applies). Providers keep it in their error, and the pacing
+/// ([`crate::pacing`]) makes every credential using the endpoint wait.
+pub fn retry_after(status: u16, value: Option<&str>) -> Option<Duration> {
+    match (status, value) {
+        (429 | 503, Some(value)) => value.trim().parse::<u64>().ok().map(Duration::from_secs),
+        _ => None,
     }
+}
+
+/// [`retry_after`] of a response.
+pub fn response_retry_after(response: &reqwest::Response) -> Option<Duration> {
+    let value = response.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok());
+    retry_after(response.status().as_u16(), value)
 }
 
 /// An error and its sources, `: `-separated, each message once (a source
@@ -186,6 +188,15 @@ mod tests {
 
     fn chain(parts: &[&'static str]) -> Layer {
         parts.iter().rev().fold(None, |inner, p| Some(Layer(p, inner.map(Box::new)))).unwrap()
+    }
+
+    #[test]
+    fn retry_after_is_read_from_throttling_answers_only() {
+        assert_eq!(retry_after(429, Some(" 3 ")), Some(Duration::from_secs(3)));
+        assert_eq!(retry_after(503, Some("10")), Some(Duration::from_secs(10)));
+        assert_eq!(retry_after(429, Some("Wed, 21 Oct 2015 07:28:00 GMT")), None, "a date: own backoff");
+        assert_eq!(retry_after(200, Some("3")), None);
+        assert_eq!(retry_after(429, None), None);
     }
 
     #[test]

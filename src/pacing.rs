@@ -267,17 +267,12 @@ impl Pacer {
         let mut waited = Duration::ZERO;
         loop {
             let permit = ep.acquire().await;
-            let (result, hint) = RETRY_AFTER
-                .scope(std::cell::Cell::new(None), async {
-                    let result = call().await;
-                    (result, RETRY_AFTER.with(std::cell::Cell::get))
-                })
-                .await;
+            let result = call().await;
             ep.window.lock().ended(now());
             drop(permit);
             match result {
                 Err(e) if e.reason == reasons::PROVIDER_THROTTLED => {
-                    let retry_after = hint.or_else(|| retry_after_in(&e.message));
+                    let retry_after = e.retry_after.or_else(|| retry_after_in(&e.message));
                     let backoff = ep.window.lock().throttled(now(), retry_after, rand::random::<f64>());
                     let give_up =
                         retries >= self.config.throttle_retries || waited + backoff > self.config.max_throttle_wait;
@@ -307,16 +302,6 @@ impl Pacer {
 /// The time, from tokio's clock (so tests can pause it).
 fn now() -> Instant {
     tokio::time::Instant::now().into_std()
-}
-
-tokio::task_local! {
-    static RETRY_AFTER: std::cell::Cell<Option<Duration>>;
-}
-
-/// For providers: the `Retry-After` a throttling answer carried, so the
-/// endpoint backs off for that long. Does nothing outside a paced call.
-pub fn report_retry_after(after: Duration) {
-    let _ = RETRY_AFTER.try_with(|c| c.set(Some(after)));
 }
 
 /// A `Retry-After` (delay in seconds) named in an error message:
@@ -365,7 +350,8 @@ pub fn endpoint_of(provider: &Provider) -> Option<String> {
         Provider::Basic(_) => return None,
         Provider::Ecr(p) => match &p.endpoint {
             Some(e) => format!("ecr/{}", host(e)),
-            None => format!("ecr/api.ecr.{}.amazonaws.com", p.region),
+            // Several regions: paced on the first; each is one call.
+            None => format!("ecr/api.ecr.{}.amazonaws.com", p.region_list().first().copied().unwrap_or_default()),
         },
         Provider::EcrPublic(p) => match &p.endpoint {
             Some(e) => format!("ecrPublic/{}", host(e)),
@@ -417,6 +403,12 @@ impl CredentialProvider for Paced {
     async fn cleanup(&self, sources: &Sources) -> Result<(), ProviderError> {
         self.pacer.run(&self.endpoint, || self.inner.cleanup(sources)).await
     }
+}
+
+/// The provider for `spec` ([`crate::provider::for_spec`]), paced on its
+/// endpoint when pacing is configured and the provider has one.
+pub fn paced(spec: &Provider) -> Box<dyn CredentialProvider> {
+    wrap(spec, crate::provider::for_spec(spec))
 }
 
 /// `inner`, paced on `provider`'s endpoint when pacing is configured and
@@ -622,9 +614,9 @@ mod tests {
         let result = pacer
             .run("e", || async {
                 if calls.fetch_add(1, Ordering::SeqCst) < 2 {
-                    // As a provider's HTTP answer reports it (read_body).
-                    crate::http::note_retry_after(429, Some("2"));
-                    Err(ProviderError::new(reasons::PROVIDER_THROTTLED, "throttled (HTTP 429)"))
+                    // As a provider hands back a throttling answer's Retry-After.
+                    Err(ProviderError::new(reasons::PROVIDER_THROTTLED, "throttled (HTTP 429)")
+                        .with_retry_after(crate::http::retry_after(429, Some("2"))))
                 } else {
                     Ok(7)
                 }

@@ -9,6 +9,18 @@
 //!    - `Bearer`: `GET realm?service=..&scope=..` with the username and
 //!      password, then `GET /v2/` with the token it returns.
 //!
+//! A login alone does not show that the credential may pull anything: real
+//! registries authorize per repository (Distribution's token service puts
+//! only the granted actions in a token, docs/spec/auth/token.md; Harbor by
+//! project, ECR by IAM and repository policy, Artifact Registry by role).
+//! With [`VerifyPlan::repositories`], each repository is then read as a
+//! pull starts ([`check_repository`]): a token scoped
+//! `repository:NAME:pull` from the same realm (Bearer registries), and
+//! `HEAD /v2/NAME/manifests/latest` with it (or with the Basic login). 2xx
+//! and 404 (the manifest or repository is missing, which the registry only
+//! says to a reader) pass; 401 and 403 fail with the registry's error code
+//! and message, read from a `GET` of the same URL.
+//!
 //! The HTTP client is built per call with an explicit rustls configuration
 //! (the `ring` provider, the platform's roots plus the optional CA bundle),
 //! so nothing process-wide has to be installed first. Redirects are followed
@@ -50,16 +62,141 @@ impl Default for VerifyOptions {
     }
 }
 
-impl VerifyOptions {
-    /// The options a credential's `spec.verify` asks for, with
+/// What [`verify`] checks: the login, then a pull-read of each repository.
+/// `&VerifyOptions` converts into a plan without repositories (the login
+/// only).
+#[derive(Clone, Debug, Default)]
+pub struct VerifyPlan {
+    /// How to reach the registry.
+    pub options: VerifyOptions,
+    /// Repositories the login must be allowed to pull, as
+    /// `spec.verify.repositories` writes them: `NAME` (checked on every
+    /// registry) or `HOST/NAME` (on that registry only).
+    pub repositories: Vec<String>,
+}
+
+impl VerifyPlan {
+    /// The plan a credential's `spec.verify` asks for, with
     /// [`DEFAULT_TIMEOUT`].
     pub fn from_policy(policy: &VerifyPolicy) -> Self {
-        VerifyOptions {
-            ca_bundle: policy.ca_bundle.clone(),
-            plain_http: policy.plain_http.unwrap_or(false),
-            timeout: DEFAULT_TIMEOUT,
+        VerifyPlan {
+            options: VerifyOptions {
+                ca_bundle: policy.ca_bundle.clone(),
+                plain_http: policy.plain_http.unwrap_or(false),
+                timeout: DEFAULT_TIMEOUT,
+            },
+            repositories: policy.repositories.clone().unwrap_or_default(),
         }
     }
+
+    /// Entries of the form `HOST/NAME` whose host is none of `registries`
+    /// (the ones the credential logs in to): nothing would check them, so
+    /// the caller refuses them rather than skip them silently.
+    pub fn unmatched(&self, registries: &[&str]) -> Vec<String> {
+        let hosts: Vec<String> =
+            registries.iter().filter_map(|r| v2_url(r, true).ok()).map(|u| u.authority().to_string()).collect();
+        self.repositories
+            .iter()
+            .filter(|entry| match split_repository(entry) {
+                Ok((Some(h), _)) => !v2_url(h, true).is_ok_and(|u| hosts.iter().any(|host| host == u.authority())),
+                _ => false,
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// The repository names to read on `registry`: entries without a host,
+    /// and those whose host is `registry`'s (compared as [`v2_url`]
+    /// normalises hosts). An entry that is not a repository reference is
+    /// an error.
+    pub fn repositories_for(&self, registry: &str) -> Result<Vec<String>, VerifyError> {
+        let host = v2_url(registry, true)?.authority().to_string();
+        let mut out = Vec::new();
+        for entry in &self.repositories {
+            let (entry_host, name) = split_repository(entry)
+                .map_err(|detail| VerifyError::InvalidRepository { repository: truncate(entry, 300), detail })?;
+            let matches = match entry_host {
+                None => true,
+                Some(h) => v2_url(h, true).is_ok_and(|u| u.authority() == host),
+            };
+            if matches && !out.iter().any(|n| n == name) {
+                out.push(name.to_string());
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl From<&VerifyOptions> for VerifyPlan {
+    fn from(options: &VerifyOptions) -> Self {
+        VerifyPlan { options: options.clone(), repositories: Vec::new() }
+    }
+}
+
+impl From<VerifyOptions> for VerifyPlan {
+    fn from(options: VerifyOptions) -> Self {
+        VerifyPlan { options, repositories: Vec::new() }
+    }
+}
+
+impl From<&VerifyPlan> for VerifyPlan {
+    fn from(plan: &VerifyPlan) -> Self {
+        plan.clone()
+    }
+}
+
+/// Splits `[HOST/]NAME` as Docker reads image references: the first
+/// component is a host when it has a `.` or a `:`, or is `localhost`
+/// (distribution/reference `normalize.go`, `splitDockerDomain`). NAME must
+/// be lower-case path components joined by `/` (the reference grammar,
+/// distribution/reference `regexp.go`), at most 255 characters in all
+/// (`NameTotalLengthMax`).
+fn split_repository(entry: &str) -> Result<(Option<&str>, &str), String> {
+    let (host, name) = match entry.split_once('/') {
+        Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => (Some(first), rest),
+        _ => (None, entry),
+    };
+    if entry.len() > 255 {
+        return Err("longer than 255 characters".into());
+    }
+    if name.is_empty() {
+        return Err("no repository name".into());
+    }
+    for component in name.split('/') {
+        if !path_component_ok(component) {
+            return Err(format!(
+                "path component {:?} is not lower-case letters and digits joined by '.', '_', '__' or '-'",
+                truncate(component, 100)
+            ));
+        }
+    }
+    Ok((host, name))
+}
+
+/// `[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*`.
+fn path_component_ok(component: &str) -> bool {
+    let bytes = component.as_bytes();
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    if bytes.is_empty() || !alnum(bytes[0]) || !alnum(bytes[bytes.len() - 1]) {
+        return false;
+    }
+    let mut i = 0;
+    while i < bytes.len() {
+        if alnum(bytes[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && !alnum(bytes[i]) {
+            i += 1;
+        }
+        let separator = &component[start..i];
+        let ok = matches!(separator, "." | "_" | "__") || separator.bytes().all(|b| b == b'-');
+        if !ok {
+            return false;
+        }
+    }
+    true
 }
 
 impl fmt::Debug for VerifyOptions {
@@ -83,6 +220,11 @@ pub enum Step {
     TokenRequest,
     /// `GET /v2/` with the bearer token.
     BearerLogin,
+    /// `GET realm?service=..&scope=repository:NAME:pull` at the token
+    /// service.
+    RepositoryToken,
+    /// `HEAD` (then `GET`) `/v2/NAME/manifests/latest`.
+    RepositoryRead,
 }
 
 impl fmt::Display for Step {
@@ -92,6 +234,8 @@ impl fmt::Display for Step {
             Step::BasicLogin => "login with Basic auth",
             Step::TokenRequest => "token request",
             Step::BearerLogin => "login with the bearer token",
+            Step::RepositoryToken => "token request for a repository",
+            Step::RepositoryRead => "read of a repository",
         })
     }
 }
@@ -139,6 +283,24 @@ pub enum VerifyError {
     /// The registry or its token service refused the credentials.
     #[error("{step}: GET {url} returned {status}: {}", rejection(*step, username))]
     Rejected { step: Step, url: String, status: StatusCode, username: String },
+    /// An entry of `verify.repositories` is not a repository reference.
+    #[error("invalid repository {repository:?} in verify.repositories: {detail}")]
+    InvalidRepository { repository: String, detail: String },
+    /// The login works, but the registry (or its token service) refused to
+    /// let it pull `repository`.
+    #[error(
+        "{step}: {url} answered {status}: user {username:?} may not pull repository {repository:?}; the registry says: {registry_reason}"
+    )]
+    RepositoryDenied {
+        step: Step,
+        url: String,
+        status: StatusCode,
+        username: String,
+        repository: String,
+        /// The registry's error code and message, cleaned
+        /// ([`registry_reason`]).
+        registry_reason: String,
+    },
 }
 
 fn rejection(step: Step, username: &str) -> String {
@@ -162,27 +324,56 @@ impl VerifyError {
             VerifyError::BadChallenge { .. } => "BadChallenge",
             VerifyError::BadTokenResponse { .. } => "BadTokenResponse",
             VerifyError::Rejected { .. } => "Rejected",
+            VerifyError::InvalidRepository { .. } => "InvalidRepository",
+            VerifyError::RepositoryDenied { .. } => "RepositoryDenied",
         }
     }
 
-    /// Whether the registry said no to these credentials (as opposed to not
-    /// being reachable or not making sense).
+    /// Whether the registry said no to these credentials, or to a
+    /// repository they were to pull (as opposed to not being reachable or
+    /// not making sense).
     pub fn is_rejected(&self) -> bool {
-        matches!(self, VerifyError::Rejected { .. })
+        matches!(self, VerifyError::Rejected { .. } | VerifyError::RepositoryDenied { .. })
     }
 }
 
-/// Logs in to `auth.registry` with `auth`'s username and password.
-pub async fn verify(auth: &RegistryAuth, opts: &VerifyOptions) -> Result<(), VerifyError> {
+/// Logs in to `auth.registry` with `auth`'s username and password, then
+/// reads each of the plan's repositories on that registry
+/// ([`VerifyPlan::repositories_for`]). `plan` is a [`VerifyPlan`], or
+/// `&VerifyOptions` for the login only.
+pub async fn verify(auth: &RegistryAuth, plan: impl Into<VerifyPlan>) -> Result<(), VerifyError> {
+    let plan = plan.into();
+    let opts = &plan.options;
     let v2 = v2_url(&auth.registry, opts.plain_http)?;
+    let repositories = plan.repositories_for(&auth.registry)?;
     let client = build_client(opts)?;
     let ctx = Ctx { client: &client, timeout: opts.timeout };
 
-    let probe = ctx.get(Step::Probe, &v2, Auth::None).await?;
+    let session = login(&ctx, auth, &v2, opts.plain_http).await?;
+    for repository in &repositories {
+        check_repository(&ctx, auth, &v2, &session, repository, opts.plain_http).await?;
+    }
+    Ok(())
+}
+
+/// How the login at `/v2/` succeeded, which decides how a repository is
+/// then read.
+enum Session {
+    /// `/v2/` answered 200 without credentials.
+    Anonymous,
+    /// The registry takes the username and password on every request.
+    Basic,
+    /// The registry takes tokens from `realm` (for `service`).
+    Bearer { realm: String, service: Option<String> },
+}
+
+/// `GET /v2/`, and the login its challenge asks for.
+async fn login(ctx: &Ctx<'_>, auth: &RegistryAuth, v2: &Url, plain_http: bool) -> Result<Session, VerifyError> {
+    let probe = ctx.get(Step::Probe, v2, Auth::None).await?;
     match probe.status() {
-        StatusCode::OK => return Ok(()),
+        StatusCode::OK => return Ok(Session::Anonymous),
         StatusCode::UNAUTHORIZED => {}
-        status => return Err(unexpected(Step::Probe, &v2, status)),
+        status => return Err(unexpected(Step::Probe, v2, status)),
     }
     let challenge = challenge_of(&probe).map_err(|detail| VerifyError::BadChallenge {
         step: Step::Probe,
@@ -192,26 +383,178 @@ pub async fn verify(auth: &RegistryAuth, opts: &VerifyOptions) -> Result<(), Ver
     drop(probe);
 
     let basic = Auth::Basic(&auth.username, &auth.password);
-    let (step, login) = match challenge {
-        Challenge::Basic { .. } => (Step::BasicLogin, basic),
+    let (step, login, session) = match challenge {
+        Challenge::Basic { .. } => (Step::BasicLogin, basic, Session::Basic),
         Challenge::Bearer { realm, service, scope } => {
-            let url = token_url(&realm, service.as_deref(), scope.as_deref(), opts.plain_http)
+            let url = token_url(&realm, service.as_deref(), scope.as_deref(), plain_http)
                 .map_err(|detail| VerifyError::BadChallenge { step: Step::Probe, url: v2.to_string(), detail })?;
             let token = ctx.fetch_token(&url, basic, &auth.username).await?;
-            (Step::BearerLogin, Auth::Bearer(token))
+            (Step::BearerLogin, Auth::Bearer(token), Session::Bearer { realm, service })
         }
     };
-    let response = ctx.get(step, &v2, login).await?;
+    let response = ctx.get(step, v2, login).await?;
     match response.status() {
-        StatusCode::OK => Ok(()),
+        StatusCode::OK => Ok(session),
         status @ StatusCode::UNAUTHORIZED => {
             Err(VerifyError::Rejected { step, url: v2.to_string(), status, username: auth.username.clone() })
         }
-        status => Err(unexpected(step, &v2, status)),
+        status => Err(unexpected(step, v2, status)),
     }
 }
 
+/// The manifest media types a pull accepts (OCI image index and manifest,
+/// Docker manifest list and schema 2), so that the registry answers as it
+/// would to a pull.
+const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
+     application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+
+/// Reads `repository` as a pull starts: a token for `repository:NAME:pull`
+/// where the registry uses tokens, then `HEAD /v2/NAME/manifests/latest`.
+/// HEAD first, so that a registry counting pulls (Docker Hub's limits
+/// count manifest GETs) counts nothing; a refusal is read again with `GET`
+/// for the registry's reason. A registry that answered `/v2/` anonymously
+/// but challenges here gets the login its challenge asks for, once.
+async fn check_repository(
+    ctx: &Ctx<'_>,
+    auth: &RegistryAuth,
+    v2: &Url,
+    session: &Session,
+    repository: &str,
+    plain_http: bool,
+) -> Result<(), VerifyError> {
+    let url = v2
+        .join(&format!("{repository}/manifests/latest"))
+        .map_err(|e| VerifyError::InvalidRepository { repository: repository.to_string(), detail: e.to_string() })?;
+    let scope = format!("repository:{repository}:pull");
+    let mut credentials = match session {
+        Session::Anonymous => Auth::None,
+        Session::Basic => Auth::Basic(&auth.username, &auth.password),
+        Session::Bearer { realm, service } => {
+            let token_url = token_url(realm, service.as_deref(), Some(&scope), plain_http)
+                .map_err(|detail| VerifyError::BadChallenge { step: Step::Probe, url: v2.to_string(), detail })?;
+            Auth::Bearer(ctx.fetch_repository_token(&token_url, auth, repository).await?)
+        }
+    };
+    let step = Step::RepositoryRead;
+    let mut response = ctx.send(reqwest::Method::HEAD, step, &url, credentials.clone()).await?;
+    if response.status() == StatusCode::UNAUTHORIZED && matches!(credentials, Auth::None) {
+        let challenge = challenge_of(&response).map_err(|detail| VerifyError::BadChallenge {
+            step,
+            url: url.to_string(),
+            detail,
+        })?;
+        credentials = match challenge {
+            Challenge::Basic { .. } => Auth::Basic(&auth.username, &auth.password),
+            Challenge::Bearer { realm, service, .. } => {
+                let token_url = token_url(&realm, service.as_deref(), Some(&scope), plain_http)
+                    .map_err(|detail| VerifyError::BadChallenge { step, url: url.to_string(), detail })?;
+                Auth::Bearer(ctx.fetch_repository_token(&token_url, auth, repository).await?)
+            }
+        };
+        response = ctx.send(reqwest::Method::HEAD, step, &url, credentials.clone()).await?;
+    }
+    let status = response.status();
+    if status.is_success() || status == StatusCode::NOT_FOUND {
+        return Ok(());
+    }
+    if !matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+        return Err(unexpected(step, &url, status));
+    }
+    drop(response);
+    // The same request as GET, for the error body HEAD cannot carry.
+    let secret = match &credentials {
+        Auth::Bearer(token) => Some(token.clone()),
+        _ => None,
+    };
+    let mut response = ctx.send(reqwest::Method::GET, step, &url, credentials).await?;
+    let registry_reason = if matches!(response.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+        let scope_error = insufficient_scope(&response);
+        let body = read_body(&mut response).await.unwrap_or_default();
+        registry_reason(&body, scope_error, &[auth.password.expose_secret(), secret_str(&secret)])
+    } else {
+        format!("HEAD answered {status}, GET answered {}", response.status())
+    };
+    Err(VerifyError::RepositoryDenied {
+        step,
+        url: url.to_string(),
+        status,
+        username: auth.username.clone(),
+        repository: repository.to_string(),
+        registry_reason,
+    })
+}
+
+fn secret_str(secret: &Option<SecretString>) -> &str {
+    secret.as_ref().map(|s| s.expose_secret()).unwrap_or_default()
+}
+
+/// Whether a 401's challenge says `error="insufficient_scope"` (RFC 6750
+/// section 3.1), as Distribution's token access controller sends when the
+/// token lacks the access (distribution/distribution
+/// `registry/auth/token/accesscontroller.go`, `challengeParams`).
+fn insufficient_scope(response: &reqwest::Response) -> bool {
+    response
+        .headers()
+        .get_all(header::WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.to_ascii_lowercase().replace(' ', "").contains("error=\"insufficient_scope\""))
+}
+
+/// The registry's reason for a refusal, for a condition message: the first
+/// entry of a Distribution-style `{"errors":[{"code","message"}]}` body (as
+/// Distribution, Harbor, ECR, Artifact Registry and ACR answer), or an
+/// OAuth `{"error","error_description"}` body, or the first line of a
+/// short text body; then ` (insufficient_scope)` when the challenge said
+/// so. Control characters become spaces, runs of spaces one, the result is
+/// cut after 300 bytes (marked `…`), and any of `secrets` (the password, the token)
+/// in it is replaced by `<redacted>`, so a registry that echoes a request
+/// cannot leak one.
+pub fn registry_reason(body: &[u8], insufficient_scope: bool, secrets: &[&str]) -> String {
+    let text = |v: &serde_json::Value, key: &str| v.get(key).and_then(serde_json::Value::as_str).map(str::to_string);
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let from_json = parsed.as_ref().and_then(|v| {
+        if let Some(first) = v.get("errors").and_then(|e| e.as_array()).and_then(|a| a.first()) {
+            let code = text(first, "code");
+            let message = text(first, "message");
+            return match (code, message) {
+                (Some(c), Some(m)) if !m.is_empty() => Some(format!("{c}: {m}")),
+                (Some(c), _) => Some(c),
+                (None, Some(m)) => Some(m),
+                (None, None) => None,
+            };
+        }
+        match (text(v, "error"), text(v, "error_description")) {
+            (Some(e), Some(d)) if !d.is_empty() => Some(format!("{e}: {d}")),
+            (Some(e), _) => Some(e),
+            (None, _) => text(v, "message").or_else(|| text(v, "details")),
+        }
+    });
+    let reason = from_json.or_else(|| {
+        let body = std::str::from_utf8(body).ok()?;
+        let line = body.lines().map(str::trim).find(|l| !l.is_empty())?;
+        // An HTML error page says nothing useful in a condition.
+        (!line.starts_with('<')).then(|| line.to_string())
+    });
+    let mut reason = reason.unwrap_or_else(|| "no reason given".to_string());
+    if insufficient_scope {
+        reason.push_str(" (insufficient_scope)");
+    }
+    let mut cleaned = String::with_capacity(reason.len());
+    for c in reason.chars() {
+        let c = if c.is_control() { ' ' } else { c };
+        if !(c == ' ' && cleaned.ends_with(' ')) {
+            cleaned.push(c);
+        }
+    }
+    for secret in secrets.iter().filter(|s| s.len() >= 4) {
+        cleaned = cleaned.replace(secret, "<redacted>");
+    }
+    truncate(cleaned.trim(), 300)
+}
+
 /// Credentials of one request.
+#[derive(Clone)]
 enum Auth<'a> {
     None,
     Basic(&'a str, &'a SecretString),
@@ -226,7 +569,20 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     async fn get(&self, step: Step, url: &Url, auth: Auth<'_>) -> Result<reqwest::Response, VerifyError> {
-        let request = self.client.get(url.clone());
+        self.send(reqwest::Method::GET, step, url, auth).await
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        step: Step,
+        url: &Url,
+        auth: Auth<'_>,
+    ) -> Result<reqwest::Response, VerifyError> {
+        let mut request = self.client.request(method, url.clone());
+        if step == Step::RepositoryRead {
+            request = request.header(header::ACCEPT, MANIFEST_ACCEPT);
+        }
         // reqwest marks both Authorization headers as sensitive.
         let request = match auth {
             Auth::None => request,
@@ -250,6 +606,41 @@ impl Ctx<'_> {
                 });
             }
             status => return Err(unexpected(step, url, status)),
+        }
+        let bad = |detail: String| VerifyError::BadTokenResponse { step, url: url.to_string(), detail };
+        let body = read_body(&mut response).await.map_err(|e| match e {
+            BodyError::Read(e) => self.transport_error(step, url, &e),
+            BodyError::TooLarge => bad(format!("larger than {} KiB", MAX_BODY / 1024)),
+        })?;
+        parse_token_response(&body).map_err(bad)
+    }
+
+    /// A token scoped to `repository`. A token service that refuses the
+    /// scope outright (401 or 403; Distribution's own answers with a token
+    /// holding less instead, docs/spec/auth/token.md) is a refusal of the
+    /// repository, with its reason.
+    async fn fetch_repository_token(
+        &self,
+        url: &Url,
+        auth: &RegistryAuth,
+        repository: &str,
+    ) -> Result<SecretString, VerifyError> {
+        let step = Step::RepositoryToken;
+        let mut response = self.get(step, url, Auth::Basic(&auth.username, &auth.password)).await?;
+        let status = response.status();
+        if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+            let body = read_body(&mut response).await.unwrap_or_default();
+            return Err(VerifyError::RepositoryDenied {
+                step,
+                url: url.to_string(),
+                status,
+                username: auth.username.clone(),
+                repository: repository.to_string(),
+                registry_reason: registry_reason(&body, false, &[auth.password.expose_secret()]),
+            });
+        }
+        if status != StatusCode::OK {
+            return Err(unexpected(step, url, status));
         }
         let bad = |detail: String| VerifyError::BadTokenResponse { step, url: url.to_string(), detail };
         let body = read_body(&mut response).await.map_err(|e| match e {
@@ -989,6 +1380,334 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "login with Basic auth: GET https://r.example/v2/ returned 401 Unauthorized: the credentials of user \"bot\" were rejected"
+        );
+    }
+
+    // -----------------------------------------------------------------------
+    // Repositories.
+
+    fn plan(repositories: &[&str]) -> VerifyPlan {
+        VerifyPlan {
+            options: VerifyOptions { plain_http: true, timeout: Duration::from_secs(5), ..VerifyOptions::default() },
+            repositories: repositories.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn repository_entries_split_like_docker_references() {
+        assert_eq!(split_repository("team/app"), Ok((None, "team/app")));
+        assert_eq!(split_repository("app"), Ok((None, "app")));
+        assert_eq!(split_repository("proj/repo/img"), Ok((None, "proj/repo/img")));
+        assert_eq!(split_repository("europe-docker.pkg.dev/p/r/i"), Ok((Some("europe-docker.pkg.dev"), "p/r/i")));
+        assert_eq!(split_repository("127.0.0.1:5000/a_b/c.d__e--f"), Ok((Some("127.0.0.1:5000"), "a_b/c.d__e--f")));
+        assert_eq!(split_repository("localhost/x"), Ok((Some("localhost"), "x")));
+        for bad in [
+            "",
+            "Team/app",
+            "team//app",
+            "team/app/",
+            "/app",
+            "a/-b",
+            "a/b-",
+            "a/b..c",
+            "a/b___c",
+            "a b",
+            "a/b:v1",
+            "host.example/",
+        ] {
+            assert!(split_repository(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(split_repository(&format!("a/{}", "b".repeat(254))).is_err(), "over 255 characters");
+        assert!(path_component_ok("a-----b") && path_component_ok("a.b_c__d") && path_component_ok("0"));
+    }
+
+    #[test]
+    fn repositories_apply_to_every_registry_or_to_the_named_one() {
+        let p =
+            plan(&["team/app", "ghcr.io/org/tool", "127.0.0.1:5000/local/x", "docker.io/library/alpine", "team/app"]);
+        assert_eq!(p.repositories_for("registry.example").unwrap(), ["team/app"]);
+        assert_eq!(p.repositories_for("GHCR.io").unwrap(), ["team/app", "org/tool"]);
+        assert_eq!(p.repositories_for("127.0.0.1:5000").unwrap(), ["team/app", "local/x"]);
+        assert_eq!(p.repositories_for("127.0.0.1:5001").unwrap(), ["team/app"]);
+        assert_eq!(
+            p.repositories_for("https://index.docker.io/v1/").unwrap(),
+            ["team/app", "library/alpine"],
+            "docker.io and index.docker.io are one registry"
+        );
+        let e = plan(&["team/App"]).repositories_for("r.example").unwrap_err();
+        assert_eq!(e.reason(), "InvalidRepository");
+        assert!(e.to_string().contains("\"team/App\""), "{e}");
+        assert!(VerifyPlan::from(&VerifyOptions::default()).repositories.is_empty());
+        // An entry for a registry the credential does not log in to would
+        // be checked nowhere: named, so the caller refuses it.
+        assert_eq!(p.unmatched(&["ghcr.io", "127.0.0.1:5000", "index.docker.io"]), Vec::<String>::new());
+        assert_eq!(p.unmatched(&["ghcr.io"]), ["127.0.0.1:5000/local/x", "docker.io/library/alpine"]);
+        let policy = VerifyPolicy {
+            enabled: true,
+            plain_http: Some(true),
+            repositories: Some(vec!["team/app".into()]),
+            ..VerifyPolicy::default()
+        };
+        let from_policy = VerifyPlan::from_policy(&policy);
+        assert!(from_policy.options.plain_http);
+        assert_eq!(from_policy.repositories, ["team/app"]);
+    }
+
+    #[test]
+    fn registry_reasons_are_read_cleaned_and_redacted() {
+        let distribution = br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required","detail":[{"Type":"repository","Name":"team/app","Action":"pull"}]}]}"#;
+        assert_eq!(
+            registry_reason(distribution, true, &[]),
+            "UNAUTHORIZED: authentication required (insufficient_scope)"
+        );
+        let ecr = br#"{"errors":[{"code":"DENIED","message":"User: arn:aws:iam::123456789012:user/ci is not authorized to perform: ecr:BatchGetImage on resource: arn:aws:ecr:us-east-1:123456789012:repository/team/app because no resource-based policy allows the ecr:BatchGetImage action"}]}"#;
+        let reason = registry_reason(ecr, false, &[]);
+        assert!(reason.starts_with("DENIED: User: arn:aws:iam::123456789012:user/ci is not authorized"), "{reason}");
+        assert!(reason.len() <= 303);
+        assert_eq!(
+            registry_reason(br#"{"error":"invalid_grant","error_description":"no access"}"#, false, &[]),
+            "invalid_grant: no access"
+        );
+        assert_eq!(registry_reason(br#"{"errors":[{"code":"DENIED"}]}"#, false, &[]), "DENIED");
+        assert_eq!(registry_reason(b"\n  Not Authorized\nmore\n", false, &[]), "Not Authorized");
+        assert_eq!(registry_reason(b"<html><body>403</body></html>", false, &[]), "no reason given");
+        assert_eq!(registry_reason(b"", true, &[]), "no reason given (insufficient_scope)");
+        assert_eq!(
+            registry_reason(b"{\"errors\":[{\"code\":\"DENIED\",\"message\":\"a\\u0000\\n\\tb   c\"}]}", false, &[]),
+            "DENIED: a b c"
+        );
+        let echoed = br#"{"errors":[{"code":"DENIED","message":"bad token hunter2-token for pw hunter2-pass"}]}"#;
+        let reason = registry_reason(echoed, false, &["hunter2-pass", "hunter2-token", ""]);
+        assert_eq!(reason, "DENIED: bad token <redacted> for pw <redacted>");
+        let long = format!(r#"{{"errors":[{{"code":"DENIED","message":"{}"}}]}}"#, "x".repeat(1000));
+        let cut = registry_reason(long.as_bytes(), false, &[]);
+        assert!(cut.len() <= 303 && cut.ends_with('…'), "{cut}");
+    }
+
+    /// A registry on loopback answering as `answer` says.
+    struct Mock {
+        addr: std::net::SocketAddr,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for Mock {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    /// (method, path and query, Authorization header) -> (status, WWW-Authenticate, body).
+    type Answer = dyn Fn(&str, &str, &str, &str) -> (u16, Option<String>, String) + Send + Sync;
+
+    async fn mock(answer: std::sync::Arc<Answer>) -> Mock {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let host = addr.to_string();
+        let router = axum::Router::new().fallback(move |req: axum::extract::Request| {
+            let answer = answer.clone();
+            let host = host.clone();
+            async move {
+                let target = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+                let authorization =
+                    req.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+                let (status, challenge, body) = answer(&host, req.method().as_str(), &target, &authorization);
+                let mut response = axum::http::Response::builder().status(status);
+                if let Some(c) = challenge {
+                    response = response.header("WWW-Authenticate", c);
+                }
+                response.header("Content-Type", "application/json").body(axum::body::Body::from(body)).unwrap()
+            }
+        });
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        Mock { addr, task }
+    }
+
+    const PASS: &str = "mock-password-7f3a";
+    const TOKEN: &str = "mock-token-for";
+
+    fn basic_header(user: &str, pass: &str) -> String {
+        use base64::Engine;
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}")))
+    }
+
+    /// A Distribution-style registry and token service in one: tokens name
+    /// the repositories they grant (`mock-token-for:a/b,c/d`); `granted` are
+    /// the repositories user `u` may pull; `refuse_at_token` makes the
+    /// token service answer 403 for a scope it does not grant.
+    fn bearer_registry(granted: &'static [&'static str], refuse_at_token: bool) -> std::sync::Arc<Answer> {
+        std::sync::Arc::new(move |host: &str, method: &str, target: &str, authorization: &str| {
+            let challenge = |scope: Option<&str>, error: bool| {
+                let mut c = format!(r#"Bearer realm="http://{host}/token",service="mock""#);
+                if let Some(s) = scope {
+                    c.push_str(&format!(r#",scope="{s}""#));
+                }
+                if error {
+                    c.push_str(r#",error="insufficient_scope""#);
+                }
+                Some(c)
+            };
+            if let Some(query) = target.strip_prefix("/token?") {
+                if authorization != basic_header("u", PASS) {
+                    return (401, None, r#"{"errors":[{"code":"UNAUTHORIZED","message":"bad login"}]}"#.into());
+                }
+                let scopes: Vec<String> = url::form_urlencoded::parse(query.as_bytes())
+                    .filter(|(k, _)| k == "scope")
+                    .map(|(_, v)| v.to_string())
+                    .collect();
+                let mut names = Vec::new();
+                for scope in &scopes {
+                    let name = scope.trim_start_matches("repository:").trim_end_matches(":pull");
+                    if granted.contains(&name) {
+                        names.push(name.to_string());
+                    } else if refuse_at_token {
+                        let body =
+                            r#"{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}"#;
+                        return (403, None, body.into());
+                    }
+                }
+                return (200, None, format!(r#"{{"token":"{TOKEN}:{}"}}"#, names.join(",")));
+            }
+            let token = authorization
+                .strip_prefix("Bearer ")
+                .and_then(|t| t.strip_prefix(TOKEN))
+                .map(|t| t.trim_start_matches(':'));
+            if target == "/v2/" {
+                return match token {
+                    Some(_) => (200, None, "{}".into()),
+                    None => (401, challenge(None, false), "{}".into()),
+                };
+            }
+            let name =
+                target.strip_prefix("/v2/").and_then(|p| p.strip_suffix("/manifests/latest")).unwrap_or_default();
+            let scope = format!("repository:{name}:pull");
+            match token {
+                Some(t) if t.split(',').any(|n| n == name) => {
+                    (404, None, r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#.into())
+                }
+                Some(_) => {
+                    let body = if method == "HEAD" {
+                        String::new()
+                    } else {
+                        format!(
+                            r#"{{"errors":[{{"code":"UNAUTHORIZED","message":"authentication required","detail":[{{"Type":"repository","Name":"{name}","Action":"pull"}}]}}]}}"#
+                        )
+                    };
+                    (401, challenge(Some(&scope), true), body)
+                }
+                None => (401, challenge(Some(&scope), false), "{}".into()),
+            }
+        })
+    }
+
+    fn assert_no_secrets(e: &VerifyError) {
+        for text in [e.to_string(), format!("{e:?}")] {
+            assert!(!text.contains(PASS) && !text.contains(TOKEN), "{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bearer_registry_grants_one_repository_and_refuses_another() {
+        let m = mock(bearer_registry(&["team/app"], false)).await;
+        let auth =
+            RegistryAuth { registry: m.addr.to_string(), username: "u".into(), password: PASS.to_string().into() };
+        verify(&auth, plan(&[])).await.expect("the login alone");
+        verify(&auth, plan(&["team/app"])).await.expect("a granted repository (404 manifest unknown) passes");
+        let e = verify(&auth, plan(&["team/app", "other/app"])).await.unwrap_err();
+        let VerifyError::RepositoryDenied { step, status, repository, registry_reason, url, .. } = &e else {
+            panic!("{e:?}")
+        };
+        assert_eq!((*step, *status), (Step::RepositoryRead, StatusCode::UNAUTHORIZED));
+        assert_eq!(repository, "other/app");
+        assert!(url.ends_with("/v2/other/app/manifests/latest"), "{url}");
+        assert_eq!(registry_reason, "UNAUTHORIZED: authentication required (insufficient_scope)");
+        assert_eq!(e.reason(), "RepositoryDenied");
+        assert!(e.is_rejected());
+        let message = e.to_string();
+        assert!(
+            message.contains("user \"u\" may not pull repository \"other/app\"")
+                && message.contains("the registry says: UNAUTHORIZED: authentication required"),
+            "{message}"
+        );
+        assert_no_secrets(&e);
+        // A wrong password still fails at the login, as before.
+        let wrong = RegistryAuth { password: "nope-nope".to_string().into(), ..auth.clone() };
+        let e = verify(&wrong, plan(&["team/app"])).await.unwrap_err();
+        assert!(matches!(e, VerifyError::Rejected { step: Step::TokenRequest, .. }), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn a_token_service_that_refuses_the_scope_is_a_refusal_with_its_reason() {
+        let m = mock(bearer_registry(&["team/app"], true)).await;
+        let auth =
+            RegistryAuth { registry: m.addr.to_string(), username: "u".into(), password: PASS.to_string().into() };
+        verify(&auth, plan(&["team/app"])).await.unwrap();
+        let e = verify(&auth, plan(&["other/app"])).await.unwrap_err();
+        let VerifyError::RepositoryDenied { step, status, registry_reason, .. } = &e else { panic!("{e:?}") };
+        assert_eq!((*step, *status), (Step::RepositoryToken, StatusCode::FORBIDDEN));
+        assert_eq!(registry_reason, "DENIED: requested access to the resource is denied");
+        assert_no_secrets(&e);
+    }
+
+    #[tokio::test]
+    async fn a_basic_registry_answering_403_denied_is_a_refusal() {
+        // ECR's way: Basic auth on every request, 403 DENIED for a
+        // repository the principal may not pull.
+        let m = mock(std::sync::Arc::new(|host: &str, method: &str, target: &str, authorization: &str| {
+            if authorization != basic_header("AWS", PASS) {
+                return (401, Some(format!(r#"Basic realm="https://{host}/",service="ecr.amazonaws.com""#)), "{}".into());
+            }
+            match target {
+                "/v2/" | "/v2/team/app/manifests/latest" => (200, None, "{}".into()),
+                _ if method == "HEAD" => (403, None, String::new()),
+                _ => (
+                    403,
+                    None,
+                    r#"{"errors":[{"code":"DENIED","message":"User: arn:aws:iam::123456789012:user/ci is not authorized to perform: ecr:BatchGetImage"}]}"#.into(),
+                ),
+            }
+        }))
+        .await;
+        let auth =
+            RegistryAuth { registry: m.addr.to_string(), username: "AWS".into(), password: PASS.to_string().into() };
+        verify(&auth, plan(&["team/app"])).await.unwrap();
+        let e = verify(&auth, plan(&["team/app", "secret/app"])).await.unwrap_err();
+        let VerifyError::RepositoryDenied { status, registry_reason, repository, .. } = &e else { panic!("{e:?}") };
+        assert_eq!(*status, StatusCode::FORBIDDEN);
+        assert_eq!(repository, "secret/app");
+        assert_eq!(
+            registry_reason,
+            "DENIED: User: arn:aws:iam::123456789012:user/ci is not authorized to perform: ecr:BatchGetImage"
+        );
+        assert_no_secrets(&e);
+    }
+
+    #[tokio::test]
+    async fn an_open_v2_with_private_repositories_follows_the_repository_challenge() {
+        let m = mock(std::sync::Arc::new(|host: &str, _method: &str, target: &str, authorization: &str| {
+            match (target, authorization) {
+                ("/v2/", _) => (200, None, "{}".into()),
+                (_, "") => (401, Some(format!(r#"Basic realm="{host}""#)), "{}".into()),
+                ("/v2/team/app/manifests/latest", a) if a == basic_header("u", PASS) => (200, None, "{}".into()),
+                ("/v2/broken/manifests/latest", a) if a == basic_header("u", PASS) => (500, None, "{}".into()),
+                (_, _) => (403, None, r#"{"errors":[{"code":"DENIED","message":"no"}]}"#.into()),
+            }
+        }))
+        .await;
+        let auth =
+            RegistryAuth { registry: m.addr.to_string(), username: "u".into(), password: PASS.to_string().into() };
+        verify(&auth, plan(&["team/app"])).await.unwrap();
+        let e = verify(&auth, plan(&["x/y"])).await.unwrap_err();
+        assert!(
+            matches!(&e, VerifyError::RepositoryDenied { registry_reason, .. } if registry_reason == "DENIED: no"),
+            "{e:?}"
+        );
+        // A server error is not taken for a refusal.
+        let e = verify(&auth, plan(&["broken"])).await.unwrap_err();
+        assert!(
+            matches!(&e, VerifyError::UnexpectedStatus { step: Step::RepositoryRead, status, .. } if status.as_u16() == 500),
+            "{e:?}"
         );
     }
 }

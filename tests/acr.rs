@@ -6,10 +6,15 @@
 //! that have not expired. `skopeo` pulls with the written Secrets.
 //!
 //! The operator reaches the stand-ins only through the spec
-//! (`authorityHost`, `registry`, `caBundle`) and Azure's documented
-//! environment variables (`IDENTITY_ENDPOINT`/`IDENTITY_HEADER` for managed
-//! identity, `AZURE_FEDERATED_TOKEN_FILE` for its own workload identity),
-//! given to the shared operator when it starts.
+//! (`authorityHost`, `registry`, `caBundle`) and the environment variables
+//! the Azure SDKs read, given to the shared operator when it starts:
+//! `AZURE_POD_IDENTITY_AUTHORITY_HOST` for the node's IMDS (managed
+//! identity as on AKS nodes: no `IDENTITY_ENDPOINT`, several user-assigned
+//! identities) and `AZURE_FEDERATED_TOKEN_FILE` for its own workload
+//! identity. The App Service style endpoint (`IDENTITY_ENDPOINT` /
+//! `IDENTITY_HEADER`), which takes precedence over IMDS in every Azure SDK,
+//! is exercised by one-shot `regcred kubelet-credential-provider` runs with
+//! those variables set.
 
 mod common;
 
@@ -32,6 +37,12 @@ use serde_json::{Value, json};
 /// The `iss` of ServiceAccount tokens from the test control plane.
 const SA_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 const ACR_SCOPE: &str = "https://containerregistry.azure.net/.default";
+/// The tenant of the node's managed identities.
+const NODE_TENANT: &str = "tenant-node";
+/// The node's kubelet identity (user-assigned, granted AcrPull), as on AKS.
+const KUBELET_IDENTITY: &str = "node-kubelet-identity";
+/// A second user-assigned identity on the node (an add-on's), without AcrPull.
+const ADDON_IDENTITY: &str = "node-addon-identity";
 const PUSH_USER: &str = "acr-pusher";
 const PUSH_PASS: &str = "acr-push-password";
 
@@ -50,10 +61,14 @@ fn azure() -> &'static Azure {
     AZURE.get_or_init(|| {
         let standin = AzureStandIn::start().unwrap_or_else(|e| panic!("starting the Azure stand-in: {e:#}"));
         let token_file = std::env::temp_dir().join(format!("regcred-acr-federated-token-{}", std::process::id()));
-        // Azure's documented variables, for the operator this binary starts.
+        // The node IMDS answers for: two user-assigned identities and no
+        // system-assigned one, as an AKS node with an add-on's identity.
+        standin.assign_node_identity(NODE_TENANT, Some(KUBELET_IDENTITY));
+        standin.assign_node_identity(NODE_TENANT, Some(ADDON_IDENTITY));
+        standin.grant_acr_pull(NODE_TENANT, KUBELET_IDENTITY);
+        // The variables the Azure SDKs read, for the operator this binary starts.
         set_operator_env(vec![
-            ("IDENTITY_ENDPOINT".into(), standin.managed_identity_endpoint()),
-            ("IDENTITY_HEADER".into(), standin.identity_header().into()),
+            ("AZURE_POD_IDENTITY_AUTHORITY_HOST".into(), standin.imds_authority()),
             ("AZURE_FEDERATED_TOKEN_FILE".into(), token_file.display().to_string()),
         ]);
         record_secret(PUSH_PASS);
@@ -268,40 +283,57 @@ async fn managed_and_operator_workload_identity_are_ambient_so_cluster_credentia
     let az = azure();
     let client = setup().await;
     let tenant = "tenant-mi";
-    az.standin.add_managed_identity(tenant, Some("mi-app"));
-    az.standin.grant_acr_pull(tenant, "mi-app");
     create_namespace(&client, "acr-mi-target", &[("acr-mi", "yes")]).await;
     let crcreds: Api<ClusterRegistryCredential> = Api::all(client.clone());
-    let cluster_spec = |auth: Value, pull: &str| {
+    let cluster_spec = |tenant: &str, auth: Value, pull: &str| {
         let mut spec = acr_spec(tenant, auth, pull);
         spec["namespaceSelector"] = json!({"matchLabels": {"acr-mi": "yes"}});
         spec
     };
 
-    // A user-assigned managed identity, through IDENTITY_ENDPOINT.
-    apply_crcred(&client, "acr-mi", cluster_spec(json!({"managedIdentity": {"clientId": "mi-app"}}), "mi-pull")).await;
+    // The node's user-assigned kubelet identity, through IMDS.
+    apply_crcred(
+        &client,
+        "acr-mi",
+        cluster_spec(NODE_TENANT, json!({"managedIdentity": {"clientId": KUBELET_IDENTITY}}), "mi-pull"),
+    )
+    .await;
     wait_for_reason(&crcreds, "acr-mi", "Synced").await;
     let secret = get_secret(&client, "acr-mi-target", "mi-pull").await.unwrap();
     let out = pull_with(&secret, "mi").await;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let seen = az.standin.seen();
     assert!(
-        seen.iter().any(|s| s.endpoint == Endpoint::ManagedIdentity
-            && s.client_id == "mi-app"
+        seen.iter().any(|s| s.endpoint == Endpoint::Imds
+            && s.client_id == KUBELET_IDENTITY
             && s.scope == "https://containerregistry.azure.net"
             && s.status == 200),
         "{seen:?}"
     );
 
-    // An identity not assigned to this machine.
+    // An identity not assigned to the node.
     apply_crcred(
         &client,
         "acr-mi-unassigned",
-        cluster_spec(json!({"managedIdentity": {"clientId": "not-assigned"}}), "unassigned-pull"),
+        cluster_spec(NODE_TENANT, json!({"managedIdentity": {"clientId": "not-assigned"}}), "unassigned-pull"),
     )
     .await;
     let status = wait_for_reason(&crcreds, "acr-mi-unassigned", "ProviderAuthFailed").await;
-    assert!(status.conditions[0].message.contains("not assigned"), "{}", status.conditions[0].message);
+    let message = &status.conditions[0].message;
+    assert!(message.contains("Identity not found") && message.contains("not assigned"), "{message}");
+
+    // An identity on the node without AcrPull: IMDS gives it a token, the
+    // registry refuses the exchange.
+    apply_crcred(
+        &client,
+        "acr-mi-norole",
+        cluster_spec(NODE_TENANT, json!({"managedIdentity": {"clientId": ADDON_IDENTITY}}), "norole-pull"),
+    )
+    .await;
+    let status = wait_for_reason(&crcreds, "acr-mi-norole", "ProviderAuthFailed").await;
+    let message = &status.conditions[0].message;
+    assert!(message.contains("/oauth2/exchange") && message.contains("AcrPull"), "{message}");
+    assert!(get_secret(&client, "acr-mi-target", "norole-pull").await.is_none());
 
     // The operator's own workload identity: AZURE_FEDERATED_TOKEN_FILE holds
     // a token of its ServiceAccount, as the AKS webhook projects it.
@@ -326,8 +358,12 @@ async fn managed_and_operator_workload_identity_are_ambient_so_cluster_credentia
         &format!("system:serviceaccount:{CLUSTER_NS}:regcred-operator"),
     );
     az.standin.grant_acr_pull(tenant, "operator-app");
-    apply_crcred(&client, "acr-op", cluster_spec(json!({"workloadIdentity": {"clientId": "operator-app"}}), "op-pull"))
-        .await;
+    apply_crcred(
+        &client,
+        "acr-op",
+        cluster_spec(tenant, json!({"workloadIdentity": {"clientId": "operator-app"}}), "op-pull"),
+    )
+    .await;
     wait_for_reason(&crcreds, "acr-op", "Synced").await;
     let secret = get_secret(&client, "acr-mi-target", "op-pull").await.unwrap();
     assert!(az.standin.refresh_token_valid(ACR_USERNAME, &password_in(&secret)));
@@ -335,8 +371,13 @@ async fn managed_and_operator_workload_identity_are_ambient_so_cluster_credentia
     // A namespaced credential may use neither.
     create_namespace(&client, "acr-mi-ns", &[]).await;
     let rcreds: Api<RegistryCredential> = Api::namespaced(client.clone(), "acr-mi-ns");
-    apply_rcred(&client, "acr-mi-ns", "mi", acr_spec(tenant, json!({"managedIdentity": {"clientId": "mi-app"}}), "p1"))
-        .await;
+    apply_rcred(
+        &client,
+        "acr-mi-ns",
+        "mi",
+        acr_spec(NODE_TENANT, json!({"managedIdentity": {"clientId": KUBELET_IDENTITY}}), "p1"),
+    )
+    .await;
     let status = wait_for_reason(&rcreds, "mi", "AmbientIdentityForbidden").await;
     assert!(status.conditions[0].message.contains("managedIdentity"), "{}", status.conditions[0].message);
     apply_rcred(
@@ -350,6 +391,154 @@ async fn managed_and_operator_workload_identity_are_ambient_so_cluster_credentia
     assert!(status.conditions[0].message.contains("serviceAccountRef"), "{}", status.conditions[0].message);
     assert!(get_secret(&client, "acr-mi-ns", "p1").await.is_none());
     assert!(get_secret(&client, "acr-mi-ns", "p2").await.is_none());
+}
+
+#[tokio::test]
+async fn imds_with_several_user_assigned_identities_needs_the_client_id_and_says_so() {
+    let az = azure();
+    let client = setup().await;
+    create_namespace(&client, "acr-imds-target", &[("acr-imds", "yes")]).await;
+    let crcreds: Api<ClusterRegistryCredential> = Api::all(client.clone());
+    let spec = |auth: Value| {
+        let mut spec = acr_spec(NODE_TENANT, auth, "imds-pull");
+        spec["namespaceSelector"] = json!({"matchLabels": {"acr-imds": "yes"}});
+        spec
+    };
+
+    // Deliberately wrong: no clientId, on a node with two user-assigned
+    // identities and no system-assigned one. IMDS cannot choose.
+    apply_crcred(&client, "acr-imds", spec(json!({"managedIdentity": {}}))).await;
+    let status = wait_for_reason(&crcreds, "acr-imds", "ProviderAuthFailed").await;
+    let message = &status.conditions[0].message;
+    for needle in [
+        "the managed identity endpoint",
+        &format!("{}/metadata/identity/oauth2/token", az.standin.imds_authority()),
+        "HTTP 400",
+        "Multiple user assigned identities exist",
+        "several user-assigned managed identities are assigned to this node",
+        "set auth.managedIdentity.clientId",
+    ] {
+        assert!(message.contains(needle), "{needle:?} not in {message:?}");
+    }
+    assert!(!message.contains("entra-") && !message.contains("api-version"), "{message}");
+    assert!(get_secret(&client, "acr-imds-target", "imds-pull").await.is_none(), "a Secret was written");
+    // IMDS refused a well-formed request (Metadata header, api-version,
+    // resource: the stand-in answers otherwise without them) for being
+    // without an identity.
+    let seen = az.standin.seen();
+    assert!(
+        seen.iter().any(|s| s.endpoint == Endpoint::Imds
+            && s.client_id.is_empty()
+            && s.api_version.as_str() >= "2018-02-01"
+            && s.scope == "https://containerregistry.azure.net"
+            && s.status == 400),
+        "{seen:?}"
+    );
+
+    // The fix the message names: the kubelet identity's client id.
+    apply_crcred(&client, "acr-imds", spec(json!({"managedIdentity": {"clientId": KUBELET_IDENTITY}}))).await;
+    let status = wait_for_reason(&crcreds, "acr-imds", "Synced").await;
+    let secret = get_secret(&client, "acr-imds-target", "imds-pull").await.expect("pull Secret");
+    let password = password_in(&secret);
+    assert!(az.standin.refresh_token_valid(ACR_USERNAME, &password), "not a live refresh token from the exchange");
+    let claims = az.standin.refresh_token_claims(&password).unwrap();
+    assert_eq!((claims["sub"].as_str(), claims["tenant"].as_str()), (Some(KUBELET_IDENTITY), Some(NODE_TENANT)));
+    assert_eq!(status.expires_at.as_ref().expect("expiresAt").0.as_second(), exp_of(&password));
+    let out = pull_with(&secret, "imds").await;
+    assert!(out.status.success(), "skopeo could not pull with the Secret: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// One run of `regcred kubelet-credential-provider` for the stand-in's host
+/// with `provider` and `env`: the login's password.
+fn plugin_login(name: &str, provider: Value, env: &[(&str, String)]) -> Result<String, String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let az = azure();
+    let dir = std::env::temp_dir().join(format!("regcred-acr-plugin-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("provider.yaml");
+    let yaml = json!({"apiVersion": "regcred.dev/v1alpha1", "kind": "ProviderConfig",
+        "providers": [{"match": [az.standin.host()], "provider": provider}]});
+    std::fs::write(&config, serde_json::to_string(&yaml).unwrap()).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_regcred"))
+        .args(["kubelet-credential-provider", "--config"])
+        .arg(&config)
+        .env_remove("IDENTITY_ENDPOINT")
+        .env_remove("IDENTITY_HEADER")
+        .env_remove("MSI_ENDPOINT")
+        .env_remove("AZURE_POD_IDENTITY_AUTHORITY_HOST")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let request = json!({"apiVersion": "credentialprovider.kubelet.k8s.io/v1", "kind": "CredentialProviderRequest",
+        "image": format!("{}/{TEST_IMAGE}", az.standin.host())});
+    child.stdin.take().unwrap().write_all(request.to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let login = &v["auth"][az.standin.host()];
+    assert_eq!(login["username"], ACR_USERNAME);
+    let password = login["password"].as_str().unwrap().to_string();
+    record_secret(&password);
+    Ok(password)
+}
+
+#[tokio::test]
+async fn the_app_service_endpoint_takes_precedence_over_imds_as_in_the_azure_sdks() {
+    let az = azure();
+    let tenant = "tenant-app-service";
+    az.standin.add_managed_identity(tenant, Some("app-service-mi"));
+    az.standin.grant_acr_pull(tenant, "app-service-mi");
+    let provider = json!({"acr": {
+        "registry": az.standin.host(), "tenantId": tenant,
+        "auth": {"managedIdentity": {"clientId": "app-service-mi"}},
+        "authorityHost": az.standin.authority_host(), "caBundle": az.standin.ca_pem(),
+    }});
+    // Both are set: IDENTITY_ENDPOINT + IDENTITY_HEADER win, as in
+    // azure_identity's and MSAL's source detection.
+    let env = [
+        ("IDENTITY_ENDPOINT", az.standin.managed_identity_endpoint()),
+        ("IDENTITY_HEADER", az.standin.identity_header().to_string()),
+        ("AZURE_POD_IDENTITY_AUTHORITY_HOST", az.standin.imds_authority()),
+    ];
+    let password = tokio::task::spawn_blocking(move || plugin_login("app-service", provider, &env))
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the plugin failed: {e}"));
+    assert!(az.standin.refresh_token_valid(ACR_USERNAME, &password));
+    assert_eq!(az.standin.refresh_token_claims(&password).unwrap()["sub"], "app-service-mi");
+    let seen = az.standin.seen();
+    assert!(
+        seen.iter()
+            .any(|s| s.endpoint == Endpoint::ManagedIdentity && s.client_id == "app-service-mi" && s.status == 200),
+        "{seen:?}"
+    );
+    assert!(!seen.iter().any(|s| s.endpoint == Endpoint::Imds && s.client_id == "app-service-mi"), "{seen:?}");
+    let out = pull_with_config(authfile_for(&password), "app-service").await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // A wrong IDENTITY_HEADER is refused.
+    let provider = json!({"acr": {
+        "registry": az.standin.host(), "tenantId": tenant,
+        "auth": {"managedIdentity": {"clientId": "app-service-mi"}},
+        "authorityHost": az.standin.authority_host(), "caBundle": az.standin.ca_pem(),
+    }});
+    let env = [
+        ("IDENTITY_ENDPOINT", az.standin.managed_identity_endpoint()),
+        ("IDENTITY_HEADER", "not-the-header".to_string()),
+    ];
+    let err = tokio::task::spawn_blocking(move || plugin_login("app-service-bad", provider, &env))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(err.contains("ProviderAuthFailed") && err.contains("HTTP 401"), "{err}");
+    assert!(!err.contains(az.standin.identity_header()), "{err}");
 }
 
 #[tokio::test]

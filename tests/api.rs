@@ -220,6 +220,27 @@ async fn invalid_objects_are_rejected_with_a_message_naming_the_problem() {
             &["app.kubernetes.io/managed-by is reserved"],
         ),
         (
+            "ECR with both region and regions",
+            rcred(
+                "two-region-forms",
+                json!({"provider": {"ecr": {"region": "eu-west-1", "regions": ["us-west-2"]}}, "secret": {"name": "pull"}}),
+            ),
+            &["set exactly one of region or regions"],
+        ),
+        (
+            "ECR without a region",
+            rcred("no-region", json!({"provider": {"ecr": {}}, "secret": {"name": "pull"}})),
+            &["set exactly one of region or regions"],
+        ),
+        (
+            "ECR with a malformed region in regions",
+            rcred(
+                "bad-regions",
+                json!({"provider": {"ecr": {"regions": ["eu-west-1", "Mars"]}}, "secret": {"name": "pull"}}),
+            ),
+            &["spec.provider.ecr.regions[1]"],
+        ),
+        (
             "two AWS identities",
             rcred(
                 "two-identities",

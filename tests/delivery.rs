@@ -151,9 +151,23 @@ fn one_line_failure(run: &Run, secrets: &[&str]) -> String {
     lines[0].to_string()
 }
 
+/// The AWS stand-in, trusting the control plane's ServiceAccount issuer as
+/// an IAM OIDC provider (audience `sts.amazonaws.com`), as on EKS.
 fn moto() -> &'static Moto {
     static MOTO: OnceLock<Moto> = OnceLock::new();
-    MOTO.get_or_init(|| Moto::start(control_plane().process_group()).unwrap_or_else(|e| panic!("{e:#}")))
+    MOTO.get_or_init(|| {
+        let moto = Moto::start(control_plane().process_group()).unwrap_or_else(|e| panic!("{e:#}"));
+        let issuer = moto.add_oidc_provider(control_plane()).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(issuer, SA_ISSUER);
+        // The roles the Pods' ServiceAccounts may assume (IRSA trust policies).
+        for (role, subject) in [
+            ("arn:aws:iam::777777777777:role/pod-puller", "system:serviceaccount:plugin-pods:ecr-puller"),
+            ("arn:aws:iam::888888888888:role/puller", "system:serviceaccount:plugin-node:annotated"),
+        ] {
+            moto.trust_web_identity(role, &issuer, "sts.amazonaws.com", &[subject]);
+        }
+        moto
+    })
 }
 
 fn google() -> &'static GoogleStandIn {
@@ -254,10 +268,9 @@ async fn plugin_answers_for_every_provider_with_static_identities() {
 
     let (r, u, p, secs) = login_of(&run_plugin(&config, &format!("{}/app:v1", ecr_host("123456789012")), None, &[]));
     assert_eq!(r, ecr_host("123456789012"));
-    assert!(moto().validator()(&u, &p), "moto's ECR token");
-    // moto reports an expiry in 2015: the schedule's retry after a past
-    // expiry (60 s, jitter), not a hot loop and not 2/3 of a negative time.
-    assert!((50..=60).contains(&secs), "a past expiry is cached for the 60 s retry: {secs}");
+    assert!(moto().validator()(&u, &p), "the ECR stand-in's token");
+    // A 12 h token, cached to 2/3 of its lifetime (8 h, less jitter).
+    assert!((6 * 3600..=8 * 3600).contains(&secs), "refresh point of a 12 h ECR token: {secs}");
 
     let (r, u, p, secs) = login_of(&run_plugin(&config, "europe-docker.pkg.dev/p/r/i:1", None, &[]));
     assert_eq!((r.as_str(), u.as_str()), ("europe-docker.pkg.dev", "oauth2accesstoken"));
@@ -275,6 +288,85 @@ async fn plugin_answers_for_every_provider_with_static_identities() {
     // No provider for the image.
     let line = one_line_failure(&run_plugin(&config, "quay.io/org/app:v1", None, &[]), &[]);
     assert!(line.contains("no provider") && line.contains("quay.io/org/app:v1"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_answers_for_the_images_own_registry_across_regions_accounts_and_hosts() {
+    let dir = scratch("keys");
+    record_secret("plugin-keys-ecr-secret");
+    put_secret_files(
+        &dir,
+        "aws",
+        &[("access-key-id", "AKIAPLUGINKEYS000001"), ("secret-access-key", "plugin-keys-ecr-secret")],
+    );
+    let g = google();
+    let email = "plugin-keys@regcred-test.iam.gserviceaccount.com";
+    let key = g.create_key(email, HOUR).unwrap();
+    put_secret_files(&dir, "gsa", &[("credentials.json", &key.json)]);
+    let ecr = |extra: Value| {
+        let mut spec = json!({"endpoint": moto().endpoint(), "auth": {"secretRef": {"name": "aws"}}});
+        spec.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        json!({"ecr": spec})
+    };
+    let config = write_config(
+        &dir,
+        json!([
+            // Limited to two accounts and two regions.
+            {"match": ["*.dkr.ecr.*.amazonaws.com.cn", "*.dkr-ecr.*.on.aws"],
+             "provider": ecr(json!({"regions": ["cn-north-1", "ap-south-1"], "registryIds": ["123456789012", "210987654321"]}))},
+            // One region named, a default: the image's own region is used.
+            {"match": ["*.dkr.ecr.*.amazonaws.com", "*.dkr.ecr-fips.*.amazonaws.com", "ecr-alias.registry.test"],
+             "provider": ecr(json!({"region": "us-east-1"}))},
+            // Lists neither host the images below come from.
+            {"match": ["*-docker.pkg.dev"], "provider": {"google": {"registries": ["europe-docker.pkg.dev"], "auth": {"secretRef": {"name": "gsa"}}}}},
+        ]),
+        true,
+    );
+
+    for (host, region) in [
+        ("123456789012.dkr.ecr.us-west-2.amazonaws.com", "us-west-2"),
+        ("210987654321.dkr.ecr.eu-central-1.amazonaws.com", "eu-central-1"),
+        ("123456789012.dkr.ecr-fips.us-east-2.amazonaws.com", "us-east-2"),
+        ("210987654321.dkr-ecr.ap-south-1.on.aws", "ap-south-1"),
+        ("123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn", "cn-north-1"),
+        ("ecr-alias.registry.test", "us-east-1"),
+    ] {
+        let (r, u, p, secs) = login_of(&run_plugin(&config, &format!("{host}/team/app:v1"), None, &[]));
+        assert_eq!(r, host, "keyed by the image's own registry");
+        let token = moto().ecr_token(&p).unwrap_or_else(|| panic!("{host}: not a token the ECR stand-in issued"));
+        assert_eq!((u.as_str(), token.region.as_str()), ("AWS", region), "{host}: minted in the image's region");
+        assert!(moto().validator_for(region)(&u, &p), "{host}: valid in its region");
+        assert!(region == "us-east-1" || !moto().validator_for("us-east-1")(&u, &p), "{host}: not in another");
+        assert!(secs > 60, "{host}: a 12 h token is cached until its refresh point, got {secs} s");
+    }
+    // The same region again is served from the cache, whatever the account.
+    let calls = moto().ecr_calls();
+    let (r, _, _, _) = login_of(&run_plugin(&config, "333333333333.dkr.ecr.us-west-2.amazonaws.com/x:1", None, &[]));
+    assert_eq!(r, "333333333333.dkr.ecr.us-west-2.amazonaws.com");
+    assert_eq!(moto().ecr_calls(), calls, "one token per region serves every account there");
+
+    // Outside what the entry permits: one line, no provider call.
+    for (image, says) in [
+        (
+            "999999999999.dkr.ecr.cn-north-1.amazonaws.com.cn/x:1",
+            "account 999999999999 is not in the ecr provider's registryIds",
+        ),
+        (
+            "123456789012.dkr-ecr.eu-west-1.on.aws/x:1",
+            "region eu-west-1 is not in the ecr provider's regions (cn-north-1, ap-south-1)",
+        ),
+    ] {
+        let line = one_line_failure(&run_plugin(&config, image, None, &[]), &[]);
+        assert!(line.starts_with("regcred: ecr provider for ") && line.contains(says), "{line}");
+    }
+    assert_eq!(moto().ecr_calls(), calls);
+
+    // Google: any regional host the pattern matched, with the one token.
+    for host in ["us-central1-docker.pkg.dev", "asia-east1-docker.pkg.dev"] {
+        let (r, u, p, _) = login_of(&run_plugin(&config, &format!("{host}/p/r/i:1"), None, &[]));
+        assert_eq!((r.as_str(), u.as_str()), (host, "oauth2accesstoken"));
+        assert_eq!(g.principal_of(&p).as_deref(), Some(email));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -306,8 +398,14 @@ async fn plugin_uses_the_pods_service_account_token() {
     let role = json!({"eks.amazonaws.com/role-arn": "arn:aws:iam::777777777777:role/pod-puller"});
     let token = pod_token("plugin-pods", "ecr-puller", "sts.amazonaws.com", role.clone()).await;
     let image = format!("{}/app:v1", ecr_host("777777777777"));
-    let (r, u, p, _) = login_of(&run_plugin(&config, &image, Some((&token, role)), &env));
-    assert_eq!((r, u.as_str(), p), (ecr_host("777777777777"), "AWS", Moto::ecr_password("777777777777")));
+    let (r, u, p, _) = login_of(&run_plugin(&config, &image, Some((&token, role.clone())), &env));
+    assert_eq!((r, u.as_str()), (ecr_host("777777777777"), "AWS"));
+    assert_eq!(moto().ecr_token(&p).map(|t| (t.account, t.region)), Some(("777777777777".into(), "us-east-1".into())));
+    // Another ServiceAccount with the same annotation: outside the role's
+    // trust policy, refused by STS, and the line names the subject.
+    let other = pod_token("plugin-pods", "ecr-intruder", "sts.amazonaws.com", role.clone()).await;
+    let line = one_line_failure(&run_plugin(&config, &image, Some((&other, role)), &env), &[&other]);
+    assert!(line.contains("AccessDenied") && line.contains("system:serviceaccount:plugin-pods:ecr-intruder"), "{line}");
     // Without the annotation: one precise line.
     let line = one_line_failure(&run_plugin(&config, &image, Some((&token, json!({}))), &env), &[&token]);
     assert!(line.contains("eks.amazonaws.com/role-arn"), "{line}");
@@ -397,8 +495,11 @@ fn private_registry(validator: Validator) -> (TokenService, TokenRegistry) {
 async fn pods_without_pull_secrets_pull_through_the_plugin_on_the_real_node() {
     let client = control_plane().client().await.unwrap();
     let dir = scratch("node");
-    // Registries: ECR (static keys and a Pod's role) and Google.
-    let (_t1, ecr_registry) = private_registry(moto().validator());
+    // Registries: ECR in three regions, each accepting only its region's
+    // tokens (static keys, and a Pod's role in us-east-1), and Google.
+    let (_t1, ecr_registry) = private_registry(moto().validator_for("us-east-1"));
+    let (_t5, ecr_west) = private_registry(moto().validator_for("us-west-2"));
+    let (_t6, ecr_central) = private_registry(moto().validator_for("eu-central-1"));
     let g = google();
     let email = "node-plugin@regcred-test.iam.gserviceaccount.com";
     let (_t2, gar_registry) = private_registry(Arc::new(move |u: &str, p: &str| {
@@ -412,14 +513,18 @@ async fn pods_without_pull_secrets_pull_through_the_plugin_on_the_real_node() {
         "aws",
         &[("access-key-id", "AKIANODEPLUGIN000001"), ("secret-access-key", "node-plugin-ecr-secret")],
     );
+    // One ECR entry for every region (us-east-1 is only its default) and one
+    // Google entry that lists neither regional host pulled below.
     let static_config = write_config(
         &dir,
         json!([
-            {"match": [ecr_host("123456789012")], "provider": {"ecr": {"region": "us-east-1", "endpoint": moto().endpoint(), "auth": {"secretRef": {"name": "aws"}}}}},
-            {"match": ["europe-docker.pkg.dev"], "provider": {"google": {"registries": ["europe-docker.pkg.dev"], "auth": {"secretRef": {"name": "gsa"}}}}},
+            {"match": ["*.dkr.ecr.*.amazonaws.com"], "provider": {"ecr": {"region": "us-east-1", "endpoint": moto().endpoint(), "auth": {"secretRef": {"name": "aws"}}}}},
+            {"match": ["*-docker.pkg.dev"], "provider": {"google": {"registries": ["europe-docker.pkg.dev"], "auth": {"secretRef": {"name": "gsa"}}}}},
         ]),
         false,
     );
+    let west = "123456789012.dkr.ecr.us-west-2.amazonaws.com".to_string();
+    let central = "210987654321.dkr.ecr.eu-central-1.amazonaws.com".to_string();
     let pod_dir = scratch("node-pod");
     let pod_config = write_config(
         &pod_dir,
@@ -430,15 +535,30 @@ async fn pods_without_pull_secrets_pull_through_the_plugin_on_the_real_node() {
     // The executables the kubelet runs are named after the providers.
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
-    for name in ["regcred", "regcred-pod-identity"] {
-        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_regcred"), bin.join(name)).unwrap();
-    }
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_regcred"), bin.join("regcred-pod-identity")).unwrap();
+    // `regcred` is regcred behind a wrapper that notes, per request, the
+    // image and the keys of the answer (never the logins), so the test sees
+    // what the kubelet was given.
+    let keys_log = dir.join("answer-keys.log");
+    let note_keys = r#"import json, os
+try:
+    keys = sorted(json.loads(os.environ["OUT"])["auth"])
+except Exception:
+    keys = None
+print(json.dumps({"image": json.loads(os.environ["REQ"])["image"], "keys": keys}))"#;
+    let wrapper = format!(
+        "#!/bin/sh\nreq=$(cat)\nout=$(printf '%s' \"$req\" | {} \"$@\")\nrc=$?\nREQ=\"$req\" OUT=\"$out\" /usr/bin/python3 -c '{note_keys}' >> {}\nprintf '%s' \"$out\"\nexit $rc\n",
+        env!("CARGO_BIN_EXE_regcred"),
+        keys_log.display()
+    );
+    std::fs::write(bin.join("regcred"), wrapper).unwrap();
+    std::fs::set_permissions(bin.join("regcred"), std::fs::Permissions::from_mode(0o755)).unwrap();
     let kubelet_config = dir.join("credential-providers.yaml");
     let kubelet_yaml = json!({
         "apiVersion": "kubelet.config.k8s.io/v1", "kind": "CredentialProviderConfig",
         "providers": [
             {"name": "regcred", "apiVersion": "credentialprovider.kubelet.k8s.io/v1",
-             "matchImages": [ecr_host("123456789012"), "europe-docker.pkg.dev"], "defaultCacheDuration": "1m",
+             "matchImages": [ecr_host("123456789012"), west, central, "*-docker.pkg.dev"], "defaultCacheDuration": "1m",
              "args": ["kubelet-credential-provider", "--config", static_config]},
             {"name": "regcred-pod-identity", "apiVersion": "credentialprovider.kubelet.k8s.io/v1",
              "matchImages": [ecr_host("888888888888")], "defaultCacheDuration": "1m",
@@ -454,7 +574,11 @@ async fn pods_without_pull_secrets_pull_through_the_plugin_on_the_real_node() {
     for (host, r) in [
         (ecr_host("123456789012"), &ecr_registry),
         (ecr_host("888888888888"), &ecr_registry),
+        (west.clone(), &ecr_west),
+        (central.clone(), &ecr_central),
         ("europe-docker.pkg.dev".into(), &gar_registry),
+        ("us-central1-docker.pkg.dev".into(), &gar_registry),
+        ("asia-east1-docker.pkg.dev".into(), &gar_registry),
     ] {
         node.add_registry(&host, &Endpoint::Http(r.host.clone())).unwrap();
     }
@@ -468,11 +592,18 @@ async fn pods_without_pull_secrets_pull_through_the_plugin_on_the_real_node() {
     eprintln!("kubelet restarted with regcred as its credential provider in {:?}", started.elapsed());
 
     create_namespace(&client, "plugin-node", &[]).await;
-    for (app, image) in [
+    let images = [
         ("ecr", format!("{}/{TEST_IMAGE}", ecr_host("123456789012"))),
+        ("ecr-west", format!("{west}/{TEST_IMAGE}")),
+        ("ecr-central", format!("{central}/{TEST_IMAGE}")),
         ("gar", format!("europe-docker.pkg.dev/{TEST_IMAGE}")),
-    ] {
-        apply_deployment(&client, "plugin-node", app, &image, "Always", 1).await.unwrap();
+        ("gar-us", format!("us-central1-docker.pkg.dev/{TEST_IMAGE}")),
+        ("gar-asia", format!("asia-east1-docker.pkg.dev/{TEST_IMAGE}")),
+    ];
+    for (app, image) in &images {
+        apply_deployment(&client, "plugin-node", app, image, "Always", 1).await.unwrap();
+    }
+    for (app, _) in &images {
         let pods = match wait_running(&client, "plugin-node", app, 1, Duration::from_secs(90)).await {
             Ok(pods) => pods,
             Err(e) => panic!(
@@ -481,6 +612,20 @@ async fn pods_without_pull_secrets_pull_through_the_plugin_on_the_real_node() {
             ),
         };
         assert!(pods[0].spec.as_ref().unwrap().image_pull_secrets.is_none(), "no Secret involved");
+    }
+    // Every answer the kubelet got was keyed by the image's own registry.
+    let noted = std::fs::read_to_string(&keys_log).unwrap_or_default();
+    for (app, image) in &images {
+        let host = image.split('/').next().unwrap();
+        let answers: Vec<Value> = noted
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["image"].as_str().is_some_and(|i| i.starts_with(&format!("{host}/"))))
+            .collect();
+        assert!(!answers.is_empty(), "{app}: the kubelet never asked for {image}:\n{noted}");
+        for a in &answers {
+            assert_eq!(a["keys"], json!([host]), "{app}: the answer's keys");
+        }
     }
 
     // Per-Pod identity: the annotated ServiceAccount pulls, the other not.

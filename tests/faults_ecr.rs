@@ -1,11 +1,14 @@
 //! Provider faults for private ECR (`provider.ecr`): a fault proxy between
-//! the operator and moto injects an outage, HTTP 500, throttling, a hanging
+//! the operator and moto (behind the front that issues ECR's 12-hour,
+//! region-bound tokens) injects an outage, HTTP 500, throttling, a hanging
 //! response, malformed JSON, a truncated body and a huge body. Each time the
 //! last good Secret stays in place, status says why, and clearing the fault
 //! brings the credential back to Synced without restarting the operator.
 //!
-//! moto's tokens carry an expiry in 2015, so a failing refresh is reported as
-//! `CredentialExpired` with the provider's reason and cause in the message.
+//! The published token is still valid during each fault, so the Ready
+//! reason is the provider's own, with the cause in the message. A last
+//! scenario lets the published token expire during an outage: then the
+//! reason is `CredentialExpired`, with the provider's reason and cause.
 //! Each scenario prints `RECOVERY | scenario | outcome | time`.
 
 mod common;
@@ -16,7 +19,7 @@ mod fault_proxy;
 use fault_proxy::{FaultProxy, Mode};
 use std::future::Future;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use common::{create_namespace, login_in};
 use k8s_openapi::api::core::v1::Secret;
@@ -108,15 +111,13 @@ async fn ecr_faults_keep_the_last_good_secret_and_recover_without_a_restart() {
     let rcreds: Api<RegistryCredential> = Api::namespaced(client.clone(), NS);
     common::wait_for_reason(&rcreds, "cred", "Synced").await;
     let first = common::get_secret(&client, NS, "ecr-pull").await.unwrap();
-    assert_eq!(
-        login_in(&first, &registry()),
-        Some(("AWS".to_string(), Moto::ecr_password(ACCOUNT))),
-        "the first Secret does not hold moto's token"
-    );
+    let (user, password) = login_in(&first, &registry()).expect("a login for moto's registry");
+    assert!(validator(&user, &password), "the first Secret does not hold a token of the front");
+    let token = moto.ecr_token(&password).unwrap();
+    assert_eq!((token.account.as_str(), token.region.as_str()), (ACCOUNT, "us-east-1"));
 
-    // (fault, the provider's reason, text naming the cause). The published
-    // token expired in 2015, so the Ready reason is CredentialExpired and
-    // the provider's reason and cause follow in the message.
+    // (fault, the provider's reasons, text naming the cause). The published
+    // token is valid for hours, so the Ready reason is the provider's.
     let cases: Vec<(Mode, &[&str], &str)> = vec![
         (Mode::Down, &["ProviderError"], "ecr:GetAuthorizationToken: the request"),
         (Mode::Status500, &["ProviderError"], "ecr:GetAuthorizationToken: the endpoint answered HTTP 500"),
@@ -150,18 +151,18 @@ async fn ecr_faults_keep_the_last_good_secret_and_recover_without_a_restart() {
         let kept = common::get_secret(&client, NS, "ecr-pull").await.unwrap();
         assert_eq!(kept.resource_version(), last_good.resource_version(), "{mode:?}: the Secret was rewritten");
         assert_eq!(kept.data, last_good.data, "{mode:?}: the last good Secret was not kept");
-        assert!(validator(&last_login.0, &last_login.1), "the kept token is not one moto issues");
+        assert!(validator(&last_login.0, &last_login.1), "the kept token is no longer valid");
         let outcome = match status {
             Some((status, reason, message)) => {
                 assert_eq!(status, "False", "{mode:?}: {reason}: {message}");
-                assert_eq!(reason, "CredentialExpired", "{mode:?}: {message}");
                 let provider_reason = provider_reasons
                     .iter()
-                    .find(|r| message.contains(&format!("refreshing it fails: {r}: ")))
-                    .unwrap_or_else(|| panic!("{mode:?}: not one of {provider_reasons:?}: {message}"));
+                    .find(|r| **r == reason)
+                    .unwrap_or_else(|| panic!("{mode:?}: {reason} is not one of {provider_reasons:?}: {message}"));
                 assert!(message.contains(cause), "{mode:?}: {message}");
+                assert!(message.contains("the last good Secret stays in place"), "{mode:?}: {message}");
                 assert!(!message.contains(SECRET_KEY), "{mode:?}: the message holds the secret key");
-                format!("{reason} ({provider_reason}) after {:.1}s, last good Secret kept", reported.as_secs_f64())
+                format!("{provider_reason} after {:.1}s, last good Secret kept", reported.as_secs_f64())
             }
             None => panic!("{mode:?} was not reported within {limit:?}\noperator log:\n{}", log_tail(op)),
         };
@@ -179,9 +180,65 @@ async fn ecr_faults_keep_the_last_good_secret_and_recover_without_a_restart() {
         .unwrap_or_else(|| panic!("no recovery from {mode:?}\noperator log:\n{}", log_tail(op)));
         let now = common::get_secret(&client, NS, "ecr-pull").await.unwrap();
         let login = login_in(&now, &registry()).unwrap();
-        assert!(validator(&login.0, &login.1), "the Secret after recovery does not hold moto's token");
+        assert!(validator(&login.0, &login.1), "the Secret after recovery does not hold a live token of the front");
+        assert_ne!(login.1, last_login.1, "{mode:?}: no new token after recovery");
         report(&format!("ECR {mode:?}"), &format!("{outcome}, recovered"), t.elapsed());
     }
+
+    // The published token expires during an outage: tokens of 20 s, the
+    // endpoint down; once the token has expired the credential is reported
+    // CredentialExpired with the provider's reason and cause, and the
+    // Secret is kept (it is all there is).
+    moto.set_ecr_token_lifetime(Duration::from_secs(20));
+    let refreshed_before = rcreds.get("cred").await.unwrap().status.unwrap().last_refresh_time.unwrap().0;
+    touch(&client, NS, "aws").await;
+    let short = poll("a 20 s token", Duration::from_secs(30), || async {
+        let s = common::get_secret(&client, NS, "ecr-pull").await?;
+        let status = rcreds.get("cred").await.ok()?.status?;
+        let (_, password) = login_in(&s, &registry())?;
+        let token = moto.ecr_token(&password)?;
+        let fresh = status.last_refresh_time?.0 > refreshed_before;
+        (fresh && token.expires_at < SystemTime::now() + Duration::from_secs(21)).then_some((s, token))
+    })
+    .await
+    .unwrap_or_else(|| panic!("no 20 s token was published\noperator log:\n{}", log_tail(op)));
+    proxy.set(Mode::Down);
+    let started = Instant::now();
+    let (status, reason, message) = poll("the expiry to be reported", Duration::from_secs(60), || async {
+        let (status, reason, message) = ready(&rcreds).await?;
+        (reason == "CredentialExpired").then_some((status, reason, message))
+    })
+    .await
+    .unwrap_or_else(|| panic!("the expired token was not reported\noperator log:\n{}", log_tail(op)));
+    assert!(SystemTime::now() >= short.1.expires_at, "reported expired before the token's expiry");
+    assert_eq!(status, "False", "{reason}: {message}");
+    assert!(
+        message.contains("refreshing it fails: ProviderError: ecr:GetAuthorizationToken: the request"),
+        "{message}"
+    );
+    let kept = common::get_secret(&client, NS, "ecr-pull").await.unwrap();
+    assert_eq!(kept.data, short.0.data, "the Secret changed during the outage");
+    proxy.set(Mode::Pass);
+    moto.set_ecr_token_lifetime(regcred_testenv::aws::ECR_TOKEN_LIFETIME);
+    let t = Instant::now();
+    // The retry comes after the backoff of three or four failures (20-40 s).
+    poll("recovery from the expiry", Duration::from_secs(90), || async {
+        let (_, reason, _) = ready(&rcreds).await?;
+        (reason == "Synced").then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("no recovery from the expiry\noperator log:\n{}", log_tail(op)));
+    let healed = common::get_secret(&client, NS, "ecr-pull").await.unwrap();
+    let login = login_in(&healed, &registry()).unwrap();
+    assert!(validator(&login.0, &login.1), "the Secret after recovery does not hold a live token of the front");
+    report(
+        "ECR token expired during an outage",
+        &format!(
+            "CredentialExpired after {:.1}s of outage, last Secret kept, recovered",
+            started.elapsed().as_secs_f64()
+        ),
+        t.elapsed(),
+    );
     assert!(op.metrics().is_ok(), "the operator stopped answering");
     let log = op.log_text();
     assert!(!log.contains(SECRET_KEY), "the operator log holds the secret key");

@@ -27,7 +27,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use regcred::api::{ClusterRegistryCredential, Provider, RegistryCredential};
 use regcred::provider::{Minted, ProviderError, Sources, for_spec};
 use regcred::reasons;
-use regcred_testenv::harbor_standin::{HarborStandin, Options, describe};
+use regcred_testenv::harbor_standin::{AuthMode, HarborStandin, Options, Role, User, describe};
 use regcred_testenv::registry::{TEST_IMAGE, require_tool};
 use regcred_testenv::tokenauth::{TokenRegistry, TokenService, start_token_registry};
 use secrecy::ExposeSecret;
@@ -109,13 +109,10 @@ async fn provider_alternates_two_robots_and_retires_each_secret_one_rotation_lat
     let a = harbor.robot_by_login(&user_a).expect("robot a in Harbor");
     assert_eq!(a.level, "system");
     assert_eq!(a.duration, 30, "default durationDays");
-    assert_eq!(
-        a.permissions,
-        [
-            ("library".to_string(), vec![("repository".to_string(), "pull".to_string())]),
-            ("team".to_string(), vec![("repository".to_string(), "pull".to_string())]),
-        ]
-    );
+    assert_eq!(a.projects(), ["library", "team"]);
+    for project in ["library", "team"] {
+        assert_eq!(a.access_in(project), [("repository".to_string(), "pull".to_string())], "pull only");
+    }
     assert!(a.description.contains("RegistryCredential/team-a/pull"), "{}", a.description);
     assert_eq!(m1.expires_at.map(|t| t.as_second()), Some(a.expires_at), "expiry from expires_at");
     let s1 = m1.state.clone().unwrap();
@@ -248,6 +245,291 @@ async fn harbor_api_errors_become_precise_reasons() {
     // And it works once Harbor answers.
     let m = mint(&spec, &good, None).await.unwrap();
     assert!(harbor.accepts(&login(&m).0, &login(&m).1));
+}
+
+/// A system robot account that may manage robots (Harbor 2.12+: robot
+/// create, read, list and delete; never update) and pull from `pulls`,
+/// created by `admin`: `(login, secret)`.
+fn robot_manager(harbor: &HarborStandin, name: &str, pulls: &[&str]) -> (String, String) {
+    let mut permissions = vec![json!({"kind": "system", "namespace": "/", "access": [
+        {"resource": "robot", "action": "create"}, {"resource": "robot", "action": "read"},
+        {"resource": "robot", "action": "list"}, {"resource": "robot", "action": "delete"}]})];
+    for p in pulls {
+        permissions.push(json!({"kind": "project", "namespace": p,
+            "access": [{"resource": "repository", "action": "pull"}]}));
+    }
+    harbor
+        .create_robot_as_admin(json!({"name": name, "duration": -1, "level": "system", "permissions": permissions}))
+        .unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// Three mints and a cleanup with `secret`'s account: every published
+/// login works at Harbor's registry, the one from two rotations ago is
+/// refused, and cleanup deletes the two robots. Returns whether the third
+/// mint replaced robot `a` (a new id) rather than refreshing its secret.
+async fn mints_rotates_and_cleans_up(harbor: &HarborStandin, secret: &Secret, what: &str) -> bool {
+    let spec = harbor_spec(harbor, &["regcred"], "harbor-admin");
+    let before: BTreeSet<i64> = harbor.robots().iter().map(|r| r.id).collect();
+    let ours = || harbor.robots().into_iter().filter(|r| !before.contains(&r.id)).collect::<Vec<_>>();
+    let fail = |e: ProviderError| -> Minted { panic!("{what}: {}: {}", e.reason, e.message) };
+    let m1 = mint(&spec, secret, None).await.unwrap_or_else(fail);
+    let m2 = mint(&spec, secret, m1.state.as_ref()).await.unwrap_or_else(fail);
+    let m3 = mint(&spec, secret, m2.state.as_ref()).await.unwrap_or_else(fail);
+    let (l1, l2, l3) = (login(&m1), login(&m2), login(&m3));
+    assert_eq!(l1.0, l3.0, "{what}: slot a is published again");
+    assert_ne!(l1.0, l2.0, "{what}");
+    assert!(!harbor.accepts(&l1.0, &l1.1), "{what}: the login from two rotations ago is retired");
+    assert!(harbor.accepts(&l2.0, &l2.1) && harbor.accepts(&l3.0, &l3.1), "{what}: {}", describe(harbor));
+    let robots = ours();
+    assert_eq!(robots.len(), 2, "{what}: {}", describe(harbor));
+    for r in &robots {
+        assert_eq!(r.level, "system", "{what}");
+        assert_eq!(r.access_in("regcred"), [("repository".to_string(), "pull".to_string())], "{what}");
+        assert!(r.duration > 0, "{what}: {}", describe(harbor));
+    }
+    let id_of_a = |m: &Minted| m.state.as_ref().unwrap()["robots"][0]["id"].as_i64().unwrap();
+    let replaced = id_of_a(&m1) != id_of_a(&m3);
+    cleanup(&spec, secret, m3.state.as_ref()).await.unwrap_or_else(|e| panic!("{what}: {}", e.message));
+    assert!(ours().is_empty(), "{what}: cleanup leaves {}", describe(harbor));
+    assert!(!harbor.accepts(&l3.0, &l3.1), "{what}");
+    replaced
+}
+
+#[tokio::test]
+async fn accounts_harbor_accepts_create_rotate_and_delete_robots() {
+    let start = |mode: AuthMode, admins: &[(&str, &str)]| {
+        HarborStandin::start(Options {
+            admins: admins.iter().map(|(u, p)| (u.to_string(), p.to_string())).collect(),
+            auth_mode: mode,
+            projects: vec!["regcred".into()],
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("{e:#}"))
+    };
+    let secret = |u: &str, p: &str| admin_secret("team-a", "harbor-admin", u, p);
+
+    // Database mode: the local admin and another system administrator.
+    let db = start(AuthMode::Db, &[(ADMIN, ADMIN_PASSWORD), ("ops", "Ops-db-passw0rd")]);
+    assert!(!mints_rotates_and_cleans_up(&db, &secret(ADMIN, ADMIN_PASSWORD), "db: admin").await);
+    assert!(!mints_rotates_and_cleans_up(&db, &secret("ops", "Ops-db-passw0rd"), "db: system admin").await);
+
+    // LDAP mode: an LDAP user who is a system administrator signs in with
+    // its LDAP password; admin with its Harbor password.
+    let ldap = start(AuthMode::Ldap, &[(ADMIN, ADMIN_PASSWORD), ("ldap-ops", "Ldap-ops-passw0rd")]);
+    assert!(!mints_rotates_and_cleans_up(&ldap, &secret(ADMIN, ADMIN_PASSWORD), "ldap: admin").await);
+    assert!(!mints_rotates_and_cleans_up(&ldap, &secret("ldap-ops", "Ldap-ops-passw0rd"), "ldap: LDAP admin").await);
+
+    // OIDC mode: admin's password, and a system robot account that manages
+    // robots. The robot may not update robots, so its robot a is replaced
+    // at the third mint instead of refreshed.
+    let oidc = start(AuthMode::Oidc, &[(ADMIN, ADMIN_PASSWORD)]);
+    assert!(!mints_rotates_and_cleans_up(&oidc, &secret(ADMIN, ADMIN_PASSWORD), "oidc: admin").await);
+    let (manager, manager_secret) = robot_manager(&oidc, "regcred-manager", &["regcred"]);
+    regcred_testenv::operator::record_secret(&manager_secret);
+    let patches = oidc.count("PATCH /api/v2.0/robots/");
+    assert!(mints_rotates_and_cleans_up(&oidc, &secret(&manager, &manager_secret), "oidc: robot account").await);
+    assert_eq!(oidc.count("PATCH /api/v2.0/robots/"), patches + 1, "one refused PATCH, then a replacement");
+}
+
+#[tokio::test]
+async fn accounts_harbor_refuses_get_the_precise_reason() {
+    const ALICE_CLI: &str = "Alice-cli-s3cret";
+    const BOB_LDAP: &str = "Bob-ldap-passw0rd";
+    const CAROL_DB: &str = "Carol-db-passw0rd";
+    let project_admin = |name: &str, secret: &str| User {
+        name: name.into(),
+        secret: secret.into(),
+        sysadmin: false,
+        projects: vec![("regcred".into(), Role::ProjectAdmin), ("library".into(), Role::ProjectAdmin)],
+    };
+    let start = |mode: AuthMode, users: Vec<User>, version: (u32, u32)| {
+        HarborStandin::start(Options {
+            admins: vec![(ADMIN.into(), ADMIN_PASSWORD.into())],
+            users,
+            auth_mode: mode,
+            projects: vec!["regcred".into(), "library".into()],
+            version,
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("{e:#}"))
+    };
+    let oidc_admin = User { name: "alice".into(), secret: ALICE_CLI.into(), sysadmin: true, projects: vec![] };
+    let oidc = start(AuthMode::Oidc, vec![oidc_admin], (2, 14));
+    let ldap = start(AuthMode::Ldap, vec![project_admin("bob", BOB_LDAP)], (2, 14));
+    let db = start(AuthMode::Db, vec![project_admin("carol", CAROL_DB)], (2, 14));
+    let old = start(AuthMode::Db, vec![], (2, 11));
+    let puller = |h: &HarborStandin| {
+        h.create_robot_as_admin(json!({"name": "puller", "duration": -1, "level": "system", "permissions": [
+            {"kind": "project", "namespace": "regcred", "access": [{"resource": "repository", "action": "pull"}]}]}))
+            .unwrap()
+    };
+    let (db_puller, db_puller_secret) = puller(&db);
+    let (old_puller, old_puller_secret) = puller(&old);
+    let (narrow, narrow_secret) = robot_manager(&db, "narrow", &["library"]);
+    let (gone, gone_secret) = robot_manager(&db, "gone", &["regcred"]);
+    assert!(db.delete_robot(db.robot_by_login(&gone).unwrap().id));
+    let mut secrets = vec![ADMIN_PASSWORD, ALICE_CLI, BOB_LDAP, CAROL_DB, "Wr0ng-passw0rd"];
+    secrets.extend([
+        db_puller_secret.as_str(),
+        old_puller_secret.as_str(),
+        narrow_secret.as_str(),
+        gone_secret.as_str(),
+    ]);
+    for s in &secrets {
+        regcred_testenv::operator::record_secret(s);
+    }
+
+    struct Case<'a> {
+        what: &'a str,
+        harbor: &'a HarborStandin,
+        user: &'a str,
+        password: &'a str,
+        reason: &'a str,
+        words: &'a [&'a str],
+        not: &'a [&'a str],
+    }
+    let auth = reasons::PROVIDER_AUTH_FAILED;
+    let cases = [
+        Case {
+            what: "OIDC user with a valid CLI secret",
+            harbor: &oidc,
+            user: "alice",
+            password: ALICE_CLI,
+            reason: auth,
+            words: &[
+                "401",
+                "account alice",
+                "OIDC mode",
+                "CLI secret",
+                "never for managing robot accounts",
+                "this CLI secret is valid",
+                "local admin",
+                "system robot account",
+                "2.12",
+            ],
+            not: &["check its username and password"],
+        },
+        Case {
+            what: "OIDC user with a wrong CLI secret",
+            harbor: &oidc,
+            user: "alice",
+            password: "Wr0ng-passw0rd",
+            reason: auth,
+            words: &["401", "OIDC mode", "never for managing robot accounts"],
+            not: &["is valid"],
+        },
+        Case {
+            what: "OIDC admin with a wrong password",
+            harbor: &oidc,
+            user: ADMIN,
+            password: "Wr0ng-passw0rd",
+            reason: auth,
+            words: &["401", "check admin's password"],
+            not: &["CLI secret is"],
+        },
+        Case {
+            what: "LDAP user with a wrong password",
+            harbor: &ldap,
+            user: "bob",
+            password: "Wr0ng-passw0rd",
+            reason: auth,
+            words: &["401", "account bob", "LDAP mode", "LDAP password"],
+            not: &[],
+        },
+        Case {
+            what: "LDAP project admin",
+            harbor: &ldap,
+            user: "bob",
+            password: BOB_LDAP,
+            reason: auth,
+            words: &[
+                "403",
+                "account bob may not create robot accounts",
+                "system administrator",
+                "project administrator",
+            ],
+            not: &["401"],
+        },
+        Case {
+            what: "database project admin",
+            harbor: &db,
+            user: "carol",
+            password: CAROL_DB,
+            reason: auth,
+            words: &[
+                "403",
+                "account carol may not create robot accounts",
+                "system robot accounts",
+                "system administrator",
+                "project administrator",
+            ],
+            not: &[],
+        },
+        Case {
+            what: "robot account without robot permissions",
+            harbor: &db,
+            user: &db_puller,
+            password: &db_puller_secret,
+            reason: auth,
+            words: &[
+                "403",
+                "robot account robot$puller may not create robot accounts",
+                "system permission robot create",
+            ],
+            not: &["does not let robot accounts"],
+        },
+        Case {
+            what: "robot account on Harbor 2.11",
+            harbor: &old,
+            user: &old_puller,
+            password: &old_puller_secret,
+            reason: auth,
+            words: &["403", "Harbor 2.11 does not let robot accounts manage robots"],
+            not: &[],
+        },
+        Case {
+            what: "robot account without pull on a project",
+            harbor: &db,
+            user: &narrow,
+            password: &narrow_secret,
+            reason: auth,
+            words: &[
+                "403",
+                "robot account robot$narrow",
+                "pulls from project regcred (",
+                "repository pull on project regcred,",
+            ],
+            not: &["library, regcred"],
+        },
+        Case {
+            what: "deleted robot account",
+            harbor: &db,
+            user: &gone,
+            password: &gone_secret,
+            reason: auth,
+            words: &["401", "no enabled, unexpired robot account robot$gone"],
+            not: &[],
+        },
+    ];
+    for c in &cases {
+        let robots_before = c.harbor.robots();
+        let spec = harbor_spec(c.harbor, &["library", "regcred"], "harbor-admin");
+        let e = mint(&spec, &admin_secret("team-a", "harbor-admin", c.user, c.password), None)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{}: Harbor should refuse", c.what));
+        assert_eq!(e.reason, c.reason, "{}: {}", c.what, e.message);
+        for w in c.words {
+            assert!(e.message.contains(w), "{}: {w:?} not in {:?}", c.what, e.message);
+        }
+        for w in c.not {
+            assert!(!e.message.contains(w), "{}: {w:?} in {:?}", c.what, e.message);
+        }
+        for s in &secrets {
+            assert!(!e.message.contains(s), "{}: a secret in {:?}", c.what, e.message);
+        }
+        assert_eq!(c.harbor.robots(), robots_before, "{}: nothing created", c.what);
+    }
 }
 
 #[tokio::test]
@@ -589,4 +871,100 @@ async fn outage_keeps_the_old_secret_is_reported_and_recovers() {
     pull_with(config, image).await.expect("the current Secret pulls");
     rcreds.delete("cred", &DeleteParams::default()).await.unwrap();
     wait_for("the robots to be deleted", WAIT, || async { harbor.robots().is_empty().then_some(()) }).await;
+}
+
+#[tokio::test]
+async fn operator_serves_the_accounts_harbor_accepts_and_explains_the_refused_ones() {
+    require_tool("skopeo", "skopeo").unwrap_or_else(|e| panic!("{e:#}"));
+    const ALICE_CLI: &str = "Alice-cli-s3cret-operator";
+    let client = setup().await;
+    // OIDC mode, the common case where users have no password for the API.
+    let harbor = HarborStandin::start(Options {
+        admins: vec![(ADMIN.into(), ADMIN_PASSWORD.into())],
+        users: vec![User { name: "alice".into(), secret: ALICE_CLI.into(), sysadmin: true, projects: vec![] }],
+        auth_mode: AuthMode::Oidc,
+        projects: vec!["regcred".into()],
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let (_tokens, _registry) = registry_behind(&harbor);
+    let host = harbor.host();
+    let image = format!("{host}/{TEST_IMAGE}");
+    let (manager, manager_secret) = robot_manager(&harbor, "regcred-manager", &["regcred"]);
+    let ns = "harbor-accounts";
+    create_namespace(&client, ns, &[]).await;
+    put_login(&client, ns, "admin-login", ADMIN, ADMIN_PASSWORD).await;
+    put_login(&client, ns, "robot-login", &manager, &manager_secret).await;
+    put_login(&client, ns, "oidc-login", "alice", ALICE_CLI).await;
+    let spec = |login: &str, pull: &str| json!({"provider": {"harbor": harbor_spec(&harbor, &["regcred"], login)}, "secret": {"name": pull}});
+    apply_rcred(&client, ns, "by-admin", spec("admin-login", "admin-pull")).await;
+    apply_rcred(&client, ns, "by-robot", spec("robot-login", "robot-pull")).await;
+    apply_rcred(&client, ns, "by-oidc-user", spec("oidc-login", "oidc-pull")).await;
+    let rcreds: Api<RegistryCredential> = Api::namespaced(client.clone(), ns);
+    let config = |s: &Secret| s.data.as_ref().unwrap()[".dockerconfigjson"].0.clone();
+
+    // Accepted: a robot made, the Secret written, a real pull with it.
+    for (name, pull) in [("by-admin", "admin-pull"), ("by-robot", "robot-pull")] {
+        wait_for_reason(&rcreds, name, "Synced").await;
+        let s = get_secret(&client, ns, pull).await.unwrap_or_else(|| panic!("{name}: no Secret"));
+        let (user, pass) = login_in(&s, &host).unwrap();
+        assert!(harbor.accepts(&user, &pass), "{name}");
+        pull_with(config(&s), image.clone()).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+
+    // The robot account rotates by replacing its robots: two more refreshes
+    // bring slot a back with a new robot; its old login is refused.
+    let first = login_in(&get_secret(&client, ns, "robot-pull").await.unwrap(), &host).unwrap();
+    let first_id = harbor.robot_by_login(&first.0).unwrap().id;
+    touch(&client, ns, "robot-login").await;
+    let second = wait_for("robot b to be published", WAIT, || async {
+        login_in(&get_secret(&client, ns, "robot-pull").await?, &host).filter(|l| l.0 != first.0)
+    })
+    .await;
+    touch(&client, ns, "robot-login").await;
+    let third = wait_for("robot a to be replaced and published", WAIT, || async {
+        login_in(&get_secret(&client, ns, "robot-pull").await?, &host).filter(|l| l.0 == first.0 && *l != first)
+    })
+    .await;
+    wait_for_reason(&rcreds, "by-robot", "Synced").await;
+    assert_ne!(harbor.robot_by_login(&third.0).unwrap().id, first_id, "replaced, not refreshed");
+    assert!(!harbor.accepts(&first.0, &first.1) && harbor.accepts(&second.0, &second.1));
+    let now = get_secret(&client, ns, "robot-pull").await.unwrap();
+    pull_with(config(&now), image.clone()).await.expect("the replaced robot pulls");
+
+    // Refused: an OIDC user's CLI secret. The reason says so and no Secret
+    // is written.
+    let status = wait_for_reason(&rcreds, "by-oidc-user", reasons::PROVIDER_AUTH_FAILED).await;
+    let message = &status.conditions[0].message;
+    for w in ["OIDC mode", "CLI secret", "never for managing robot accounts", "this CLI secret is valid"] {
+        assert!(message.contains(w), "{w:?} not in {message}");
+    }
+    assert!(get_secret(&client, ns, "oidc-pull").await.is_none(), "nothing written for a refused account");
+
+    // A working credential whose account becomes one Harbor refuses keeps
+    // its last good Secret, which still pulls.
+    let kept = get_secret(&client, ns, "admin-pull").await.unwrap();
+    put_login(&client, ns, "admin-login", "alice", ALICE_CLI).await;
+    let status = wait_for_reason(&rcreds, "by-admin", reasons::PROVIDER_AUTH_FAILED).await;
+    assert!(status.conditions[0].message.contains("OIDC mode"), "{}", status.conditions[0].message);
+    let still = get_secret(&client, ns, "admin-pull").await.unwrap();
+    assert_eq!(login_in(&still, &host), login_in(&kept, &host), "the last good Secret stays");
+    pull_with(config(&still), image.clone()).await.expect("the kept Secret still pulls");
+    for s in [ALICE_CLI, ADMIN_PASSWORD, manager_secret.as_str()] {
+        for c in rcreds.list(&Default::default()).await.unwrap() {
+            let m = c.status.map(|s| s.conditions[0].message.clone()).unwrap_or_default();
+            assert!(!m.contains(s), "a secret in {m}");
+        }
+    }
+
+    // Deleting the credentials deletes their robots; the account robot stays.
+    put_login(&client, ns, "admin-login", ADMIN, ADMIN_PASSWORD).await;
+    wait_for_reason(&rcreds, "by-admin", "Synced").await;
+    for name in ["by-admin", "by-robot", "by-oidc-user"] {
+        rcreds.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    wait_for("the credentials' robots to be deleted", WAIT, || async {
+        (harbor.robots().iter().map(|r| r.login.as_str()).collect::<Vec<_>>() == [manager.as_str()]).then_some(())
+    })
+    .await;
 }

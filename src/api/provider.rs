@@ -192,12 +192,30 @@ pub struct AssumeRole {
 /// Amazon ECR (private registries).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.region) != has(self.regions)",
+    "message": "set exactly one of region or regions"
+}]))]
 pub struct EcrProvider {
-    /// AWS region of the registries, for example `eu-west-1`.
+    /// AWS region of the registries, for example `eu-west-1`. An ECR token
+    /// is valid only in the region that issued it. In the kubelet credential
+    /// provider and the credential helper, the region of the image's host
+    /// is used and this is the default for hosts that name none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[a-z]{2}(-[a-z]+)+-[0-9]+$"), length(max = 32))]
-    pub region: String,
-    /// AWS account IDs whose registries get an entry. Defaults to the
-    /// caller's own account.
+    pub region: Option<String>,
+    /// Several AWS regions, instead of `region`: one
+    /// ecr:GetAuthorizationToken call per region and refresh, and one
+    /// Secret with an entry per region (and account). In the kubelet
+    /// credential provider and the credential helper, the regions images may
+    /// come from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 32), inner(regex(pattern = r"^[a-z]{2}(-[a-z]+)+-[0-9]+$"), length(max = 32)))]
+    pub regions: Option<Vec<String>>,
+    /// AWS account IDs whose registries get an entry, in every region.
+    /// Defaults to the caller's own account. In the kubelet credential
+    /// provider and the credential helper, the accounts images may come
+    /// from (default: any).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32), inner(regex(pattern = r"^[0-9]{12}$")))]
     pub registry_ids: Option<Vec<String>>,
@@ -211,6 +229,21 @@ pub struct EcrProvider {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^https?://"), length(max = 2048))]
     pub endpoint: Option<String>,
+}
+
+impl EcrProvider {
+    /// The regions to mint in, in the order written, without repeats
+    /// (`region`, or `regions`).
+    pub fn region_list(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        let all = self.region.iter().chain(self.regions.iter().flatten());
+        for r in all {
+            if !out.contains(&r.as_str()) {
+                out.push(r);
+            }
+        }
+        out
+    }
 }
 
 /// Amazon ECR Public (`public.ecr.aws`). Its API lives in us-east-1.
@@ -360,7 +393,9 @@ pub struct AzureWorkloadIdentity {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AzureManagedIdentity {
-    /// Client ID of a user-assigned identity. Omitted means the system-assigned one.
+    /// Client ID of a user-assigned identity. Omitted: the node's default
+    /// identity (the system-assigned one, else the only user-assigned one);
+    /// required on nodes with several user-assigned identities (AKS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64))]
     pub client_id: Option<String>,
@@ -430,8 +465,11 @@ pub struct HarborRobot {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HarborAuth {
-    /// A Secret with keys `username` and `password` of a Harbor account
-    /// allowed to manage robot accounts in the projects.
+    /// A Secret with keys `username` and `password` of a Harbor account that
+    /// may manage system robot accounts: a Harbor system administrator (in
+    /// OIDC mode the local `admin`: Harbor refuses CLI secrets on the robot
+    /// API), or from Harbor 2.12 a system robot with robot
+    /// create/read/list/delete permissions and pull on the projects.
     pub secret_ref: SecretRef,
 }
 

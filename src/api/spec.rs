@@ -162,6 +162,10 @@ pub struct RefreshPolicy {
 /// Registry login check before a new credential is published.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.repositories) || (has(self.enabled) && self.enabled)",
+    "message": "verify.repositories needs verify.enabled: true"
+}]))]
 pub struct VerifyPolicy {
     /// Log in to the registry (`GET /v2/`, following the Basic or Bearer
     /// challenge) before publishing a new credential; a credential the
@@ -175,6 +179,27 @@ pub struct VerifyPolicy {
     /// Talk plain HTTP to the registry (only for registries without TLS).
     #[serde(default, rename = "plainHTTP", skip_serializing_if = "Option::is_none")]
     pub plain_http: Option<bool>,
+    /// Repositories the credential must be allowed to pull, checked after the
+    /// login: regcred asks for a token scoped `repository:NAME:pull` where
+    /// the registry uses tokens, and reads a manifest (`HEAD
+    /// /v2/NAME/manifests/latest`). A present or missing manifest (200 or
+    /// 404) passes; a refusal (401 or 403) fails verification with the
+    /// registry's reason and the credential is not published. Write
+    /// `NAME` (for example `team/app`, or `PROJECT/REPOSITORY/IMAGE` on
+    /// Artifact Registry) to check it on every registry of the credential, or
+    /// `HOST/NAME` (a first component with a dot or a port, or `localhost`)
+    /// to check it on that registry only. Needs `enabled: true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(max = 16),
+        inner(
+            length(min = 1, max = 255),
+            regex(
+                pattern = r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$"
+            )
+        )
+    )]
+    pub repositories: Option<Vec<String>>,
 }
 
 /// What happens to written objects when the credential is deleted.

@@ -12,10 +12,10 @@ use super::index::Index;
 use super::{Context, CredentialKind};
 use crate::api::{CredentialSpec, CredentialStatus};
 use crate::metrics::{ProviderLabels, RefreshLabels};
-use crate::provider::{self, Minted, ProviderError, Sources};
+use crate::provider::{Minted, ProviderError, Sources};
 use crate::reasons;
 use crate::schedule;
-use crate::verify::{VerifyOptions, verify};
+use crate::verify::{VerifyPlan, verify};
 
 /// Why there is no credential to publish. The provider's own failures carry
 /// their reason; the others are the controller's.
@@ -215,7 +215,7 @@ async fn mint_once<K: CredentialKind>(
     let sources = sources_for(obj, ctx, source_ns);
     let provider_name = spec.provider.name();
     let started = std::time::Instant::now();
-    let result = provider::for_spec(&spec.provider).mint(&sources).await;
+    let result = crate::pacing::paced(&spec.provider).mint(&sources).await;
     ctx.metrics
         .provider_duration
         .get_or_create(&ProviderLabels { provider: provider_name.into() })
@@ -250,9 +250,19 @@ async fn mint_once<K: CredentialKind>(
 /// a credential the registry refuses is not published.
 async fn verify_before_publishing(spec: &CredentialSpec, minted: Minted) -> Result<Minted, MintError> {
     let Some(policy) = spec.verify.as_ref().filter(|v| v.enabled) else { return Ok(minted) };
-    let options = VerifyOptions::from_policy(policy);
+    let plan = VerifyPlan::from_policy(policy);
+    let registries: Vec<&str> = minted.auths.iter().map(|a| a.registry.as_str()).collect();
+    if let Some(entry) = plan.unmatched(&registries).first() {
+        return Err(MintError::Verification {
+            registry: registries.join(", "),
+            message: format!(
+                "verify.repositories entry {entry} names a registry this credential does not log in to, so it \
+                 cannot be checked"
+            ),
+        });
+    }
     for auth in &minted.auths {
-        if let Err(e) = verify(auth, &options).await {
+        if let Err(e) = verify(auth, &plan).await {
             return Err(MintError::Verification { registry: auth.registry.clone(), message: e.to_string() });
         }
     }

@@ -18,7 +18,6 @@ use super::report::{self, Reconciled, Verdict, credential_labels};
 use super::{Context, CredentialKind, FINALIZER, act, recovery};
 use crate::api::DeletionPolicy;
 use crate::metrics::ReasonLabels;
-use crate::provider;
 use crate::schedule;
 use crate::{Error, Result, reasons};
 
@@ -172,9 +171,8 @@ async fn cleanup<K: CredentialKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Ac
         match obj.source_namespace(&ctx.settings) {
             Ok(ns) => {
                 let sources = mint::sources_for(&*obj, &ctx, ns);
-                provider::for_spec(&obj.credential().provider).cleanup(&sources).await.map_err(|e| Error::Cleanup {
-                    reason: e.reason,
-                    message: format!("{}: {}", e.reason, e.message),
+                crate::pacing::paced(&obj.credential().provider).cleanup(&sources).await.map_err(|e| {
+                    Error::Cleanup { reason: e.reason, message: format!("{}: {}", e.reason, e.message) }
                 })?;
             }
             Err(e) => tracing::warn!(reason = e.reason(), "cannot clean up provider resources: {e}"),

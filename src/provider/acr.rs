@@ -11,7 +11,10 @@
 //!      (`AZURE_FEDERATED_TOKEN_FILE`, `WorkloadIdentityCredential`), ambient;
 //!    - `managedIdentity`: the node's or Pod's managed identity
 //!      (`ManagedIdentityCredential`: IMDS, or `IDENTITY_ENDPOINT` +
-//!      `IDENTITY_HEADER` where Azure sets them), ambient;
+//!      `IDENTITY_HEADER` where Azure sets them), ambient. `azure_identity`
+//!      has IMDS's address built in; regcred sends its requests to
+//!      `AZURE_POD_IDENTITY_AUTHORITY_HOST` instead when that is set, as the
+//!      other Azure SDKs do (see [`imds_authority`]);
 //! 2. `POST https://<registry>/oauth2/exchange` (`grant_type=access_token`,
 //!    `service`, `tenant`, `access_token`) for an ACR refresh token.
 //!
@@ -27,6 +30,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
@@ -46,7 +50,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::{CredentialProvider, Minted, ProviderError, SourceError, Sources, required_value};
 use crate::api::{AcrProvider, AzureCloud};
-use crate::http::{BodyError, cause_chain, read_body};
+use crate::http::{BodyError, cause_chain, read_body, response_retry_after};
 use crate::hygiene::Kind;
 use crate::reasons;
 use crate::redact::Redactor;
@@ -69,6 +73,19 @@ const CLIENT_ID_ENV: &str = "AZURE_CLIENT_ID";
 pub const CLIENT_ID_ANNOTATION: &str = "azure.workload.identity/client-id";
 /// Most characters of a remote error description put into a message.
 const MAX_DESCRIPTION: usize = 300;
+/// The host of IMDS, where `azure_identity` sends managed identity token
+/// requests when no App Service style variables are set
+/// (`virtual_machine_managed_identity_credential.rs`).
+const IMDS_HOST: &str = "169.254.169.254";
+/// The path of IMDS's managed identity token endpoint.
+const IMDS_TOKEN_PATH: &str = "/metadata/identity/oauth2/token";
+/// The variable the Azure SDKs read to send IMDS requests to another host
+/// (Azure/azure-sdk-for-python
+/// `sdk/identity/azure-identity/azure/identity/_credentials/imds.py`:
+/// `os.environ.get(AZURE_POD_IDENTITY_AUTHORITY_HOST, IMDS_AUTHORITY).strip("/") + IMDS_TOKEN_PATH`;
+/// Azure.Identity for .NET reads it too). `azure_identity` does not, so
+/// regcred's transport does.
+pub const IMDS_AUTHORITY_ENV: &str = "AZURE_POD_IDENTITY_AUTHORITY_HOST";
 
 pub struct Acr {
     spec: AcrProvider,
@@ -102,6 +119,9 @@ pub enum AcrError {
     /// The spec cannot be used.
     #[error("{0}")]
     InvalidSpec(String),
+    /// `AZURE_POD_IDENTITY_AUTHORITY_HOST` is set but is not an http(s) URL.
+    #[error("acr managedIdentity: {IMDS_AUTHORITY_ENV} is set but is not an http or https URL: {reason}")]
+    ImdsAuthorityInvalid { reason: String },
     /// The operator's own federated token was asked for and is not there.
     #[error(
         "acr workloadIdentity without serviceAccountRef uses the operator's own federated token, but \
@@ -155,6 +175,8 @@ pub enum AcrError {
         url: String,
         status: u16,
         detail: String,
+        /// The answer's `Retry-After`, for the pacing.
+        retry_after: Option<Duration>,
         #[source]
         source: azure_core::Error,
     },
@@ -178,7 +200,7 @@ pub enum AcrError {
     /// The registry refused the exchange (`detail` and `hint` are empty or
     /// start with a space or a colon).
     #[error("exchanging the Entra token at {url}: HTTP {status}{detail}{hint}")]
-    ExchangeRefused { url: String, status: u16, detail: String, hint: String },
+    ExchangeRefused { url: String, status: u16, detail: String, hint: String, retry_after: Option<Duration> },
     /// The refresh token's expiry cannot be read.
     #[error("{url}: the refresh token is not a usable JWT: {detail}")]
     UnusableRefreshToken { url: String, detail: String },
@@ -190,7 +212,7 @@ impl AcrError {
         match self {
             AcrError::Source(e) => e.reason(),
             AcrError::Setup(_) | AcrError::InvalidSpec(_) => reasons::INVALID_SPEC,
-            AcrError::FederatedTokenFileUnset => reasons::PROVIDER_AUTH_FAILED,
+            AcrError::FederatedTokenFileUnset | AcrError::ImdsAuthorityInvalid { .. } => reasons::PROVIDER_AUTH_FAILED,
             // A missing or unreadable federated token file.
             AcrError::Credential { identity: Identity::Federated { service_account: None, .. }, .. } => {
                 reasons::PROVIDER_AUTH_FAILED
@@ -221,7 +243,11 @@ impl AcrError {
 
 impl From<AcrError> for ProviderError {
     fn from(e: AcrError) -> Self {
-        ProviderError::typed(e.reason(), e)
+        let retry_after = match &e {
+            AcrError::EntraRefused { retry_after, .. } | AcrError::ExchangeRefused { retry_after, .. } => *retry_after,
+            _ => None,
+        };
+        ProviderError::typed(e.reason(), e).with_retry_after(retry_after)
     }
 }
 
@@ -274,7 +300,7 @@ impl fmt::Display for Identity {
                 write!(f, "workload identity {client_id} (the operator's federated token)")
             }
             Identity::Managed { client_id: Some(id) } => write!(f, "managed identity {id}"),
-            Identity::Managed { client_id: None } => write!(f, "the system-assigned managed identity"),
+            Identity::Managed { client_id: None } => write!(f, "the node's default managed identity (no clientId)"),
         }
     }
 }
@@ -298,7 +324,12 @@ impl Acr {
 
     /// A Microsoft Entra access token for [`ACR_SCOPE`].
     async fn entra_token(&self, sources: &Sources, http: &reqwest::Client) -> Result<SecretString, AcrError> {
-        let transport = Arc::new(Transport::new(http.clone()));
+        let imds = match &self.spec.auth.managed_identity {
+            Some(_) => imds_authority(std::env::var(IMDS_AUTHORITY_ENV).ok().as_deref())
+                .map_err(|reason| AcrError::ImdsAuthorityInvalid { reason })?,
+            None => None,
+        };
+        let transport = Arc::new(Transport::new(http.clone()).with_imds_authority(imds));
         let client_options = |ambient: bool| ClientOptions {
             transport: Some(azure_core::http::Transport::new(transport.clone())),
             // The controller retries with backoff; one attempt per refresh.
@@ -422,7 +453,7 @@ enum Answer {
     /// A response: where from (scheme, host and path, no query), its status,
     /// and its body when the status is not a success (error bodies carry no
     /// tokens; success bodies do and are never kept).
-    Response { url: String, status: u16, error_body: Vec<u8> },
+    Response { url: String, status: u16, error_body: Vec<u8>, retry_after: Option<Duration> },
     /// No response: the request could not be sent or read.
     Failed { url: String, error: String },
 }
@@ -431,6 +462,8 @@ enum Answer {
 struct Transport {
     client: reqwest::Client,
     last: Mutex<Option<Answer>>,
+    /// Where IMDS token requests go instead of [`IMDS_HOST`].
+    imds: Option<url::Url>,
 }
 
 impl fmt::Debug for Transport {
@@ -441,7 +474,28 @@ impl fmt::Debug for Transport {
 
 impl Transport {
     fn new(client: reqwest::Client) -> Self {
-        Transport { client, last: Mutex::new(None) }
+        Transport { client, last: Mutex::new(None), imds: None }
+    }
+
+    /// Sends IMDS token requests to `authority` (see [`imds_authority`]).
+    fn with_imds_authority(mut self, authority: Option<url::Url>) -> Self {
+        self.imds = authority;
+        self
+    }
+
+    /// Where a request for `url` goes: an IMDS token request to the IMDS
+    /// authority when one is set (its path prefixed, its query kept),
+    /// anything else where the SDK sent it.
+    fn route(&self, url: &url::Url) -> url::Url {
+        match &self.imds {
+            Some(base) if url.host_str() == Some(IMDS_HOST) && url.path() == IMDS_TOKEN_PATH => {
+                let mut routed = base.clone();
+                routed.set_path(&format!("{}{IMDS_TOKEN_PATH}", base.path().trim_end_matches('/')));
+                routed.set_query(url.query());
+                routed
+            }
+            _ => url.clone(),
+        }
     }
 
     fn last(&self) -> Option<Answer> {
@@ -451,6 +505,23 @@ impl Transport {
     fn record(&self, answer: Answer) {
         *self.last.lock() = Some(answer);
     }
+}
+
+/// The IMDS authority from `AZURE_POD_IDENTITY_AUTHORITY_HOST` (`value`):
+/// `None` when unset or empty, else an http or https URL with a host; the
+/// error is why not.
+fn imds_authority(value: Option<&str>) -> Result<Option<url::Url>, String> {
+    let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    let url = url::Url::parse(value).map_err(|e| e.to_string())?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!("scheme {} or no host", url.scheme()));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("it has a query or a fragment".into());
+    }
+    Ok(Some(url))
 }
 
 /// `scheme://host[:port]/path` of a URL, without query or fragment.
@@ -465,7 +536,7 @@ fn url_without_query(url: &url::Url) -> String {
 impl HttpClient for Transport {
     async fn execute_request(&self, request: &azure_core::http::Request) -> azure_core::Result<AsyncRawResponse> {
         use azure_core::error::{Error, ErrorKind};
-        let url = request.url().clone();
+        let url = self.route(request.url());
         let shown = url_without_query(&url);
         let method = reqwest::Method::from_bytes(request.method().as_ref().as_bytes())
             .map_err(|e| Error::with_message(ErrorKind::Other, format!("unsupported method: {e}")))?;
@@ -491,6 +562,7 @@ impl HttpClient for Transport {
             }
         };
         let status = response.status().as_u16();
+        let retry_after = response_retry_after(&response);
         let mut headers = Headers::new();
         for (name, value) in response.headers() {
             if let Ok(v) = value.to_str() {
@@ -506,6 +578,7 @@ impl HttpClient for Transport {
             url: shown,
             status,
             error_body: if success { Vec::new() } else { body.clone() },
+            retry_after,
         });
         Ok(AsyncRawResponse::from_bytes(status.into(), headers, body))
     }
@@ -558,6 +631,31 @@ fn aadsts_hint(code: i64, tenant: &str, identity: &Identity) -> Option<String> {
     })
 }
 
+/// What a 400 from the managed identity endpoint means. Azure says not to
+/// branch on IMDS's error descriptions; this only picks the wording of the
+/// hint, and every branch names the fix.
+fn managed_identity_hint(client_id_given: bool, description: &str) -> &'static str {
+    // IMDS's answer on a node with several user-assigned identities and no
+    // system-assigned one, to a request without an identity (captured in
+    // Azure/azure-sdk-for-rust#748; MicrosoftDocs/entra-docs
+    // how-to-use-vm-token.md: client_id is "Required, if your VM has
+    // multiple user-assigned managed identities").
+    let several = description.to_ascii_lowercase().contains("multiple user assigned identities");
+    match (client_id_given, several) {
+        (false, true) => {
+            ": several user-assigned managed identities are assigned to this node and no clientId was given, so the \
+             managed identity endpoint cannot choose one: set auth.managedIdentity.clientId to the client id of the \
+             identity that has AcrPull on the registry"
+        }
+        (false, false) => {
+            ": no clientId was given and the node has no default managed identity (a system-assigned one, or a \
+             single user-assigned one): set auth.managedIdentity.clientId to the client id of a user-assigned \
+             identity assigned to the node"
+        }
+        (true, _) => ": the managed identity is not assigned to this node or Pod",
+    }
+}
+
 /// The error for a failed Entra token request.
 fn entra_failure(identity: Identity, tenant: &str, last: Option<Answer>, source: azure_core::Error) -> AcrError {
     let endpoint = match identity {
@@ -570,7 +668,7 @@ fn entra_failure(identity: Identity, tenant: &str, last: Option<Answer>, source:
         Some(Answer::Response { url, status, .. }) if (200..300).contains(&status) => {
             AcrError::EntraNoToken { identity, endpoint, url, status, source }
         }
-        Some(Answer::Response { url, status, error_body }) => {
+        Some(Answer::Response { url, status, error_body, retry_after }) => {
             let parsed: Option<EntraError> = serde_json::from_slice(&error_body).ok();
             let code_text = parsed
                 .as_ref()
@@ -596,10 +694,11 @@ fn entra_failure(identity: Identity, tenant: &str, last: Option<Answer>, source:
             if let Some(hint) = hint {
                 detail.push_str(&format!(": {hint}"));
             }
-            if status == 400 && matches!(identity, Identity::Managed { .. }) {
-                detail.push_str(": the managed identity is not assigned to this node or Pod");
+            if let (400, Identity::Managed { client_id }) = (status, &identity) {
+                let description = parsed.as_ref().map(|p| p.error_description.as_str()).unwrap_or_default();
+                detail.push_str(managed_identity_hint(client_id.is_some(), description));
             }
-            AcrError::EntraRefused { identity, endpoint, url, status, detail, source }
+            AcrError::EntraRefused { identity, endpoint, url, status, detail, retry_after, source }
         }
     }
 }
@@ -647,6 +746,7 @@ async fn exchange(
         .await
         .map_err(|source| AcrError::ExchangeUnreachable { url: url.clone(), source })?;
     let status = response.status().as_u16();
+    let retry_after = response_retry_after(&response);
     let body = read_body(&mut response).await.map_err(|source| AcrError::ExchangeBody { url: url.clone(), source })?;
     let redactor = Redactor::new([entra_token.expose_secret()]);
     if (200..300).contains(&status) {
@@ -680,7 +780,7 @@ async fn exchange(
         400 => ": the registry refused the exchange".to_string(),
         _ => String::new(),
     };
-    Err(AcrError::ExchangeRefused { url, status, detail, hint })
+    Err(AcrError::ExchangeRefused { url, status, detail, hint, retry_after })
 }
 
 /// The `exp` claim of a JWT, read without verifying the signature (the
@@ -769,8 +869,12 @@ mod tests {
 
     fn entra_error(status: u16, body: &str, identity: &Identity) -> ProviderError {
         let e = azure_core::Error::with_message(azure_core::error::ErrorKind::Credential, "failed");
-        let last =
-            Answer::Response { url: "https://login/t/oauth2/v2.0/token".into(), status, error_body: body.into() };
+        let last = Answer::Response {
+            url: "https://login/t/oauth2/v2.0/token".into(),
+            status,
+            error_body: body.into(),
+            retry_after: None,
+        };
         entra_failure(identity.clone(), "t", Some(last), e).into()
     }
 
@@ -825,6 +929,77 @@ mod tests {
     }
 
     #[test]
+    fn imds_400s_name_their_cause_and_the_fix() {
+        let several = r#"{"error":"invalid_request","error_description":"Multiple user assigned identities exist, please specify the clientId / resourceId of the identity in the token request"}"#;
+        let not_found = r#"{"error":"invalid_request","error_description":"Identity not found"}"#;
+        let default = Identity::Managed { client_id: None };
+        let e = entra_error(400, several, &default);
+        assert_eq!(e.reason, reasons::PROVIDER_AUTH_FAILED);
+        for needle in [
+            "the node's default managed identity (no clientId)",
+            "HTTP 400 (invalid_request: Multiple user assigned identities exist",
+            "several user-assigned managed identities are assigned to this node",
+            "set auth.managedIdentity.clientId",
+        ] {
+            assert!(e.message.contains(needle), "{needle:?} not in {}", e.message);
+        }
+        assert!(!e.message.contains("not assigned to this node"), "{}", e.message);
+        let e = entra_error(400, not_found, &default);
+        assert!(e.message.contains("Identity not found") && e.message.contains("no default managed identity"));
+        assert!(e.message.contains("auth.managedIdentity.clientId"), "{}", e.message);
+        let e = entra_error(400, not_found, &Identity::Managed { client_id: Some("mi".into()) });
+        assert!(e.message.contains("managed identity mi") && e.message.contains("not assigned"), "{}", e.message);
+        assert!(!e.message.contains("several"), "{}", e.message);
+    }
+
+    #[test]
+    fn the_imds_authority_override_is_an_http_url() {
+        assert!(imds_authority(None).unwrap().is_none());
+        assert!(imds_authority(Some("  ")).unwrap().is_none());
+        let url = imds_authority(Some("http://127.0.0.1:2579")).unwrap().unwrap();
+        assert_eq!(url.as_str(), "http://127.0.0.1:2579/");
+        assert!(imds_authority(Some("https://nmi.internal/prefix/")).unwrap().is_some());
+        for bad in ["127.0.0.1:2579", "ftp://x", "http://x/?a=b", "not a url"] {
+            let e = AcrError::ImdsAuthorityInvalid { reason: imds_authority(Some(bad)).unwrap_err() };
+            assert_eq!(e.reason(), reasons::PROVIDER_AUTH_FAILED, "{bad}");
+            assert!(e.to_string().contains(IMDS_AUTHORITY_ENV), "{e}");
+        }
+    }
+
+    #[test]
+    fn imds_token_requests_go_to_the_override_with_their_query() {
+        let client = crate::http::client(None, crate::http::PROVIDER_TIMEOUT).unwrap();
+        let sdk = url::Url::parse(
+            "http://169.254.169.254/metadata/identity/oauth2/token?api-version=2019-08-01&resource=r&client_id=c",
+        )
+        .unwrap();
+        let plain = Transport::new(client.clone());
+        assert_eq!(plain.route(&sdk), sdk, "no override: IMDS itself");
+        let routed = Transport::new(client.clone())
+            .with_imds_authority(imds_authority(Some("http://127.0.0.1:2579")).unwrap())
+            .route(&sdk);
+        assert_eq!(
+            routed.as_str(),
+            "http://127.0.0.1:2579/metadata/identity/oauth2/token?api-version=2019-08-01&resource=r&client_id=c"
+        );
+        let prefixed = Transport::new(client.clone())
+            .with_imds_authority(imds_authority(Some("https://nmi.internal/prefix/")).unwrap());
+        assert_eq!(
+            prefixed.route(&sdk).as_str(),
+            "https://nmi.internal/prefix/metadata/identity/oauth2/token?api-version=2019-08-01&resource=r&client_id=c"
+        );
+        // Entra, App Service and other IMDS paths are left alone.
+        for other in [
+            "https://login.microsoftonline.com/t/oauth2/v2.0/token",
+            "http://169.254.169.254/metadata/instance?api-version=2021-02-01",
+            "http://localhost:8081/msi/token?api-version=2019-08-01",
+        ] {
+            let u = url::Url::parse(other).unwrap();
+            assert_eq!(prefixed.route(&u), u);
+        }
+    }
+
+    #[test]
     fn remote_text_is_shortened_and_secrets_scrubbed() {
         assert_eq!(short("AADSTS1: x Trace ID: abc\r\nmore"), "AADSTS1: x");
         assert_eq!(short(&"y".repeat(400)).len(), MAX_DESCRIPTION + 3);
@@ -836,7 +1011,7 @@ mod tests {
         let a = ServiceAccountAssertion(SecretString::from("eyJhbGciOi.secret.sig".to_string()));
         assert!(!format!("{a:?}").contains("secret"));
         let t = Transport::new(crate::http::client(None, crate::http::PROVIDER_TIMEOUT).unwrap());
-        t.record(Answer::Response { url: "u".into(), status: 400, error_body: b"body".to_vec() });
+        t.record(Answer::Response { url: "u".into(), status: 400, error_body: b"body".to_vec(), retry_after: None });
         assert!(!format!("{t:?}").contains("body"));
     }
 
@@ -859,15 +1034,22 @@ mod tests {
             url: url(),
             status,
             detail: String::new(),
+            retry_after: None,
             source: azure(),
         };
-        let exchange =
-            |status: u16| AcrError::ExchangeRefused { url: url(), status, detail: String::new(), hint: String::new() };
+        let exchange = |status: u16| AcrError::ExchangeRefused {
+            url: url(),
+            status,
+            detail: String::new(),
+            hint: String::new(),
+            retry_after: None,
+        };
         for (e, reason) in [
             (AcrError::Source(SourceError::NoTokenSource { name: "sa".into() }), reasons::SERVICE_ACCOUNT_NOT_FOUND),
             (AcrError::Setup(crate::http::SetupError::InvalidCaBundle("x".into())), reasons::INVALID_SPEC),
             (AcrError::InvalidSpec("x".into()), reasons::INVALID_SPEC),
             (AcrError::FederatedTokenFileUnset, reasons::PROVIDER_AUTH_FAILED),
+            (AcrError::ImdsAuthorityInvalid { reason: "x".into() }, reasons::PROVIDER_AUTH_FAILED),
             (AcrError::Credential { identity: own.clone(), source: azure() }, reasons::PROVIDER_AUTH_FAILED),
             (AcrError::Credential { identity: sp.clone(), source: azure() }, reasons::INVALID_SPEC),
             (AcrError::Entra { identity: sp.clone(), source: azure() }, reasons::PROVIDER_ERROR),

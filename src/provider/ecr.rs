@@ -19,7 +19,8 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::Credentials;
-use aws_credential_types::provider::SharedCredentialsProvider;
+use aws_credential_types::provider::error::CredentialsError;
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -101,9 +102,29 @@ pub enum EcrError {
         "serviceAccountRef {service_account}: no role: set assumeRole.roleArn or annotate the ServiceAccount with {ROLE_ANNOTATION}"
     )]
     NoRole { service_account: String },
+    /// No region to mint in (the schema requires one).
+    #[error("no region: set region or regions")]
+    NoRegion,
+    /// sts:AssumeRoleWithWebIdentity refused a ServiceAccount's token.
+    #[error(
+        "{source} (web identity {subject}, audience {audience}, role {role}: the role's trust policy must allow them)"
+    )]
+    WebIdentity {
+        subject: String,
+        audience: String,
+        role: String,
+        #[source]
+        source: Box<EcrError>,
+    },
     /// The operator's default credential chain found nothing.
     #[error("the operator has no ambient AWS credentials")]
     NoAmbientCredentials,
+    /// A provider of the operator's default credential chain failed (the
+    /// container credentials endpoint of EKS Pod Identity refused, a web
+    /// identity token file is missing, ...): `detail` is the SDK's cause
+    /// chain, cleaned.
+    #[error("the operator's ambient AWS credentials could not be loaded: {detail}")]
+    AmbientCredentials { detail: String, timed_out: bool },
     /// AWS answered with an error code (`detail`: its message, cleaned;
     /// `hint`: empty or what to check, starting with a space).
     #[error("{call}: {code}: {detail}{hint}")]
@@ -120,6 +141,8 @@ pub enum EcrError {
     Status {
         call: &'static str,
         status: u16,
+        /// The answer's `Retry-After`, for the pacing.
+        retry_after: Option<std::time::Duration>,
         #[source]
         source: Scrubbed,
     },
@@ -172,8 +195,11 @@ impl EcrError {
     pub fn reason(&self) -> &'static str {
         match self {
             EcrError::Source(e) => e.reason(),
-            EcrError::NoRole { .. } => reasons::INVALID_SPEC,
+            EcrError::WebIdentity { source, .. } => source.reason(),
+            EcrError::NoRole { .. } | EcrError::NoRegion => reasons::INVALID_SPEC,
             EcrError::NoAmbientCredentials | EcrError::Construction { .. } => reasons::PROVIDER_AUTH_FAILED,
+            EcrError::AmbientCredentials { timed_out: true, .. } => reasons::PROVIDER_ERROR,
+            EcrError::AmbientCredentials { .. } => reasons::PROVIDER_AUTH_FAILED,
             EcrError::Service { code, .. } => match code.as_str() {
                 "AccessDenied"
                 | "AccessDeniedException"
@@ -204,7 +230,11 @@ impl EcrError {
 
 impl From<EcrError> for ProviderError {
     fn from(e: EcrError) -> Self {
-        ProviderError::typed(e.reason(), e)
+        let retry_after = match &e {
+            EcrError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        };
+        ProviderError::typed(e.reason(), e).with_retry_after(retry_after)
     }
 }
 
@@ -225,8 +255,8 @@ where
             // or load balancer answered), so the HTTP status says more.
             let Some(code) = e.code() else {
                 let status = ctx.raw().status().as_u16();
-                crate::http::note_retry_after(status, ctx.raw().headers().get("retry-after"));
-                return EcrError::Status { call, status, source };
+                let retry_after = crate::http::retry_after(status, ctx.raw().headers().get("retry-after"));
+                return EcrError::Status { call, status, retry_after, source };
             };
             let detail = redactor.clean(e.message().unwrap_or(""));
             let hint = match code {
@@ -250,7 +280,11 @@ where
             EcrError::Dispatch { call, what, source }
         }
         SdkError::TimeoutError(_) => EcrError::Timeout { call, source },
-        SdkError::ResponseError(r) => EcrError::Status { call, status: r.raw().status().as_u16(), source },
+        SdkError::ResponseError(r) => {
+            let status = r.raw().status().as_u16();
+            let retry_after = crate::http::retry_after(status, r.raw().headers().get("retry-after"));
+            EcrError::Status { call, status, retry_after, source }
+        }
         SdkError::ConstructionFailure(_) => EcrError::Construction { call, source },
         _ => EcrError::Other { call, source },
     }
@@ -307,7 +341,19 @@ async fn resolve_identity(
             .web_identity_token(token.token.expose_secret())
             .send()
             .await
-            .map_err(|e| aws_error(CALL, &e, redactor))?;
+            .map_err(|e| {
+                let error = aws_error(CALL, &e, redactor);
+                // STS does not say whom it refused; the trust policy is
+                // matched against the token's `sub` and `aud`, so name them.
+                let subject =
+                    token_subject(token.token.expose_secret()).unwrap_or_else(|| format!("ServiceAccount {}", sa.name));
+                EcrError::WebIdentity {
+                    subject,
+                    audience: audience.to_string(),
+                    role: role.clone(),
+                    source: Box::new(error),
+                }
+            })?;
         let creds = sts_credentials(CALL, out.credentials())?;
         redactor.add(creds.secret_access_key());
         return Ok(SharedCredentialsProvider::new(creds));
@@ -328,7 +374,15 @@ async fn resolve_identity(
         SharedCredentialsProvider::new(Credentials::new(access_key, secret_key, session_token, None, "regcred-secret"))
     } else {
         sources.check_ambient("ECR without auth.secretRef or auth.serviceAccountRef")?;
-        sdk.credentials_provider().ok_or(EcrError::NoAmbientCredentials)?
+        let chain = sdk.credentials_provider().ok_or(EcrError::NoAmbientCredentials)?;
+        // Resolved here: a chain that fails inside an AWS call surfaces as
+        // that call's dispatch failure ("the request failed"), without why.
+        let creds = chain.provide_credentials().await.map_err(|e| ambient_error(&e, redactor))?;
+        redactor.add(creds.secret_access_key());
+        if let Some(token) = creds.session_token() {
+            redactor.add(token);
+        }
+        SharedCredentialsProvider::new(creds)
     };
 
     let Some(role) = assume else { return Ok(base) };
@@ -344,6 +398,29 @@ async fn resolve_identity(
     let creds = sts_credentials(CALL, out.credentials())?;
     redactor.add(creds.secret_access_key());
     Ok(SharedCredentialsProvider::new(creds))
+}
+
+/// The `sub` claim of a ServiceAccount token (`system:serviceaccount:NS:NAME`),
+/// read without verification, only to name it in an error: it is what STS
+/// matches the role's trust policy against.
+fn token_subject(token: &str) -> Option<String> {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let payload = token.split('.').nth(1)?;
+    let claims: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
+    let sub = claims.get("sub")?.as_str()?;
+    // A name, never anything token-like.
+    (sub.len() <= 320 && sub.bytes().all(|b| b.is_ascii_graphic())).then(|| sub.to_string())
+}
+
+/// Why the default credential chain gave no credentials, as the SDK says it.
+fn ambient_error(e: &CredentialsError, redactor: &Redactor) -> EcrError {
+    match e {
+        CredentialsError::CredentialsNotLoaded(_) => EcrError::NoAmbientCredentials,
+        _ => EcrError::AmbientCredentials {
+            detail: redactor.clean(&crate::http::cause_chain(e)),
+            timed_out: matches!(e, CredentialsError::ProviderTimedOut(_)),
+        },
+    }
 }
 
 /// Decodes `AWS:<password>` from an authorization token.
@@ -422,27 +499,55 @@ impl CredentialProvider for Ecr {
 }
 
 impl Ecr {
-    /// `ecr:GetAuthorizationToken` as the credential's identity.
+    /// `ecr:GetAuthorizationToken` as the credential's identity, once per
+    /// region: a token is valid only in the region that issued it.
     async fn token(&self, sources: &Sources) -> Result<Minted, EcrError> {
-        let sdk = sdk_config(&self.spec.region).await;
+        let regions = self.spec.region_list();
+        let Some(first) = regions.first() else {
+            return Err(EcrError::NoRegion);
+        };
+        let sdk = sdk_config(first).await;
         let mut redactor = Redactor::default();
         let creds =
             resolve_identity(self.spec.auth.as_ref(), self.spec.assume_role.as_ref(), sources, &sdk, &mut redactor)
                 .await?;
+        let mut auths = Vec::new();
+        let mut expires_at: Option<Timestamp> = None;
+        for region in &regions {
+            let sdk = if region == first { sdk.clone() } else { sdk_config(region).await };
+            let (mut region_auths, expiry) = self.region_token(&sdk, creds.clone(), &redactor).await?;
+            auths.append(&mut region_auths);
+            // The Secret lives as long as its shortest-lived token.
+            expires_at = match (expires_at, expiry) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        Ok(Minted { auths, expires_at, state: None })
+    }
+
+    /// One region's token: an entry for each account of `registryIds`, or
+    /// for the caller's own registry.
+    async fn region_token(
+        &self,
+        sdk: &SdkConfig,
+        creds: SharedCredentialsProvider,
+        redactor: &Redactor,
+    ) -> Result<(Vec<RegistryAuth>, Option<Timestamp>), EcrError> {
         let date = ProviderDate::default();
-        let mut conf = aws_sdk_ecr::config::Builder::from(&sdk).credentials_provider(creds).interceptor(date.clone());
+        let mut conf = aws_sdk_ecr::config::Builder::from(sdk).credentials_provider(creds).interceptor(date.clone());
         if let Some(endpoint) = &self.spec.endpoint {
             conf = conf.endpoint_url(endpoint);
         }
-        // One token serves every registry the principal may read (the
-        // registryIds parameter of the call is deprecated for that reason):
-        // one call, one entry per registry.
+        // One token serves every registry the principal may read in the
+        // region (the registryIds parameter of the call is deprecated for
+        // that reason): one call, one entry per registry.
         const CALL: &str = "ecr:GetAuthorizationToken";
         let out = aws_sdk_ecr::Client::from_conf(conf.build())
             .get_authorization_token()
             .send()
             .await
-            .map_err(|e| aws_error(CALL, &e, &redactor))?;
+            .map_err(|e| aws_error(CALL, &e, redactor))?;
         let data = out
             .authorization_data()
             .first()
@@ -461,8 +566,62 @@ impl Ecr {
             .into_iter()
             .map(|registry| RegistryAuth { registry, username: username.clone(), password: password.clone() })
             .collect();
-        let expires_at = date.local_expiry(timestamp(data.expires_at()));
-        Ok(Minted { auths, expires_at, state: None })
+        Ok((auths, date.local_expiry(timestamp(data.expires_at()))))
+    }
+}
+
+/// A private ECR registry host, read as the upstream plugins read it:
+/// `<12-digit account>.dkr.ecr[-fips].<region>.<domain>`, or the dual-stack
+/// `.dkr-ecr.` form (kubernetes/cloud-provider-aws
+/// `cmd/ecr-credential-provider/main.go`, `ecrPrivateHostPattern`;
+/// awslabs/amazon-ecr-credential-helper `ecr-login/api/client.go`,
+/// `ecrPattern`, which also lists `amazonaws.eu`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EcrHost {
+    pub account: String,
+    pub region: String,
+    pub fips: bool,
+    pub dual_stack: bool,
+}
+
+/// The partition domains ECR registries live under (the same sources).
+const ECR_DOMAINS: &[&str] = &[
+    "amazonaws.com",
+    "amazonaws.com.cn",
+    "amazonaws.eu",
+    "on.aws",
+    "on.amazonwebservices.com.cn",
+    "sc2s.sgov.gov",
+    "c2s.ic.gov",
+    "cloud.adc-e.uk",
+    "csp.hci.ic.gov",
+];
+
+impl EcrHost {
+    /// Parses a host (no port, no path); `None` when it is not an ECR
+    /// private registry host.
+    pub fn parse(host: &str) -> Option<EcrHost> {
+        let host = host.to_ascii_lowercase();
+        let (account, rest) = host.split_once('.')?;
+        if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let (dual_stack, rest) = match (rest.strip_prefix("dkr.ecr"), rest.strip_prefix("dkr-ecr")) {
+            (Some(r), _) => (false, r),
+            (_, Some(r)) => (true, r),
+            _ => return None,
+        };
+        let (fips, rest) = match rest.strip_prefix("-fips") {
+            Some(r) => (true, r),
+            None => (false, rest),
+        };
+        let (region, domain) = rest.strip_prefix('.')?.split_once('.')?;
+        let region_ok = region.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+            && region.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !region_ok || !ECR_DOMAINS.contains(&domain) {
+            return None;
+        }
+        Some(EcrHost { account: account.to_string(), region: region.to_string(), fips, dual_stack })
     }
 }
 
@@ -524,6 +683,77 @@ mod tests {
     use super::*;
 
     #[test]
+    fn ecr_hosts_of_every_partition_and_form() {
+        let h = |account: &str, region: &str, fips, dual_stack| EcrHost {
+            account: account.into(),
+            region: region.into(),
+            fips,
+            dual_stack,
+        };
+        for (host, want) in [
+            ("123456789012.dkr.ecr.us-west-2.amazonaws.com", h("123456789012", "us-west-2", false, false)),
+            ("210987654321.dkr.ecr.eu-central-1.amazonaws.com", h("210987654321", "eu-central-1", false, false)),
+            ("123456789012.dkr.ecr-fips.us-gov-west-1.amazonaws.com", h("123456789012", "us-gov-west-1", true, false)),
+            ("123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn", h("123456789012", "cn-north-1", false, false)),
+            ("123456789012.dkr-ecr.us-east-1.on.aws", h("123456789012", "us-east-1", false, true)),
+            ("123456789012.dkr-ecr-fips.us-east-1.on.aws", h("123456789012", "us-east-1", true, true)),
+            (
+                "123456789012.dkr-ecr.cn-northwest-1.on.amazonwebservices.com.cn",
+                h("123456789012", "cn-northwest-1", false, true),
+            ),
+            ("123456789012.dkr.ecr.eusc-de-east-1.amazonaws.eu", h("123456789012", "eusc-de-east-1", false, false)),
+            ("123456789012.dkr.ecr.us-iso-east-1.c2s.ic.gov", h("123456789012", "us-iso-east-1", false, false)),
+            ("123456789012.dkr.ecr.us-isob-east-1.sc2s.sgov.gov", h("123456789012", "us-isob-east-1", false, false)),
+            ("123456789012.dkr.ecr.eu-isoe-west-1.cloud.adc-e.uk", h("123456789012", "eu-isoe-west-1", false, false)),
+            ("123456789012.dkr.ecr.us-isof-south-1.csp.hci.ic.gov", h("123456789012", "us-isof-south-1", false, false)),
+            ("123456789012.DKR.ECR.US-WEST-2.AMAZONAWS.COM", h("123456789012", "us-west-2", false, false)),
+        ] {
+            assert_eq!(EcrHost::parse(host), Some(want), "{host}");
+        }
+        for host in [
+            "12345678901.dkr.ecr.us-west-2.amazonaws.com",
+            "1234567890123.dkr.ecr.us-west-2.amazonaws.com",
+            "123456789012.dkr.ecr.us-west-2.amazonaws.com.evil.io",
+            "123456789012.dkr.ecr.us-west-2.evil.io",
+            "123456789012.dkr.ecr.amazonaws.com",
+            "123456789012.ecr.us-west-2.amazonaws.com",
+            "public.ecr.aws",
+            "europe-docker.pkg.dev",
+        ] {
+            assert_eq!(EcrHost::parse(host), None, "{host}");
+        }
+    }
+
+    #[test]
+    fn web_identity_refusals_name_the_subject_never_the_token() {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let claims = r#"{"sub":"system:serviceaccount:team:puller","aud":["sts.amazonaws.com"]}"#;
+        let token = format!("eyJhbGciOiJSUzI1NiJ9.{}.c2lnbmF0dXJl", URL_SAFE_NO_PAD.encode(claims));
+        assert_eq!(token_subject(&token).as_deref(), Some("system:serviceaccount:team:puller"));
+        assert_eq!(token_subject("not-a-jwt"), None);
+        let refused = EcrError::WebIdentity {
+            subject: token_subject(&token).unwrap(),
+            audience: "sts.amazonaws.com".into(),
+            role: "arn:aws:iam::111122223333:role/pull".into(),
+            source: Box::new(EcrError::InvalidResponse { call: "sts:AssumeRoleWithWebIdentity", problem: "x" }),
+        };
+        let e = ProviderError::from(refused);
+        assert_eq!(e.reason, reasons::PROVIDER_RESPONSE_INVALID, "the reason is STS's");
+        assert!(e.message.contains("web identity system:serviceaccount:team:puller"), "{}", e.message);
+        assert!(!e.message.contains(&token));
+    }
+
+    #[test]
+    fn regions_are_listed_once_in_order() {
+        let spec = |v: serde_json::Value| serde_json::from_value::<EcrProvider>(v).unwrap();
+        assert_eq!(spec(serde_json::json!({"region": "eu-west-1"})).region_list(), ["eu-west-1"]);
+        assert_eq!(
+            spec(serde_json::json!({"regions": ["us-west-2", "eu-central-1", "us-west-2"]})).region_list(),
+            ["us-west-2", "eu-central-1"]
+        );
+    }
+
+    #[test]
     fn decodes_aws_tokens_and_rejects_garbage_without_echoing_it() {
         let (u, p) = decode_token("c", Some(&STANDARD.encode("AWS:s3cr3t-pw"))).unwrap();
         assert_eq!((u.as_str(), p.expose_secret()), ("AWS", "s3cr3t-pw"));
@@ -544,6 +774,24 @@ mod tests {
     }
 
     #[test]
+    fn a_failing_ambient_chain_is_named_as_the_sdk_says_it() {
+        let r = Redactor::new(["s3cr3t-in-message"]);
+        let refused = CredentialsError::provider_error("Non-success status from HTTP credential provider: 404");
+        let e = ambient_error(&refused, &r);
+        assert_eq!(e.reason(), reasons::PROVIDER_AUTH_FAILED);
+        assert_eq!(
+            e.to_string(),
+            "the operator's ambient AWS credentials could not be loaded: an error occurred while loading credentials: \
+             Non-success status from HTTP credential provider: 404"
+        );
+        let leaky = ambient_error(&CredentialsError::invalid_configuration("bad s3cr3t-in-message"), &r);
+        assert!(!leaky.to_string().contains("s3cr3t"), "{leaky}");
+        assert!(matches!(ambient_error(&CredentialsError::not_loaded("none"), &r), EcrError::NoAmbientCredentials));
+        let slow = ambient_error(&CredentialsError::provider_timed_out(Duration::from_secs(5)), &r);
+        assert_eq!(slow.reason(), reasons::PROVIDER_ERROR);
+    }
+
+    #[test]
     fn redactor_hides_known_secrets() {
         let r = Redactor::new(["AKIASECRETVALUE"]);
         assert_eq!(r.clean("bad key AKIASECRETVALUE here"), "bad key <redacted> here");
@@ -560,7 +808,7 @@ mod tests {
             hint: "",
             source: source(),
         };
-        let status = |status: u16| EcrError::Status { call, status, source: source() };
+        let status = |status: u16| EcrError::Status { call, status, retry_after: None, source: source() };
         for (e, reason) in [
             (
                 EcrError::Source(SourceError::MissingKey { secret: "s".into(), key: "k".into(), expected: "e".into() }),
@@ -568,6 +816,8 @@ mod tests {
             ),
             (EcrError::NoRole { service_account: "sa".into() }, reasons::INVALID_SPEC),
             (EcrError::NoAmbientCredentials, reasons::PROVIDER_AUTH_FAILED),
+            (EcrError::AmbientCredentials { detail: "x".into(), timed_out: false }, reasons::PROVIDER_AUTH_FAILED),
+            (EcrError::AmbientCredentials { detail: "x".into(), timed_out: true }, reasons::PROVIDER_ERROR),
             (service("AccessDeniedException"), reasons::PROVIDER_AUTH_FAILED),
             (service("ExpiredToken"), reasons::PROVIDER_AUTH_FAILED),
             (service("InvalidIdentityToken"), reasons::PROVIDER_AUTH_FAILED),

@@ -27,7 +27,7 @@ use crate::render::RegistryAuth;
 use crate::{hygiene, reasons};
 
 pub use acr::AcrError;
-pub use ecr::EcrError;
+pub use ecr::{EcrError, EcrHost};
 pub use google::GoogleError;
 pub use harbor::HarborError;
 
@@ -55,6 +55,9 @@ pub struct Minted {
 pub struct ProviderError {
     pub reason: &'static str,
     pub message: String,
+    /// How long a throttling answer asked callers to wait (its
+    /// `Retry-After`), for the pacing of the endpoint ([`crate::pacing`]).
+    pub retry_after: Option<std::time::Duration>,
     source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
@@ -74,13 +77,19 @@ impl std::error::Error for ProviderError {
 
 impl ProviderError {
     pub fn new(reason: &'static str, message: impl Into<String>) -> Self {
-        ProviderError { reason, message: message.into(), source: None }
+        ProviderError { reason, message: message.into(), retry_after: None, source: None }
+    }
+
+    /// The same error with the `Retry-After` of the answer that caused it.
+    pub fn with_retry_after(mut self, after: Option<std::time::Duration>) -> Self {
+        self.retry_after = after;
+        self
     }
 
     /// The error for a typed provider error: its reason, its message, and
     /// the error itself as the source.
     fn typed<E: std::error::Error + Send + Sync + 'static>(reason: &'static str, error: E) -> Self {
-        ProviderError { reason, message: error.to_string(), source: Some(Arc::new(error)) }
+        ProviderError { reason, message: error.to_string(), retry_after: None, source: Some(Arc::new(error)) }
     }
 }
 
@@ -201,13 +210,10 @@ pub trait CredentialProvider: Send + Sync {
     }
 }
 
-/// The provider implementation for a spec, its calls paced on its
-/// endpoint when the process paces them ([`crate::pacing`]).
+/// The provider implementation for a spec. Callers mint through
+/// [`crate::pacing::paced`], which paces the calls on the provider's
+/// endpoint; providers know nothing of the pacing (it sits above them).
 pub fn for_spec(provider: &Provider) -> Box<dyn CredentialProvider> {
-    crate::pacing::wrap(provider, unpaced(provider))
-}
-
-fn unpaced(provider: &Provider) -> Box<dyn CredentialProvider> {
     match provider {
         Provider::Basic(spec) => Box::new(basic::Basic::new(spec.clone())),
         Provider::Ecr(spec) => Box::new(ecr::Ecr::new(spec.clone())),

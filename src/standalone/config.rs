@@ -100,6 +100,12 @@ impl ProviderConfig {
             for p in &entry.patterns {
                 Pattern::parse(p).map_err(|e| format!("providers[{i}].match {p:?}: {e}"))?;
             }
+            // What the CRD's CEL rule checks at apply time.
+            if let Provider::Ecr(ecr) = &entry.provider
+                && ecr.region.is_some() == ecr.regions.is_some()
+            {
+                return Err(format!("providers[{i}].provider.ecr: set exactly one of region or regions"));
+            }
         }
         Ok(config)
     }
@@ -301,6 +307,14 @@ providers:
                 "unknown field providers[0].provider.ecr.regoin",
             ),
             (good.replace("secretsDir", "secretDir"), "unknown field"),
+            (
+                good.replace("{region: eu-west-1}", "{}"),
+                "providers[0].provider.ecr: set exactly one of region or regions",
+            ),
+            (
+                good.replace("{region: eu-west-1}", "{region: eu-west-1, regions: [us-west-2]}"),
+                "set exactly one of region or regions",
+            ),
         ] {
             let e = ProviderConfig::parse(&bad).unwrap_err();
             assert!(e.contains(says), "{e}");

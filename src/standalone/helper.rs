@@ -28,8 +28,8 @@ use secrecy::ExposeSecret;
 use serde_json::json;
 
 use super::cache::Cache;
-use super::config::{ProviderConfig, matches};
-use super::{Identity, hostname, login};
+use super::config::{Entry, ProviderConfig};
+use super::{Identity, hostname, login, scope};
 
 /// What Docker's credential helpers answer for an unknown registry.
 pub const NOT_FOUND: &str = "credentials not found in native keychain";
@@ -70,37 +70,22 @@ pub async fn run(verb: &str, input: &mut impl Read) -> Result<String, String> {
     }
 }
 
-/// `https://host/v1/` → `host`.
-fn registry_host(server_url: &str) -> &str {
-    let s = server_url.strip_prefix("https://").or_else(|| server_url.strip_prefix("http://")).unwrap_or(server_url);
-    s.split('/').next().unwrap_or(s)
-}
-
 async fn get(server_url: &str) -> Result<String, String> {
     let path = config_path();
     let config = ProviderConfig::load(&path).map_err(|e| format!("regcred: {e}"))?;
-    let host = registry_host(server_url);
+    let host = scope::image_host(server_url);
     let Some((index, entry)) = config.entry_for(host) else {
         return Err(NOT_FOUND.into());
     };
+    let failed = |message: String| format!("regcred: {} provider for {host}: {message}", entry.provider.name());
+    let entry = Entry { provider: scope::narrow(&entry.provider, host).map_err(failed)?, ..entry.clone() };
     let cache = Cache::new(config.cache_dir.clone().unwrap_or_else(default_cache_dir));
     let user = std::env::var("USER").unwrap_or_else(|_| "user".into());
     let identity = Identity { pod: None, owner: format!("user/{user}@{}", hostname()) };
-    let login = login(&config, index, entry, identity, Some(&cache))
+    let login = login(&config, index, &entry, identity, Some(&cache))
         .await
-        .map_err(|e| format!("regcred: {} provider for {host}: {}: {}", entry.provider.name(), e.reason, e.message))?;
-    let auths = &login.minted.auths;
-    let auth = auths
-        .iter()
-        .find(|a| a.registry.eq_ignore_ascii_case(host))
-        .or_else(|| auths.iter().find(|a| matches(&a.registry, host)))
-        .or(if auths.len() == 1 { auths.first() } else { None })
-        .ok_or_else(|| {
-            format!(
-                "regcred: the {} provider minted no login for {host} (it covers other registries)",
-                entry.provider.name()
-            )
-        })?;
+        .map_err(|e| failed(format!("{}: {}", e.reason, e.message)))?;
+    let auth = scope::login_for(&entry.provider, host, &login.minted.auths).map_err(failed)?;
     Ok(json!({"ServerURL": server_url, "Username": auth.username, "Secret": auth.password.expose_secret()}).to_string())
 }
 
@@ -113,16 +98,4 @@ fn list() -> Result<String, String> {
         }
     }
     Ok(serde_json::Value::Object(out).to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn server_urls_become_hosts() {
-        assert_eq!(registry_host("https://index.docker.io/v1/"), "index.docker.io");
-        assert_eq!(registry_host("127.0.0.1:5000"), "127.0.0.1:5000");
-        assert_eq!(registry_host("http://r.io:80/x"), "r.io:80");
-    }
 }

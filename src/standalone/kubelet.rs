@@ -12,6 +12,12 @@
 //!  "auth": {"123456789012.dkr.ecr.eu-west-1.amazonaws.com": {"username": "AWS", "password": "..."}}}
 //! ```
 //!
+//! The one `auth` key is the image's registry host, with a login valid
+//! there ([`super::scope`]): an ECR image is minted for in its own region,
+//! a Google token serves any host the pattern matched; a host the provider
+//! does not cover (an account outside `registryIds`, a region outside
+//! `regions`, another ACR or Harbor) is refused in one line.
+//!
 //! `cacheDuration` runs until the refresh point regcred's schedule picks
 //! (2/3 of the credential's lifetime, or `refresh`). With the kubelet's
 //! `tokenAttributes` (KEP-4412) the request carries the Pod's
@@ -29,8 +35,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::cache::Cache;
-use super::config::ProviderConfig;
-use super::{Identity, hostname, login};
+use super::config::{Entry, ProviderConfig};
+use super::{Identity, hostname, login, scope};
 use crate::provider::ServiceAccountToken;
 
 /// The request, as the kubelet sends it (any of v1, v1beta1, v1alpha1).
@@ -77,19 +83,20 @@ pub async fn run(config_path: &Path, input: &mut impl Read) -> Result<String, St
             request.image
         ));
     }
+    let host = scope::image_host(&request.image);
+    let failed = |message: String| format!("{} provider for {}: {message}", entry.provider.name(), request.image);
+    let entry = Entry { provider: scope::narrow(&entry.provider, host).map_err(failed)?, ..entry.clone() };
     let cache = config.cache_dir.as_ref().map(Cache::new);
     let owner = format!("node/{}", hostname());
-    let login = login(&config, index, entry, Identity { pod, owner }, cache.as_ref()).await.map_err(|e| {
-        format!("{} provider for {}: {}: {}", entry.provider.name(), request.image, e.reason, e.message)
-    })?;
+    let login = login(&config, index, &entry, Identity { pod, owner }, cache.as_ref())
+        .await
+        .map_err(|e| failed(format!("{}: {}", e.reason, e.message)))?;
+    let auth = scope::login_for(&entry.provider, host, &login.minted.auths).map_err(failed)?;
     let now = k8s_openapi::jiff::Timestamp::now();
     let seconds = login.refresh_at.duration_since(now).as_secs().max(0);
-    let auth: BTreeMap<&str, serde_json::Value> = login
-        .minted
-        .auths
-        .iter()
-        .map(|a| (a.registry.as_str(), json!({"username": a.username, "password": a.password.expose_secret()})))
-        .collect();
+    // Keyed by the image's own registry: the kubelet uses only the keys
+    // that match the image.
+    let auth = json!({host: {"username": auth.username, "password": auth.password.expose_secret()}});
     let response = json!({
         "apiVersion": request.api_version,
         "kind": "CredentialProviderResponse",

@@ -9,19 +9,22 @@
 //!
 //! Both read a [`config::ProviderConfig`] (patterns mapped to provider specs
 //! in the same YAML as `spec.provider`), mint through
-//! [`crate::provider::for_spec`], and time their answers with
-//! [`crate::schedule::refresh_at`], the operator's own schedule.
+//! [`crate::pacing::paced`] for the requested registry host
+//! ([`scope`]: an ECR image's own region, any host for Google), answer for
+//! that host, and time their answers with [`crate::schedule::refresh_at`],
+//! the operator's own schedule.
 
 pub mod cache;
 pub mod config;
 pub mod helper;
 pub mod kubelet;
+pub mod scope;
 
 use k8s_openapi::jiff::Timestamp;
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 
-use crate::provider::{self, Minted, ProviderError, ServiceAccountToken, Sources};
+use crate::provider::{Minted, ProviderError, ServiceAccountToken, Sources};
 use crate::reasons;
 use cache::Cache;
 use config::{Entry, ProviderConfig};
@@ -65,7 +68,7 @@ pub async fn login(
         sources = sources.with_pod_token(pod);
     }
     let sources = sources.with_state(previous.and_then(|p| p.minted.state));
-    let minted = provider::for_spec(&entry.provider).mint(&sources).await?;
+    let minted = crate::pacing::paced(&entry.provider).mint(&sources).await?;
     let refresh_at = crate::schedule::refresh_at(now, minted.expires_at, entry.refresh.as_ref(), rand::random());
     if let Some(c) = cache
         && let Err(e) = c.put(&key, &minted, refresh_at)

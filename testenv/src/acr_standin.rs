@@ -7,7 +7,8 @@
 //! registry). It serves what the real services serve at the same paths, so
 //! the provider reaches it only through its spec (`authorityHost`,
 //! `registry`, `caBundle`) and Azure's documented environment variables
-//! (`IDENTITY_ENDPOINT` / `IDENTITY_HEADER`):
+//! (`IDENTITY_ENDPOINT` / `IDENTITY_HEADER`, and
+//! `AZURE_POD_IDENTITY_AUTHORITY_HOST` for the node's IMDS below):
 //!
 //! - `POST /{tenant}/oauth2/v2.0/token`: the Entra v2.0 token endpoint,
 //!   `grant_type=client_credentials` with `client_secret` (service
@@ -17,6 +18,13 @@
 //!   "error_description": "AADSTSnnn: ...", "error_codes": [nnn]}`.
 //! - `GET /msi/token?resource=..[&client_id=..]` with `X-IDENTITY-HEADER`: the
 //!   managed identity endpoint (App Service style, `IDENTITY_ENDPOINT`).
+//! - A second listener, plain HTTP like `http://169.254.169.254`, plays the
+//!   node's Instance Metadata Service: `GET /metadata/identity/oauth2/token
+//!   ?api-version=..&resource=..[&client_id=..|&object_id=..|&msi_res_id=..]`
+//!   with `Metadata: true`, for the user-assigned identities (and the
+//!   system-assigned one) given to the node with
+//!   [`AzureStandIn::assign_node_identity`], as strict as IMDS (see
+//!   [`imds`]).
 //! - `POST /oauth2/exchange` (`grant_type=access_token`, `service`,
 //!   `tenant`, `access_token`): ACR's exchange, issuing refresh tokens that
 //!   are HS256 JWTs with a short `exp` when the Entra token's principal has
@@ -47,7 +55,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde_json::{Value, json};
 
 use crate::operator::record_secret;
-use crate::standin_http::{Conn, Request, Response, Server, parse_form, read_request};
+use crate::standin_http::{Conn, Request, Response, Server, answer_once, parse_form, read_request};
 use crate::tokenauth::Validator;
 
 /// The user name ACR expects with a refresh token.
@@ -62,6 +70,18 @@ const ENTRA_TOKEN_LIFETIME: u64 = 3600;
 const DEFAULT_REFRESH_LIFETIME: Duration = Duration::from_secs(3600);
 /// Largest request read.
 const MAX_REQUEST: usize = 256 * 1024;
+/// The managed identity token path of IMDS (`http://169.254.169.254`).
+pub const IMDS_TOKEN_PATH: &str = "/metadata/identity/oauth2/token";
+/// The oldest `api-version` the IMDS token endpoint takes ("Use API version
+/// `2018-02-01` or greater", MicrosoftDocs/entra-docs
+/// `docs/identity/managed-identities-azure-resources/how-to-use-vm-token.md`).
+const IMDS_MIN_API_VERSION: &str = "2018-02-01";
+/// The newest IMDS versions, listed by IMDS when `api-version` is missing
+/// (learn.microsoft.com/azure/virtual-machines/instance-metadata-service,
+/// "Versioning").
+const IMDS_NEWEST_VERSIONS: [&str; 3] = ["2020-10-01", "2020-09-01", "2020-07-15"];
+/// The principal name of a system-assigned identity.
+pub const SYSTEM_ASSIGNED: &str = "system-assigned";
 
 /// How the exchange answers for a tenant.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -99,8 +119,10 @@ pub enum ExchangeMode {
 pub enum Endpoint {
     /// The Entra token endpoint.
     Entra,
-    /// The managed identity endpoint.
+    /// The managed identity endpoint (App Service style).
     ManagedIdentity,
+    /// The node's IMDS managed identity endpoint.
+    Imds,
     /// The registry's `/oauth2/exchange`.
     Exchange,
 }
@@ -112,8 +134,11 @@ pub struct Seen {
     /// The tenant in the path (Entra), of the managed identity, or the
     /// `tenant` form field (exchange).
     pub tenant: String,
-    /// `client_id` (Entra, managed identity) or the token's principal (exchange).
+    /// `client_id` (Entra, managed identity, IMDS: as requested, empty when
+    /// none was) or the token's principal (exchange).
     pub client_id: String,
+    /// `api-version` of a managed identity request.
+    pub api_version: String,
     /// `scope` (Entra) or `resource` (managed identity).
     pub scope: String,
     /// `service` of an exchange.
@@ -149,6 +174,21 @@ impl Default for Tenant {
     }
 }
 
+/// A user-assigned identity assigned to the node.
+#[derive(Clone, Debug)]
+struct NodeIdentity {
+    client_id: String,
+    tenant: String,
+}
+
+/// The managed identities of the node behind the IMDS listener.
+#[derive(Default)]
+struct Node {
+    /// The tenant of the system-assigned identity, when it is enabled.
+    system_assigned: Option<String>,
+    user_assigned: Vec<NodeIdentity>,
+}
+
 struct EntraToken {
     tenant: String,
     principal: String,
@@ -160,6 +200,8 @@ struct Inner {
     tenants: HashMap<String, Tenant>,
     /// Managed identities: client id ("" for the system-assigned one) → tenant.
     managed: HashMap<String, String>,
+    /// The node IMDS answers for.
+    node: Node,
     entra_tokens: HashMap<String, EntraToken>,
     upstream: Option<String>,
     seen: Vec<Seen>,
@@ -169,6 +211,8 @@ struct Inner {
 struct State {
     tls: Arc<rustls::ServerConfig>,
     host: String,
+    /// `127.0.0.1:PORT` of the IMDS listener.
+    imds_host: String,
     identity_header: String,
     key: hmac::Key,
     rng: SystemRandom,
@@ -180,6 +224,7 @@ pub struct AzureStandIn {
     ca_pem: String,
     state: Arc<State>,
     _server: Server,
+    _imds: Server,
 }
 
 fn now_secs() -> u64 {
@@ -229,6 +274,8 @@ impl AzureStandIn {
             )?;
         let listener = TcpListener::bind("127.0.0.1:0").context("binding the Azure stand-in")?;
         let port = listener.local_addr()?.port();
+        let imds_listener = TcpListener::bind("127.0.0.1:0").context("binding the IMDS stand-in")?;
+        let imds_port = imds_listener.local_addr()?.port();
         let rng = SystemRandom::new();
         let key = hmac::Key::generate(hmac::HMAC_SHA256, &rng).map_err(|_| anyhow!("no randomness"))?;
         let identity_header = format!("identity-header-{}", random_hex(&rng, 16));
@@ -236,6 +283,7 @@ impl AzureStandIn {
         let state = Arc::new(State {
             tls: Arc::new(tls),
             host: format!("127.0.0.1:{port}"),
+            imds_host: format!("127.0.0.1:{imds_port}"),
             identity_header,
             key,
             rng,
@@ -247,7 +295,16 @@ impl AzureStandIn {
                 serve_connection(&state, tcp)
             })?
         };
-        Ok(AzureStandIn { ca_pem, state, _server: server })
+        let imds = {
+            let state = state.clone();
+            Server::spawn(imds_listener, "regcred-imds-standin", "regcred-imds-conn", move |tcp| {
+                answer_once(Conn::plain(tcp, Duration::from_secs(10)), MAX_REQUEST, |req| match req {
+                    Ok(req) => imds(&state, &req),
+                    Err(_) => Response::empty(400),
+                })
+            })?
+        };
+        Ok(AzureStandIn { ca_pem, state, _server: server, _imds: imds })
     }
 
     /// `127.0.0.1:PORT`: the registry's login server (`spec.registry`).
@@ -268,6 +325,27 @@ impl AzureStandIn {
     /// The managed identity endpoint, for `IDENTITY_ENDPOINT`.
     pub fn managed_identity_endpoint(&self) -> String {
         format!("https://{}/msi/token", self.state.host)
+    }
+
+    /// `http://127.0.0.1:PORT`: the node's IMDS, for
+    /// `AZURE_POD_IDENTITY_AUTHORITY_HOST` (plain HTTP, as IMDS is).
+    pub fn imds_authority(&self) -> String {
+        format!("http://{}", self.state.imds_host)
+    }
+
+    /// Assigns a managed identity to the node IMDS answers for: a
+    /// user-assigned one by client id (principal: the client id), or the
+    /// system-assigned one (`None`, principal [`SYSTEM_ASSIGNED`]).
+    pub fn assign_node_identity(&self, tenant: &str, client_id: Option<&str>) {
+        self.add_tenant(tenant);
+        let mut inner = self.state.inner.lock().expect("not poisoned");
+        match client_id {
+            None => inner.node.system_assigned = Some(tenant.to_string()),
+            Some(id) => {
+                inner.node.user_assigned.retain(|n| n.client_id != id);
+                inner.node.user_assigned.push(NodeIdentity { client_id: id.into(), tenant: tenant.into() });
+            }
+        }
     }
 
     /// The value the managed identity endpoint expects in
@@ -301,9 +379,9 @@ impl AzureStandIn {
         });
     }
 
-    /// Assigns a managed identity to "this machine": a user-assigned one by
-    /// client id, or the system-assigned one (`None`, principal
-    /// `system-assigned`).
+    /// Assigns a managed identity to the App Service style endpoint: a
+    /// user-assigned one by client id, or the system-assigned one (`None`,
+    /// principal [`SYSTEM_ASSIGNED`]).
     pub fn add_managed_identity(&self, tenant: &str, client_id: Option<&str>) {
         self.add_tenant(tenant);
         let mut inner = self.state.inner.lock().expect("not poisoned");
@@ -322,7 +400,7 @@ impl AzureStandIn {
     }
 
     /// While `down`, the Entra token endpoint (and the managed identity
-    /// endpoint) answer `503` for the tenant.
+    /// endpoint) answer `503` for the tenant, IMDS `500`.
     pub fn set_entra_outage(&self, tenant: &str, down: bool) {
         self.with_tenant(tenant, |t| t.entra_down = down);
     }
@@ -594,6 +672,7 @@ fn entra(state: &State, req: &Request, tenant: &str) -> Response {
         endpoint: Endpoint::Entra,
         tenant: tenant.to_string(),
         client_id: client_id.clone(),
+        api_version: String::new(),
         scope: field("scope"),
         service: String::new(),
         grant: String::new(),
@@ -736,6 +815,7 @@ fn managed_identity(state: &State, req: &Request) -> Response {
         endpoint: Endpoint::ManagedIdentity,
         tenant: String::new(),
         client_id: client_id.clone(),
+        api_version: form.get("api-version").cloned().unwrap_or_default(),
         scope: resource.clone(),
         service: String::new(),
         grant: "managed_identity".into(),
@@ -766,7 +846,7 @@ fn managed_identity(state: &State, req: &Request) -> Response {
                 &json!({"error": "invalid_resource", "error_description": "AADSTS500011: The resource principal was not found."}),
             );
         }
-        let principal = if client_id.is_empty() { "system-assigned".to_string() } else { client_id.clone() };
+        let principal = if client_id.is_empty() { SYSTEM_ASSIGNED.to_string() } else { client_id.clone() };
         let token = state.entra_token(&mut inner, &tenant, &principal);
         Response::json(
             200,
@@ -784,6 +864,186 @@ fn managed_identity(state: &State, req: &Request) -> Response {
     response
 }
 
+/// An IMDS error answer: `{"error", "error_description"}`, JSON with the
+/// charset IMDS names (as captured in Hexadite/acs-keyvault-agent#43).
+fn imds_error(status: u16, error: &str, description: &str) -> Response {
+    let mut response = Response::json(status, &json!({"error": error, "error_description": description}));
+    response.headers[0].1 = "application/json; charset=utf-8".into();
+    response
+}
+
+/// Whether `v` is an IMDS `api-version` the token endpoint takes: a date
+/// `YYYY-MM-DD` no older than [`IMDS_MIN_API_VERSION`].
+fn imds_api_version_ok(v: &str) -> bool {
+    let b = v.as_bytes();
+    let shape = b.len() == 10
+        && b.iter().enumerate().all(|(i, c)| if i == 4 || i == 7 { *c == b'-' } else { c.is_ascii_digit() });
+    shape && v >= IMDS_MIN_API_VERSION
+}
+
+/// The node's IMDS managed identity token endpoint. What it refuses, in
+/// IMDS's order and words:
+/// - anything but `GET` (405), a request with `X-Forwarded-For` or without
+///   `Metadata: true` (lower case) (400, "Required metadata header not
+///   specified"): learn.microsoft.com/azure/virtual-machines/instance-metadata-service
+///   ("Security and authentication", "Errors") and MicrosoftDocs/entra-docs
+///   `how-to-use-vm-token.md` ("Metadata ... must be set to "true", in all
+///   lower case", error table `bad_request_102`); the JSON shape
+///   `{"error":"invalid_request","error_description":...}` is the one
+///   Azure/azure-sdk-for-net `sdk/identity/Azure.Identity/tests/ImdsManagedIdentityProbeSourceTests.cs`
+///   and `ManagedIdentityCredentialTests.cs` replay;
+/// - no `api-version` (400 with the newest versions, the documented body of
+///   instance-metadata-service "Versioning"), or one older than
+///   `2018-02-01` (how-to-use-vm-token.md);
+/// - no `resource` (400, "Required query variable 'resource' is missing",
+///   as ImdsManagedIdentityProbeSourceTests.cs replays it);
+/// - an identity not on the node (400, "Identity not found":
+///   Azure/azure-sdk-for-go `sdk/azidentity/managed_identity_client_test.go`
+///   `TestManagedIdentityClient_IMDSErrors`); without `client_id`,
+///   `object_id` or `msi_res_id` the system-assigned identity, else the only
+///   user-assigned one, else with several of them 400 "Multiple user
+///   assigned identities exist, please specify the clientId / resourceId of
+///   the identity in the token request" (answer captured from IMDS in
+///   Azure/azure-sdk-for-rust#748 and Hexadite/acs-keyvault-agent#43; the
+///   defaults are MicrosoftDocs managed-identities-faq.md "What identity will
+///   IMDS default to");
+/// - a resource Entra does not know (400 `invalid_resource`, `AADSTS50001`,
+///   how-to-use-vm-token.md's error table); an Entra outage of the
+///   identity's tenant is its 500 `unknown`.
+///
+/// A token for the identity is what the exchange accepts for that principal
+/// (the client id, or [`SYSTEM_ASSIGNED`]).
+fn imds(state: &State, req: &Request) -> Response {
+    let query: HashMap<String, String> = parse_form(&req.query).into_iter().collect();
+    let param = |k: &str| query.get(k).cloned().unwrap_or_default();
+    let resource = param("resource");
+    let mut seen = Seen {
+        endpoint: Endpoint::Imds,
+        tenant: String::new(),
+        client_id: param("client_id"),
+        api_version: param("api-version"),
+        scope: resource.clone(),
+        service: String::new(),
+        grant: "managed_identity".into(),
+        assertion_claims: None,
+        status: 0,
+    };
+    let response = (|| {
+        if req.path != IMDS_TOKEN_PATH {
+            return Response::text(404, "Not found");
+        }
+        if req.method != "GET" {
+            return imds_error(405, "invalid_request", "Only GET requests are supported");
+        }
+        if req.header("x-forwarded-for").is_some() || req.header("metadata") != Some("true") {
+            return imds_error(400, "invalid_request", "Required metadata header not specified");
+        }
+        let api_version = param("api-version");
+        if api_version.is_empty() || !imds_api_version_ok(&api_version) {
+            let error = if api_version.is_empty() {
+                "Bad request. api-version was not specified in the request. For more information refer to aka.ms/azureimds".to_string()
+            } else {
+                format!(
+                    "Bad request. api-version {api_version} is not supported. For more information refer to aka.ms/azureimds"
+                )
+            };
+            let mut response = Response::json(400, &json!({"error": error, "newest-versions": IMDS_NEWEST_VERSIONS}));
+            response.headers[0].1 = "application/json; charset=utf-8".into();
+            return response;
+        }
+        if resource.is_empty() {
+            return imds_error(400, "invalid_request", "Required query variable 'resource' is missing");
+        }
+        let mut inner = state.inner.lock().expect("not poisoned");
+        let node = &inner.node;
+        let chosen: Vec<(&str, &str)> = ["client_id", "object_id", "msi_res_id"]
+            .into_iter()
+            .filter_map(|k| query.get(k).map(|v| (k, v.as_str())))
+            .collect();
+        let (principal, tenant) = match chosen.as_slice() {
+            [] => match (&node.system_assigned, node.user_assigned.as_slice()) {
+                (Some(tenant), _) => (SYSTEM_ASSIGNED.to_string(), tenant.clone()),
+                (None, [only]) => (only.client_id.clone(), only.tenant.clone()),
+                (None, []) => return imds_error(400, "invalid_request", "Identity not found"),
+                (None, _) => {
+                    return imds_error(
+                        400,
+                        "invalid_request",
+                        "Multiple user assigned identities exist, please specify the clientId / resourceId of the identity in the token request",
+                    );
+                }
+            },
+            [(kind, id)] => {
+                let found = node.user_assigned.iter().find(|n| match *kind {
+                    "client_id" => n.client_id.eq_ignore_ascii_case(id),
+                    "object_id" => node_object_id(&n.client_id).eq_ignore_ascii_case(id),
+                    _ => node_resource_id(&n.client_id).eq_ignore_ascii_case(id),
+                });
+                match found {
+                    Some(n) => (n.client_id.clone(), n.tenant.clone()),
+                    None => return imds_error(400, "invalid_request", "Identity not found"),
+                }
+            }
+            // The SDKs treat the three as exclusive (Azure/msrestazure-for-python#83).
+            _ => {
+                return imds_error(
+                    400,
+                    "invalid_request",
+                    "Only one of client_id, object_id and msi_res_id may be specified",
+                );
+            }
+        };
+        seen.tenant = tenant.clone();
+        if inner.tenants.get(&tenant).is_some_and(|t| t.entra_down) {
+            return imds_error(500, "unknown", "Failed to retrieve token from the Active directory.");
+        }
+        if !ACR_RESOURCES.contains(&resource.trim_end_matches('/')) {
+            return imds_error(
+                400,
+                "invalid_resource",
+                &format!(
+                    "AADSTS50001: The application named {resource} was not found in the tenant named {tenant}. \
+                     This can happen if the application has not been installed by the administrator of the tenant \
+                     or consented to by any user in the tenant. You might have sent your authentication request to \
+                     the wrong tenant."
+                ),
+            );
+        }
+        let token = state.entra_token(&mut inner, &tenant, &principal);
+        let now = now_secs();
+        let mut response = Response::json(
+            200,
+            &json!({
+                "access_token": token,
+                "refresh_token": "",
+                "expires_in": (ENTRA_TOKEN_LIFETIME - 1).to_string(),
+                "expires_on": (now + ENTRA_TOKEN_LIFETIME - 1).to_string(),
+                "not_before": now.to_string(),
+                "resource": resource,
+                "token_type": "Bearer",
+            }),
+        );
+        response.headers[0].1 = "application/json; charset=utf-8".into();
+        response
+    })();
+    seen.status = response.status;
+    state.log(seen);
+    response
+}
+
+/// The object (principal) id of a node identity, for `object_id`.
+pub fn node_object_id(client_id: &str) -> String {
+    format!("{client_id}-object")
+}
+
+/// The Azure resource id of a node identity, for `msi_res_id`.
+pub fn node_resource_id(client_id: &str) -> String {
+    format!(
+        "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/regcred-test/providers/\
+         Microsoft.ManagedIdentity/userAssignedIdentities/{client_id}"
+    )
+}
+
 fn exchange(state: &State, req: &Request) -> Response {
     let form = req.form();
     let field = |k: &str| form.get(k).cloned().unwrap_or_default();
@@ -791,6 +1051,7 @@ fn exchange(state: &State, req: &Request) -> Response {
         endpoint: Endpoint::Exchange,
         tenant: field("tenant"),
         client_id: String::new(),
+        api_version: String::new(),
         scope: String::new(),
         service: field("service"),
         grant: field("grant_type"),
@@ -876,5 +1137,109 @@ mod tests {
         let expired = s.state.refresh_token("t", "p", Duration::from_secs(1));
         std::thread::sleep(Duration::from_millis(2100));
         assert!(!s.refresh_token_valid(ACR_USERNAME, &expired));
+    }
+
+    /// One raw HTTP/1.1 request to the IMDS listener: (status, JSON body).
+    fn imds_call(s: &AzureStandIn, method: &str, target: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+        let mut tcp = TcpStream::connect(&s.state.imds_host).unwrap();
+        let mut head = format!("{method} {target} HTTP/1.1\r\nHost: 169.254.169.254\r\n");
+        for (n, v) in headers {
+            head.push_str(&format!("{n}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        tcp.write_all(head.as_bytes()).unwrap();
+        let mut raw = String::new();
+        tcp.read_to_string(&mut raw).unwrap();
+        let status = raw.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let body = raw.split_once("\r\n\r\n").unwrap().1;
+        (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    }
+
+    const ACR: &str = "https%3A%2F%2Fcontainerregistry.azure.net";
+
+    #[test]
+    fn imds_is_as_strict_as_imds() {
+        let s = AzureStandIn::start().unwrap();
+        let md = [("Metadata", "true")];
+        let ok = format!("{IMDS_TOKEN_PATH}?api-version=2018-02-01&resource={ACR}");
+        let error =
+            |(status, body): (u16, Value)| (status, body["error_description"].as_str().unwrap_or("").to_string());
+
+        // No identity on the node at all.
+        assert_eq!(error(imds_call(&s, "GET", &ok, &md)), (400, "Identity not found".into()));
+        s.assign_node_identity("t-node", Some("kubelet-id"));
+        s.assign_node_identity("t-node", Some("addon-id"));
+
+        // Request shape.
+        assert_eq!(imds_call(&s, "POST", &ok, &md).0, 405);
+        let header = (400, "Required metadata header not specified".to_string());
+        assert_eq!(error(imds_call(&s, "GET", &ok, &[])), header);
+        assert_eq!(error(imds_call(&s, "GET", &ok, &[("Metadata", "True")])), header, "lower case only");
+        assert_eq!(error(imds_call(&s, "GET", &ok, &[("Metadata", "true"), ("X-Forwarded-For", "10.0.0.1")])), header);
+        let (status, body) =
+            imds_call(&s, "GET", &format!("{IMDS_TOKEN_PATH}?resource={ACR}&client_id=kubelet-id"), &md);
+        assert_eq!(status, 400);
+        assert!(body["error"].as_str().unwrap().contains("api-version was not specified"), "{body}");
+        assert!(body["newest-versions"].is_array());
+        let old = format!("{IMDS_TOKEN_PATH}?api-version=2017-12-01&resource={ACR}&client_id=kubelet-id");
+        assert_eq!(imds_call(&s, "GET", &old, &md).0, 400);
+        let no_resource = format!("{IMDS_TOKEN_PATH}?api-version=2019-08-01&client_id=kubelet-id");
+        assert_eq!(error(imds_call(&s, "GET", &no_resource, &md)).1, "Required query variable 'resource' is missing");
+        assert_eq!(imds_call(&s, "GET", "/metadata/instance?api-version=2021-02-01", &md).0, 404);
+
+        // Which identity: several user-assigned and no system-assigned.
+        let (status, body) = imds_call(&s, "GET", &ok, &md);
+        assert_eq!(status, 400);
+        assert_eq!(
+            body,
+            json!({"error": "invalid_request", "error_description": "Multiple user assigned identities exist, please specify the clientId / resourceId of the identity in the token request"})
+        );
+        let with = |q: &str| format!("{ok}&{q}");
+        assert_eq!(error(imds_call(&s, "GET", &with("client_id=nobody"), &md)), (400, "Identity not found".into()));
+        let (status, body) = imds_call(&s, "GET", &with("client_id=kubelet-id"), &md);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["token_type"], "Bearer");
+        assert_eq!(body["resource"], "https://containerregistry.azure.net");
+        assert!(body["expires_on"].as_str().unwrap().parse::<u64>().unwrap() > now_secs());
+        let token = body["access_token"].as_str().unwrap().to_string();
+        {
+            let inner = s.state.inner.lock().unwrap();
+            let t = &inner.entra_tokens[&token];
+            assert_eq!((t.tenant.as_str(), t.principal.as_str()), ("t-node", "kubelet-id"));
+        }
+        let object = format!("object_id={}", node_object_id("addon-id"));
+        assert_eq!(imds_call(&s, "GET", &with(&object), &md).0, 200);
+        let resource_id = format!("msi_res_id={}", node_resource_id("addon-id").replace('/', "%2F"));
+        assert_eq!(imds_call(&s, "GET", &with(&resource_id), &md).0, 200);
+        assert_eq!(imds_call(&s, "GET", &with(&format!("client_id=kubelet-id&{object}")), &md).0, 400);
+        let (status, body) =
+            imds_call(&s, "GET", &with("client_id=kubelet-id").replace(ACR, "https%3A%2F%2Fvault.azure.net"), &md);
+        assert_eq!((status, body["error"].as_str()), (400, Some("invalid_resource")));
+
+        // The system-assigned identity is the default when it is enabled.
+        s.assign_node_identity("t-node", None);
+        let (status, body) = imds_call(&s, "GET", &ok, &md);
+        assert_eq!(status, 200, "{body}");
+        let token = body["access_token"].as_str().unwrap();
+        assert_eq!(s.state.inner.lock().unwrap().entra_tokens[token].principal, SYSTEM_ASSIGNED);
+
+        // An Entra outage of the identity's tenant.
+        s.set_entra_outage("t-node", true);
+        assert_eq!(imds_call(&s, "GET", &with("client_id=kubelet-id"), &md).0, 500);
+
+        let seen: Vec<Seen> = s.seen().into_iter().filter(|x| x.endpoint == Endpoint::Imds).collect();
+        assert!(seen.iter().any(|x| x.client_id == "kubelet-id" && x.tenant == "t-node" && x.status == 200));
+        assert!(seen.iter().any(|x| x.client_id.is_empty() && x.api_version == "2018-02-01" && x.status == 400));
+    }
+
+    #[test]
+    fn a_single_user_assigned_identity_is_the_default() {
+        let s = AzureStandIn::start().unwrap();
+        s.assign_node_identity("t1", Some("only-id"));
+        let target = format!("{IMDS_TOKEN_PATH}?api-version=2019-08-01&resource={ACR}");
+        let (status, body) = imds_call(&s, "GET", &target, &[("metadata", "true")]);
+        assert_eq!(status, 200, "{body}");
+        let token = body["access_token"].as_str().unwrap();
+        assert_eq!(s.state.inner.lock().unwrap().entra_tokens[token].principal, "only-id");
     }
 }

@@ -1,5 +1,9 @@
-//! AWS stand-ins: `moto_server` (PyPI `moto[server]`) for ECR and STS, and a
+//! AWS stand-ins: `moto_server` (PyPI `moto[server]`) for ECR and STS,
+//! behind a front that makes it as strict as AWS ([`aws_front`]), and a
 //! small ECR Public stand-in following its JSON API, which moto lacks.
+
+#[path = "aws_front.rs"]
+mod aws_front;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -11,53 +15,108 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine;
+use serde_json::Value;
 
-use crate::free_port;
+pub use aws_front::{ECR_TOKEN_LIFETIME, EcrToken, STS_AUDIENCE, WebIdentityCall};
+
 use crate::operator::http_get;
 use crate::registry::require_tool;
+use crate::standin_http::Server;
 use crate::tokenauth::Validator;
+use crate::{ControlPlane, free_port};
 
-/// A `moto_server` process on loopback. It can be stopped and started again
-/// on the same port, to simulate an AWS outage.
+/// `moto_server` on an internal loopback port, behind the front that
+/// clients reach at [`Moto::endpoint`]. The front can be stopped and
+/// started again on the same port, to simulate an AWS outage; what it
+/// knows (OIDC providers, trust policies, issued tokens) and moto's state
+/// survive the outage.
+///
+/// What the front adds to moto (see [`aws_front`]):
+/// - ECR `GetAuthorizationToken` issues random tokens bound to the region
+///   of the request's signature, the caller and an expiry (12 hours, or
+///   [`Moto::set_ecr_token_lifetime`]); [`Moto::validator`] and
+///   [`Moto::validator_for`] accept exactly those while they live;
+/// - STS `AssumeRoleWithWebIdentity` checks the token against the OIDC
+///   providers registered with [`Moto::add_oidc_provider`] and the trust
+///   policies given with [`Moto::trust_web_identity`], and refuses
+///   everything else, as STS does.
 pub struct Moto {
     child: Option<Child>,
     binary: PathBuf,
+    /// moto's own port, which only the front uses.
+    moto_port: u16,
+    /// The front's port: the endpoint.
     port: u16,
     process_group: i32,
+    front: Arc<aws_front::Front>,
+    server: Option<Server>,
 }
 
 impl Moto {
     /// Starts `moto_server` in `process_group` (the control plane's, so it
-    /// stops with it).
+    /// stops with it; 0 puts it in a new group of its own) and the front
+    /// before it.
     pub fn start(process_group: i32) -> Result<Moto> {
         let binary = require_tool("moto_server", "python3-pip (then `pip install 'moto[server]'`, or `make deps`)")
             .context("moto_server (PyPI moto[server]) is needed for the AWS tests: run `pip install 'moto[server]'`")?;
-        let mut moto = Moto { child: None, binary, port: free_port()?, process_group };
+        let moto_port = free_port()?;
+        let mut moto = Moto {
+            child: None,
+            binary,
+            moto_port,
+            port: free_port()?,
+            process_group,
+            front: Arc::new(aws_front::Front::new(format!("127.0.0.1:{moto_port}"))),
+            server: None,
+        };
         moto.resume()?;
         Ok(moto)
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`: the front.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// Stops the server (an outage).
+    /// Stops answering (an outage): the endpoint refuses connections until
+    /// [`Moto::resume`].
     pub fn stop(&mut self) {
+        // Dropping the server closes its listener.
+        self.server = None;
+    }
+
+    /// Answers again on the same port (starting moto too if it is not
+    /// running).
+    pub fn resume(&mut self) -> Result<()> {
+        self.stop();
+        let running = self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+        if !running {
+            self.start_moto()?;
+        }
+        // The port was ours a moment ago; a socket of the old listener may
+        // linger briefly.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match TcpListener::bind(("127.0.0.1", self.port)) {
+                Ok(l) => break l,
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+                Err(e) => return Err(e).with_context(|| format!("binding the AWS front to port {}", self.port)),
+            }
+        };
+        let front = self.front.clone();
+        self.server = Some(Server::spawn(listener, "aws-front", "aws-front-conn", move |tcp| front.serve(tcp))?);
+        Ok(())
+    }
+
+    fn start_moto(&mut self) -> Result<()> {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
-    }
-
-    /// Starts it again on the same port. moto keeps no state across
-    /// restarts; ECR and STS need none for these tests.
-    pub fn resume(&mut self) -> Result<()> {
-        self.stop();
         let child = Command::new(&self.binary)
-            .args(["-H", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-H", "127.0.0.1", "-p", &self.moto_port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -67,34 +126,137 @@ impl Moto {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if http_get(&format!("{}/moto-api/", self.endpoint())).is_ok() {
+            if http_get(&format!("http://127.0.0.1:{}/moto-api/", self.moto_port)).is_ok() {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        bail!("moto_server did not answer on port {}", self.port)
+        bail!("moto_server did not answer on port {}", self.moto_port)
     }
 
-    /// The password moto's ECR issues for an account: `<account>-auth-token`.
-    pub fn ecr_password(account: &str) -> String {
-        format!("{account}-auth-token")
+    /// The lifetime of the ECR tokens issued from now on (default
+    /// [`ECR_TOKEN_LIFETIME`], 12 hours, as ECR).
+    pub fn set_ecr_token_lifetime(&self, lifetime: Duration) {
+        self.front.set_ecr_token_lifetime(lifetime);
     }
 
-    /// A token-service validator accepting what moto's ECR issues: user
-    /// `AWS` with `<12-digit account>-auth-token`.
+    /// Fault knob: while set, ECR tokens are issued already expired (an
+    /// hour ago), as a provider with a wrong clock would.
+    pub fn set_ecr_expired(&self, expired: bool) {
+        self.front.set_ecr_expired(expired);
+    }
+
+    /// A token-service validator: user `AWS` and a live token this front's
+    /// ECR issued, in any region.
     pub fn validator(&self) -> Validator {
-        Arc::new(|user: &str, pass: &str| {
-            user == "AWS"
-                && pass
-                    .strip_suffix("-auth-token")
-                    .is_some_and(|a| a.len() == 12 && a.bytes().all(|b| b.is_ascii_digit()))
-        })
+        self.front.validator(None)
     }
+
+    /// A token-service validator for a registry in `region`: user `AWS` and
+    /// a live token this front's ECR issued in `region` (an ECR token is
+    /// valid only in the region that issued it).
+    pub fn validator_for(&self, region: &str) -> Validator {
+        self.front.validator(Some(region))
+    }
+
+    /// What the ECR token `password` is bound to, if this front issued it
+    /// (expired or not).
+    pub fn ecr_token(&self, password: &str) -> Option<EcrToken> {
+        self.front.ecr_token(password)
+    }
+
+    /// ECR `GetAuthorizationToken` calls answered with a token.
+    pub fn ecr_calls(&self) -> usize {
+        self.front.ecr_calls()
+    }
+
+    /// Every STS `AssumeRoleWithWebIdentity` call, accepted or refused, in
+    /// order.
+    pub fn web_identity_calls(&self) -> Vec<WebIdentityCall> {
+        self.front.web_identity_calls()
+    }
+
+    /// Registers the control plane's ServiceAccount token issuer as an IAM
+    /// OIDC identity provider with client id [`STS_AUDIENCE`], as
+    /// `eksctl utils associate-iam-oidc-provider` does for a cluster: its
+    /// discovery document (`/.well-known/openid-configuration`) and keys
+    /// (`/openid/v1/jwks`) are read from kube-apiserver with the admin
+    /// credentials. Returns the issuer.
+    pub fn add_oidc_provider(&self, cp: &ControlPlane) -> Result<String> {
+        self.add_oidc_provider_with_client_ids(cp, &[STS_AUDIENCE])
+    }
+
+    /// [`Moto::add_oidc_provider`] with other client ids (audiences).
+    pub fn add_oidc_provider_with_client_ids(&self, cp: &ControlPlane, client_ids: &[&str]) -> Result<String> {
+        let (discovery, jwks) = fetch_oidc(cp)?;
+        let issuer = discovery
+            .get("issuer")
+            .and_then(Value::as_str)
+            .context("the apiserver's discovery document has no issuer")?
+            .to_string();
+        self.add_oidc_provider_jwks(&issuer, &jwks, client_ids)?;
+        Ok(issuer)
+    }
+
+    /// Registers an OIDC identity provider for `issuer` with the keys of the
+    /// JWK Set `jwks` and `client_ids` as its audiences (replacing one for
+    /// the same issuer).
+    pub fn add_oidc_provider_jwks(&self, issuer: &str, jwks: &Value, client_ids: &[&str]) -> Result<()> {
+        self.front.add_oidc_provider(issuer, jwks, client_ids)
+    }
+
+    /// Adds to the trust policy of `role_arn` a statement allowing
+    /// `sts:AssumeRoleWithWebIdentity` to tokens of `issuer`'s provider with
+    /// audience `audience` (`<issuer>:aud`, StringEquals) and a subject
+    /// matching one of `subjects` (`<issuer>:sub`, StringLike: `*` and `?`
+    /// wildcards, e.g. `system:serviceaccount:ns:*`). A role without any
+    /// statement refuses every web identity.
+    pub fn trust_web_identity(&self, role_arn: &str, issuer: &str, audience: &str, subjects: &[&str]) {
+        self.front.trust_web_identity(role_arn, issuer, audience, subjects);
+    }
+}
+
+/// The control plane's OIDC discovery document and JWK Set, read as admin
+/// (kube-apiserver serves them to authenticated callers).
+fn fetch_oidc(cp: &ControlPlane) -> Result<(Value, Value)> {
+    std::thread::scope(|s| {
+        s.spawn(|| -> Result<(Value, Value)> {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(async {
+                let client = cp.client().await?;
+                let get = |path: &str| http::Request::get(path).body(Vec::new());
+                let discovery: Value = serde_json::from_str(
+                    &client
+                        .request_text(get("/.well-known/openid-configuration")?)
+                        .await
+                        .context("reading the apiserver's OIDC discovery document")?,
+                )?;
+                // The keys at the path of `jwks_uri`, on the apiserver the
+                // test reaches (the URI's host is the advertised address).
+                let path = discovery
+                    .get("jwks_uri")
+                    .and_then(Value::as_str)
+                    .and_then(|u| u.strip_prefix("https://"))
+                    .and_then(|u| u.find('/').map(|i| u[i..].to_string()))
+                    .unwrap_or_else(|| "/openid/v1/jwks".to_string());
+                let jwks: Value = serde_json::from_str(
+                    &client.request_text(get(&path)?).await.context("reading the apiserver's JWK Set")?,
+                )?;
+                Ok((discovery, jwks))
+            })
+        })
+        .join()
+        .map_err(|_| anyhow!("reading the OIDC documents panicked"))?
+    })
 }
 
 impl Drop for Moto {
     fn drop(&mut self) {
         self.stop();
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 

@@ -31,6 +31,7 @@ pub mod harbor_standin;
 pub mod images;
 pub mod node;
 pub mod operator;
+pub mod pod_identity;
 pub mod registry;
 mod standin_http;
 pub mod throttle;

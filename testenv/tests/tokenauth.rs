@@ -9,8 +9,11 @@ use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use regcred_testenv::registry::TEST_IMAGE;
 use regcred_testenv::registry::skopeo_inspect;
-use regcred_testenv::tokenauth::{TokenService, Validator, start_token_registry, write_authfile};
+use regcred_testenv::tokenauth::{
+    FrontKind, Grant, Grants, RegistryFront, TokenService, Validator, start_token_registry, write_authfile,
+};
 
 type Credentials = Arc<Mutex<HashMap<String, String>>>;
 
@@ -58,12 +61,32 @@ fn raw(tokens: &TokenService, request: &str) -> (u16, String, String) {
 
 /// `GET path` on `host` with `Authorization: Bearer token`: the status.
 fn bearer_get(host: &str, path: &str, token: &str) -> u16 {
-    let mut s = TcpStream::connect(host).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n")
-        .unwrap();
+    exchange(host, &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\r\n")).0
+}
+
+/// Sends `request` (with `Connection: close` added) to `addr`: (status,
+/// head, body).
+fn exchange(addr: &str, request: &str) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let request = request.strip_suffix("\r\n\r\n").unwrap();
+    write!(s, "{request}\r\nConnection: close\r\n\r\n").unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
-    out.split_whitespace().nth(1).unwrap().parse().unwrap()
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    (head.split_whitespace().nth(1).unwrap().parse().unwrap(), head.to_string(), body.to_string())
+}
+
+/// The test image is an OCI manifest: without this the registry answers 404.
+const OCI: &str = "Accept: application/vnd.oci.image.manifest.v1+json\r\n";
+
+/// A token service whose logins (`user`: `user-pass`) have `grants[user]`.
+fn service_with_grants(users: &[(&str, Vec<Grant>)]) -> TokenService {
+    let table: HashMap<String, Vec<Grant>> = users.iter().map(|(u, g)| (u.to_string(), g.clone())).collect();
+    let names: Vec<String> = table.keys().cloned().collect();
+    let validator: Validator =
+        Arc::new(move |user, pass| names.iter().any(|n| n == user) && pass == format!("{user}-pass"));
+    let grants: Grants = Arc::new(move |user, _| table.get(user).cloned().unwrap_or_default());
+    TokenService::start_with_grants(validator, grants).expect("token service")
 }
 
 /// A token from `tokens` for `scope`, asked with Basic `user:pass`.
@@ -257,4 +280,170 @@ fn token_registry_accepts_exactly_the_currently_valid_credentials() {
     let empty = tmp.path().join("empty.json");
     std::fs::write(&empty, r#"{"auths":{}}"#).unwrap();
     assert!(!inspect(&empty).status.success());
+}
+
+#[test]
+fn grants_narrow_tokens_and_the_registry_refuses_what_was_not_granted() {
+    let tokens = service_with_grants(&[
+        ("pusher", vec![Grant::everything()]),
+        ("team", vec![Grant::pull("regcred/*")]),
+        ("stranger", vec![Grant::pull("other/*")]),
+    ]);
+    let registry = start_token_registry(0, &tokens, "pusher", "pusher-pass").unwrap_or_else(|e| panic!("{e:#}"));
+    let pull = "repository:regcred/test:pull,push";
+    // A grant keeps what it allows of the request.
+    let team = token_for(&tokens, "team", "team-pass", pull);
+    assert_eq!(
+        jwt_part(&team, 1)["access"],
+        serde_json::json!([{"type": "repository", "name": "regcred/test", "actions": ["pull"]}])
+    );
+    // A valid login without the repository still gets a token (not an
+    // error, as the token spec says), with no access in it.
+    let narrowed = tokens.narrowed();
+    let stranger = token_for(&tokens, "stranger", "stranger-pass", pull);
+    assert_eq!(jwt_part(&stranger, 1)["access"], serde_json::json!([]));
+    assert!(tokens.narrowed() > narrowed);
+    // The real registry refuses that token as Distribution does.
+    let request = |token: &str| {
+        format!(
+            "GET /v2/regcred/test/manifests/v1 HTTP/1.1\r\nHost: {}\r\n{OCI}Authorization: Bearer {token}\r\n\r\n",
+            registry.host
+        )
+    };
+    let (status, head, body) = exchange(&registry.host, &request(&stranger));
+    assert_eq!(status, 401, "{head}");
+    let head = head.to_ascii_lowercase();
+    assert!(
+        head.contains("scope=\"repository:regcred/test:pull\"") && head.contains("error=\"insufficient_scope\""),
+        "{head}"
+    );
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["errors"][0]["code"], "UNAUTHORIZED", "{body}");
+    let (status, _, _) = exchange(&registry.host, &request(&team));
+    assert_eq!(status, 200);
+
+    // skopeo: the granted login pulls, the other one is refused.
+    let tmp = TempDir::new("grants");
+    let inspect = |user: &str| {
+        let path = tmp.path().join(format!("{user}.json"));
+        write_authfile(&path, &registry.host, user, &format!("{user}-pass")).unwrap();
+        skopeo_inspect(&path, &registry.test_image()).unwrap()
+    };
+    let out = inspect("team");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = inspect("stranger");
+    assert!(!out.status.success(), "a login without the repository pulled it");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_ascii_lowercase();
+    assert!(stderr.contains("unauthorized") || stderr.contains("authentication required"), "{stderr}");
+}
+
+#[test]
+fn an_ecr_front_answers_basic_and_403_denied_like_ecr() {
+    let tokens = service_with_grants(&[
+        ("pusher", vec![Grant::everything()]),
+        ("AWS", vec![Grant::pull("regcred/*")]),
+        ("other", vec![Grant::pull("x/*")]),
+    ]);
+    let registry = start_token_registry(0, &tokens, "pusher", "pusher-pass").unwrap_or_else(|e| panic!("{e:#}"));
+    let front = RegistryFront::start(
+        FrontKind::Ecr { principal: "arn:aws:iam::123456789012:user/ci".into() },
+        &tokens,
+        &registry,
+    )
+    .unwrap();
+    assert!(front.proxy_url().starts_with("http://127.0.0.1:"));
+    let ecr = "123456789012.dkr.ecr.eu-west-1.amazonaws.com";
+    // As through HTTP_PROXY: absolute-form targets naming the ECR host.
+    let get = |method: &str, path: &str, user: Option<&str>| {
+        let auth =
+            user.map(|u| format!("Authorization: Basic {}\r\n", basic(u, &format!("{u}-pass")))).unwrap_or_default();
+        exchange(&front.host(), &format!("{method} http://{ecr}{path} HTTP/1.1\r\nHost: {ecr}\r\n{OCI}{auth}\r\n"))
+    };
+    let (status, head, _) = get("GET", "/v2/", None);
+    assert_eq!(status, 401);
+    assert!(
+        head.contains(&format!("WWW-Authenticate: Basic realm=\"https://{ecr}/\",service=\"ecr.amazonaws.com\"")),
+        "{head}"
+    );
+    assert_eq!(get("GET", "/v2/", Some("AWS")).0, 200);
+    assert_eq!(get("GET", "/v2/", Some("mallory")).0, 401);
+    let (status, head, body) = get("GET", "/v2/regcred/test/manifests/v1", Some("AWS"));
+    assert_eq!(status, 200, "{head}{body}");
+    assert!(head.contains("Docker-Content-Digest: sha256:"), "{head}");
+    assert_eq!(get("HEAD", "/v2/regcred/test/manifests/missing", Some("AWS")).0, 404);
+
+    let refused = front.refused();
+    let (status, _, body) = get("GET", "/v2/regcred/test/manifests/v1", Some("other"));
+    assert_eq!(status, 403);
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["errors"][0]["code"], "DENIED");
+    assert_eq!(
+        body["errors"][0]["message"],
+        "User: arn:aws:iam::123456789012:user/ci is not authorized to perform: ecr:BatchGetImage on resource: \
+         arn:aws:ecr:eu-west-1:123456789012:repository/regcred/test because no resource-based policy allows the \
+         ecr:BatchGetImage action"
+    );
+    let (status, _, body) = get("HEAD", "/v2/regcred/test/manifests/v1", Some("other"));
+    assert_eq!((status, body.as_str()), (403, ""));
+    assert_eq!(front.refused(), refused + 2);
+}
+
+#[test]
+fn an_artifact_registry_front_refuses_with_403_permission_denied() {
+    let tokens = service_with_grants(&[
+        ("pusher", vec![Grant::everything()]),
+        ("oauth2accesstoken", vec![Grant::pull("regcred/*")]),
+        ("other", vec![Grant::pull("x/*")]),
+    ]);
+    let registry = start_token_registry(0, &tokens, "pusher", "pusher-pass").unwrap_or_else(|e| panic!("{e:#}"));
+    let front =
+        RegistryFront::start(FrontKind::ArtifactRegistry { location: "europe".into() }, &tokens, &registry).unwrap();
+    let host = front.host();
+    let (status, head, _) = exchange(&host, &format!("GET /v2/ HTTP/1.1\r\nHost: {host}\r\n\r\n"));
+    assert_eq!(status, 401);
+    assert!(head.contains(&format!("WWW-Authenticate: Bearer realm=\"http://{host}/v2/token\"")), "{head}");
+    let token = |user: &str| {
+        let (status, _, body) = exchange(
+            &host,
+            &format!(
+                "GET /v2/token?scope=repository%3Aregcred%2Ftest%3Apull HTTP/1.1\r\nHost: {host}\r\nAuthorization: Basic {}\r\n\r\n",
+                basic(user, &format!("{user}-pass"))
+            ),
+        );
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["token"].as_str().unwrap().to_string()
+    };
+    let manifest = |token: &str| {
+        exchange(
+            &host,
+            &format!(
+                "GET /v2/regcred/test/manifests/v1 HTTP/1.1\r\nHost: {host}\r\n{OCI}Authorization: Bearer {token}\r\n\r\n"
+            ),
+        )
+    };
+    assert_eq!(manifest(&token("oauth2accesstoken")).0, 200);
+    let (status, _, body) = manifest(&token("other"));
+    assert_eq!(status, 403);
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["errors"][0]["code"], "DENIED");
+    assert_eq!(
+        body["errors"][0]["message"],
+        "Permission \"artifactregistry.repositories.downloadArtifacts\" denied on resource \
+         \"projects/regcred/locations/europe/repositories/test\" (or it may not exist)"
+    );
+    assert_eq!(front.refused(), 1);
+
+    // A real client through the front: skopeo follows its challenge.
+    let tmp = TempDir::new("ar-front");
+    let inspect = |user: &str| {
+        let path = tmp.path().join(format!("{user}.json"));
+        write_authfile(&path, &host, user, &format!("{user}-pass")).unwrap();
+        skopeo_inspect(&path, &format!("{host}/{TEST_IMAGE}")).unwrap()
+    };
+    let out = inspect("oauth2accesstoken");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = inspect("other");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("artifactregistry.repositories.downloadArtifacts"), "{stderr}");
 }
