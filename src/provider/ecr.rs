@@ -261,6 +261,9 @@ where
             let detail = redactor.clean(e.message().unwrap_or(""));
             let hint = match code {
                 "ExpiredToken" | "ExpiredTokenException" => " (the AWS credentials have expired)",
+                // A refused web identity is the role's trust policy, which
+                // the caller names with the token's subject and audience.
+                "AccessDenied" | "AccessDeniedException" if call == "sts:AssumeRoleWithWebIdentity" => "",
                 "AccessDenied" | "AccessDeniedException" => {
                     " (check the IAM policy: ecr:GetAuthorizationToken, sts:AssumeRole)"
                 }
