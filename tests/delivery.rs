@@ -174,7 +174,7 @@ fn google() -> &'static GoogleStandIn {
     static G: OnceLock<GoogleStandIn> = OnceLock::new();
     G.get_or_init(|| {
         let g = GoogleStandIn::start().unwrap_or_else(|e| panic!("{e:#}"));
-        g.add_pool_provider(POOL, &format!("https:{POOL}"), HOUR);
+        g.add_pool_provider_for_cluster(POOL, HOUR, control_plane()).unwrap_or_else(|e| panic!("{e:#}"));
         g
     })
 }
@@ -729,7 +729,7 @@ async fn credential_helper_serves_skopeo_from_every_provider_and_caches_on_disk(
     let config = write_config(
         &dir,
         json!([
-            {"match": [ecr.host], "provider": {"ecr": {"region": "us-east-1", "endpoint": moto().endpoint(), "auth": {"secretRef": {"name": "aws"}}}}},
+            {"match": [ecr.host, "*.dkr.ecr.*.amazonaws.com"], "provider": {"ecr": {"region": "us-east-1", "endpoint": moto().endpoint(), "auth": {"secretRef": {"name": "aws"}}}}},
             {"match": [gar.host], "provider": {"google": {"registries": [gar.host], "auth": {"secretRef": {"name": "gsa"}}}}},
             {"match": [az.host()], "provider": {"acr": {"registry": az.host(), "tenantId": "helper-tenant",
                 "auth": {"servicePrincipal": {"secretRef": {"name": "sp"}}}, "authorityHost": az.authority_host(), "caBundle": az.ca_pem()}}},
@@ -801,6 +801,16 @@ async fn credential_helper_serves_skopeo_from_every_provider_and_caches_on_disk(
     let v: Value = serde_json::from_slice(&got.stdout).unwrap();
     assert_eq!(v["Username"], "oauth2accesstoken");
     assert_eq!(v["ServerURL"], format!("https://{}", gar.host));
+    // An ECR registry in another region and account: a login minted there.
+    let got = helper("get", "https://210987654321.dkr.ecr.eu-central-1.amazonaws.com");
+    assert!(got.status.success(), "{}", String::from_utf8_lossy(&got.stdout));
+    let v: Value = serde_json::from_slice(&got.stdout).unwrap();
+    assert_eq!(
+        (v["ServerURL"].as_str(), v["Username"].as_str()),
+        (Some("https://210987654321.dkr.ecr.eu-central-1.amazonaws.com"), Some("AWS"))
+    );
+    let token = moto().ecr_token(v["Secret"].as_str().unwrap()).expect("a token the ECR stand-in issued");
+    assert_eq!(token.region, "eu-central-1");
     let list = helper("list", "");
     let v: Value = serde_json::from_slice(&list.stdout).unwrap();
     assert!(hosts.iter().all(|h| v.get(h).is_some()), "{v}");
