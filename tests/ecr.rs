@@ -622,10 +622,7 @@ fn check_uses_web_identity_from_a_token_file_as_ambient_identity() {
     assert!(refused, "STS did not refuse the web identity: {text}");
     // The refusal reaches the user as the SDK's chain reports it: STS's
     // code, not an ECR call that "failed".
-    assert!(
-        text.contains("ambient AWS credentials could not be loaded") && text.contains("AccessDenied"),
-        "{text}"
-    );
+    assert!(text.contains("ambient AWS credentials could not be loaded") && text.contains("AccessDenied"), "{text}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
