@@ -540,6 +540,10 @@ async fn pods_without_pull_secrets_pull_through_the_plugin_on_the_real_node() {
     // image and the keys of the answer (never the logins), so the test sees
     // what the kubelet was given.
     let keys_log = dir.join("answer-keys.log");
+    assert!(
+        Path::new("/usr/bin/python3").exists(),
+        "the kubelet plugin wrapper needs /usr/bin/python3 (apt-get install python3)"
+    );
     let note_keys = r#"import json, os
 try:
     keys = sorted(json.loads(os.environ["OUT"])["auth"])
