@@ -807,7 +807,7 @@ async fn helm_install_then_the_operator_runs_as_the_charts_service_account_then_
     fs::write(&sa_kubeconfig, cp.service_account_kubeconfig(NS, RELEASE).await.unwrap()).unwrap();
     let google = GoogleStandIn::start().unwrap();
     const POOL: &str = "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/chart/providers/envtest";
-    google.add_pool_provider(POOL, &format!("https:{POOL}"), Duration::from_secs(3600));
+    google.add_pool_provider_for_cluster(POOL, Duration::from_secs(3600), cp).unwrap_or_else(|e| panic!("{e:#}"));
     let op = Operator::start_as(
         cp,
         Path::new(env!("CARGO_BIN_EXE_regcred")),

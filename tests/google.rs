@@ -13,10 +13,11 @@
 mod common;
 
 use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
@@ -24,7 +25,10 @@ use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use regcred::api::{ClusterRegistryCredential, RegistryCredential};
-use regcred_testenv::google_standin::{Endpoint, GoogleStandIn, federated_principal, generate_key};
+use regcred_testenv::google_standin::{
+    AttributeCondition, Endpoint, GoogleStandIn, JwtSigner, OidcPoolProvider, federated_principal, fetch_cluster_oidc,
+    generate_key,
+};
 use regcred_testenv::registry::skopeo_inspect;
 use regcred_testenv::tokenauth::{TokenRegistry, TokenService, start_token_registry, write_authfile};
 use serde_json::{Value, json};
@@ -34,18 +38,32 @@ const PUSHER: &str = "pusher";
 const PUSH_PASS: &str = "google-test-push-pass";
 const POOL: &str =
     "//iam.googleapis.com/projects/123456789/locations/global/workloadIdentityPools/regcred-test/providers/envtest";
+/// A provider of the same cluster whose attribute condition admits only the
+/// ServiceAccounts of namespace `g-cond-in`.
+const POOL_COND: &str = "//iam.googleapis.com/projects/123456789/locations/global/workloadIdentityPools/regcred-test/providers/envtest-cond";
+const COND_PREFIX: &str = "system:serviceaccount:g-cond-in:";
 const HOUR: Duration = Duration::from_secs(3600);
 
 /// The Google stand-ins, started before the operator (which gets
-/// `GCE_METADATA_HOST` pointing at them).
+/// `GCE_METADATA_HOST` pointing at them). The pool providers trust the
+/// control plane's ServiceAccount issuer with the JWK Set it publishes, as
+/// Google's guide for clusters whose issuer it cannot reach sets them up.
 fn google() -> &'static GoogleStandIn {
     static GOOGLE: OnceLock<GoogleStandIn> = OnceLock::new();
     GOOGLE.get_or_init(|| {
         let g = GoogleStandIn::start().unwrap_or_else(|e| panic!("{e:#}"));
-        g.add_pool_provider(POOL, &format!("https:{POOL}"), HOUR);
+        let issuer = g.add_pool_provider_for_cluster(POOL, HOUR, control_plane()).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(issuer, SA_ISSUER);
+        let conditioned = OidcPoolProvider::for_cluster(control_plane(), HOUR)
+            .unwrap_or_else(|e| panic!("{e:#}"))
+            .with_condition(AttributeCondition::SubjectStartsWith(vec![COND_PREFIX.into()]));
+        g.add_oidc_pool_provider(POOL_COND, conditioned).unwrap_or_else(|e| panic!("{e:#}"));
         g
     })
 }
+
+/// The control plane's ServiceAccount token issuer.
+const SA_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 
 /// The registry and its token service, shared by the tests of this binary.
 struct Registry {
@@ -495,4 +513,173 @@ async fn an_external_account_configuration_in_a_secret() {
     wait_for_reason(&rcreds, "ext", "AmbientIdentityForbidden").await;
     assert!(get_secret(&client, "g-ext-tenant", "ext-pull").await.is_none());
     let _ = std::fs::remove_file(&file);
+}
+
+/// Writes a subject token where an external_account's file source reads it
+/// (a projected volume on the operator's machine).
+fn subject_file(name: &str, token: &str) -> PathBuf {
+    let file = std::env::temp_dir().join(format!("regcred-google-{name}-{}.jwt", std::process::id()));
+    std::fs::write(&file, token).unwrap();
+    file
+}
+
+/// An external_account configuration exchanging the token in `file` at
+/// `POOL`, without impersonation.
+fn external_account(file: &Path) -> String {
+    json!({
+        "type": "external_account",
+        "audience": POOL,
+        "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+        "token_url": google().sts_url(),
+        "credential_source": {"file": file.display().to_string(), "format": {"type": "text"}},
+    })
+    .to_string()
+}
+
+/// Subject tokens the apiserver never issued reach STS through an
+/// external_account file source: one signed by another key under the
+/// apiserver's `kid`, one by an unknown key, one of another issuer signed by
+/// the apiserver's own key. STS refuses each with Google's `invalid_grant`
+/// text, which reaches Ready=False; the same claims signed by the
+/// apiserver's key for its own issuer are exchanged and pull.
+#[tokio::test]
+async fn sts_refuses_subject_tokens_of_another_key_or_issuer_with_googles_reason() {
+    let client = gsetup().await;
+    let g = google();
+    let cluster = fetch_cluster_oidc(control_plane()).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(cluster.issuer, SA_ISSUER);
+    let kid = cluster.jwks["keys"][0]["kid"].as_str().expect("the apiserver's key has a kid").to_string();
+    // The apiserver's own signing key (`--service-account-signing-key-file`).
+    let sa_key = std::fs::read_to_string(control_plane().dir().join("sa.key")).expect("the apiserver's signing key");
+    let apiserver = JwtSigner::from_pkcs8_pem(&sa_key, Some(&kid)).unwrap_or_else(|e| panic!("{e:#}"));
+    let other_key = JwtSigner::generate_es256(Some(&kid)).unwrap_or_else(|e| panic!("{e:#}"));
+    let unknown_key = JwtSigner::generate_rs256(Some("forger")).unwrap_or_else(|e| panic!("{e:#}"));
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+    let subject = |name: &str| format!("system:serviceaccount:{CLUSTER_NS}:{name}");
+    let claims = |iss: &str, name: &str| json!({"iss": iss, "sub": subject(name), "aud": [format!("https:{POOL}")], "iat": now, "exp": now + 600});
+    let other_issuer = "https://issuer.example.invalid";
+    let cases = [
+        ("g-sign-control", apiserver.sign(&claims(SA_ISSUER, "g-sign-control")), None),
+        (
+            "g-sign-other-key",
+            other_key.sign(&claims(SA_ISSUER, "g-sign-other-key")),
+            Some("Unable to verify the ID Token signature.".to_string()),
+        ),
+        (
+            "g-sign-unknown-kid",
+            unknown_key.sign(&claims(SA_ISSUER, "g-sign-unknown-kid")),
+            Some("Error connecting to the given credential's issuer.".to_string()),
+        ),
+        (
+            "g-sign-other-issuer",
+            apiserver.sign(&claims(other_issuer, "g-sign-other-issuer")),
+            Some(format!(
+                "The issuer in ID Token {other_issuer} does not match the expected one in config: {SA_ISSUER}"
+            )),
+        ),
+    ];
+    let crcreds: Api<ClusterRegistryCredential> = Api::all(client.clone());
+    let mut files = Vec::new();
+    for (name, token, _) in &cases {
+        let token = token.as_ref().unwrap_or_else(|e| panic!("{e:#}"));
+        regcred_testenv::operator::record_secret(token);
+        let file = subject_file(name, token);
+        put_credentials(&client, CLUSTER_NS, name, &external_account(&file)).await;
+        files.push(file);
+        create_namespace(&client, name, &[]).await;
+        let mut spec = google_spec(json!({"secretRef": {"name": name}}), "forged-pull");
+        spec["namespaces"] = json!([name]);
+        apply_crcred(&client, name, spec).await;
+    }
+    for (name, _, refusal) in &cases {
+        let principal = federated_principal(POOL, &subject(name));
+        let Some(description) = refusal else {
+            // The control: the checks pass a token the apiserver's key signed
+            // for its issuer, and its federated token really pulls.
+            allow_pull(&principal);
+            wait_for_reason(&crcreds, name, "Synced").await;
+            let token = wait_for_token(&client, name, "forged-pull", None).await;
+            assert_eq!(g.issued(&token), Some((principal, Endpoint::Sts)));
+            assert_pulls(&token, "the federated token of the control").await;
+            continue;
+        };
+        let status = wait_for_reason(&crcreds, name, "ProviderAuthFailed").await;
+        let ready = &status.conditions[0];
+        assert_eq!(ready.status, "False");
+        let message = &ready.message;
+        assert!(message.contains("STS token exchange") && message.contains(&g.sts_url()), "{message}");
+        assert!(message.contains("HTTP 400") && message.contains("invalid_grant"), "{message}");
+        assert!(message.contains(description.as_str()), "{name}: {message}");
+        assert!(g.refusals().iter().any(|r| r.contains(description.as_str())), "{name}: {:?}", g.refusals());
+        assert!(!g.subjects().iter().any(|s| s.sub == subject(name)), "{name} was exchanged");
+        assert!(get_secret(&client, name, "forged-pull").await.is_none(), "{name}: a Secret was written");
+    }
+    for file in files {
+        let _ = std::fs::remove_file(file);
+    }
+}
+
+/// A pool provider whose attribute condition admits one namespace: its
+/// ServiceAccounts are exchanged and pull; a ServiceAccount of another
+/// namespace is refused with Google's `unauthorized_client`, although the
+/// registry would let its principal pull and the provider without a
+/// condition exchanges its token. A token for another audience is refused
+/// with Google's audience text.
+#[tokio::test]
+async fn the_attribute_condition_refuses_service_accounts_outside_it() {
+    let client = gsetup().await;
+    let g = google();
+    for ns in ["g-cond-in", "g-cond-out"] {
+        create_namespace(&client, ns, &[]).await;
+        create_service_account(&client, ns, "puller").await;
+    }
+    let federation = |audience: &str| json!({"serviceAccountRef": {"name": "puller", "audience": audience, "tokenUrl": g.sts_url()}});
+    let inside = federated_principal(POOL_COND, &format!("{COND_PREFIX}puller"));
+    let outside_sub = "system:serviceaccount:g-cond-out:puller";
+    allow_pull(&inside);
+    allow_pull(&federated_principal(POOL_COND, outside_sub));
+    allow_pull(&federated_principal(POOL, outside_sub));
+
+    // Inside the condition.
+    apply_rcred(&client, "g-cond-in", "wif", google_spec(federation(POOL_COND), "wif-pull")).await;
+    let rcreds_in: Api<RegistryCredential> = Api::namespaced(client.clone(), "g-cond-in");
+    wait_for_reason(&rcreds_in, "wif", "Synced").await;
+    let token = wait_for_token(&client, "g-cond-in", "wif-pull", None).await;
+    assert_eq!(g.issued(&token), Some((inside, Endpoint::Sts)));
+    assert_pulls(&token, "the token of a ServiceAccount the condition admits").await;
+
+    // Outside it.
+    apply_rcred(&client, "g-cond-out", "wif", google_spec(federation(POOL_COND), "wif-pull")).await;
+    let rcreds_out: Api<RegistryCredential> = Api::namespaced(client.clone(), "g-cond-out");
+    let status = wait_for_reason(&rcreds_out, "wif", "ProviderAuthFailed").await;
+    let message = &status.conditions[0].message;
+    assert!(message.contains("HTTP 400") && message.contains("unauthorized_client"), "{message}");
+    assert!(message.contains("The given credential is rejected by the attribute condition."), "{message}");
+    // Google does not say whose token; regcred names it, the provider, and
+    // what to change.
+    assert!(
+        message.contains(&format!("ServiceAccount token {outside_sub}"))
+            && message.contains(&format!("pool provider {POOL_COND}"))
+            && message.contains("attribute condition does not admit this ServiceAccount"),
+        "{message}"
+    );
+    assert!(get_secret(&client, "g-cond-out", "wif-pull").await.is_none());
+    assert!(!g.subjects().iter().any(|s| s.sub == outside_sub && s.pool_provider == POOL_COND));
+    // The same ServiceAccount at the provider without a condition: exchanged.
+    apply_rcred(&client, "g-cond-out", "wif-open", google_spec(federation(POOL), "wif-open-pull")).await;
+    wait_for_reason(&rcreds_out, "wif-open", "Synced").await;
+    let token = wait_for_token(&client, "g-cond-out", "wif-open-pull", None).await;
+    assert_eq!(g.issued(&token), Some((federated_principal(POOL, outside_sub), Endpoint::Sts)));
+
+    // A token requested for another audience than the provider's.
+    let mut wrong = federation(POOL_COND);
+    wrong["serviceAccountRef"]["tokenAudience"] = json!("sts.amazonaws.com");
+    apply_rcred(&client, "g-cond-in", "wrong-aud", google_spec(wrong, "wrong-aud-pull")).await;
+    let status = wait_for_reason(&rcreds_in, "wrong-aud", "ProviderAuthFailed").await;
+    let message = &status.conditions[0].message;
+    assert!(
+        message.contains("The audience in ID Token [sts.amazonaws.com] does not match the expected audience."),
+        "{message}"
+    );
+    assert!(get_secret(&client, "g-cond-in", "wrong-aud-pull").await.is_none());
 }

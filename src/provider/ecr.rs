@@ -28,7 +28,9 @@ use k8s_openapi::jiff::Timestamp;
 use parking_lot::Mutex;
 use secrecy::{ExposeSecret, SecretString};
 
-use super::{CredentialProvider, Minted, ProviderError, SourceError, Sources, optional_value, required_value};
+use super::{
+    CredentialProvider, Minted, ProviderError, SourceError, Sources, optional_value, required_value, token_subject,
+};
 use crate::api::{AssumeRole, AwsAuth, EcrProvider, EcrPublicProvider};
 use crate::hygiene::Kind;
 use crate::reasons;
@@ -401,18 +403,6 @@ async fn resolve_identity(
     let creds = sts_credentials(CALL, out.credentials())?;
     redactor.add(creds.secret_access_key());
     Ok(SharedCredentialsProvider::new(creds))
-}
-
-/// The `sub` claim of a ServiceAccount token (`system:serviceaccount:NS:NAME`),
-/// read without verification, only to name it in an error: it is what STS
-/// matches the role's trust policy against.
-fn token_subject(token: &str) -> Option<String> {
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let payload = token.split('.').nth(1)?;
-    let claims: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
-    let sub = claims.get("sub")?.as_str()?;
-    // A name, never anything token-like.
-    (sub.len() <= 320 && sub.bytes().all(|b| b.is_ascii_graphic())).then(|| sub.to_string())
 }
 
 /// Why the default credential chain gave no credentials, as the SDK says it.

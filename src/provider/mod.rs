@@ -439,6 +439,20 @@ impl Sources {
     }
 }
 
+/// The `sub` claim of a ServiceAccount token (`system:serviceaccount:NS:NAME`),
+/// read without verification, only to name it in an error: it is what a
+/// cloud's token exchange matches its trust rules against (an IAM role's
+/// trust policy, a workload identity pool's attribute condition).
+pub(crate) fn token_subject(token: &str) -> Option<String> {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let payload = token.split('.').nth(1)?;
+    let claims: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
+    let sub = claims.get("sub")?.as_str()?;
+    // A name, never anything token-like.
+    (sub.len() <= 320 && sub.bytes().all(|b| b.is_ascii_graphic())).then(|| sub.to_string())
+}
+
 /// The raw bytes of a key in a Secret (`data`, or `stringData` for Secrets
 /// given to `regcred check`), if present.
 fn raw_value<'a>(secret: &'a Secret, key: &str) -> Option<&'a [u8]> {

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use base64::Engine;
 use serde_json::Value;
 
@@ -188,14 +188,9 @@ impl Moto {
 
     /// [`Moto::add_oidc_provider`] with other client ids (audiences).
     pub fn add_oidc_provider_with_client_ids(&self, cp: &ControlPlane, client_ids: &[&str]) -> Result<String> {
-        let (discovery, jwks) = fetch_oidc(cp)?;
-        let issuer = discovery
-            .get("issuer")
-            .and_then(Value::as_str)
-            .context("the apiserver's discovery document has no issuer")?
-            .to_string();
-        self.add_oidc_provider_jwks(&issuer, &jwks, client_ids)?;
-        Ok(issuer)
+        let cluster = crate::oidc::fetch_cluster_oidc(cp)?;
+        self.add_oidc_provider_jwks(&cluster.issuer, &cluster.jwks, client_ids)?;
+        Ok(cluster.issuer)
     }
 
     /// Registers an OIDC identity provider for `issuer` with the keys of the
@@ -214,40 +209,6 @@ impl Moto {
     pub fn trust_web_identity(&self, role_arn: &str, issuer: &str, audience: &str, subjects: &[&str]) {
         self.front.trust_web_identity(role_arn, issuer, audience, subjects);
     }
-}
-
-/// The control plane's OIDC discovery document and JWK Set, read as admin
-/// (kube-apiserver serves them to authenticated callers).
-fn fetch_oidc(cp: &ControlPlane) -> Result<(Value, Value)> {
-    std::thread::scope(|s| {
-        s.spawn(|| -> Result<(Value, Value)> {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            rt.block_on(async {
-                let client = cp.client().await?;
-                let get = |path: &str| http::Request::get(path).body(Vec::new());
-                let discovery: Value = serde_json::from_str(
-                    &client
-                        .request_text(get("/.well-known/openid-configuration")?)
-                        .await
-                        .context("reading the apiserver's OIDC discovery document")?,
-                )?;
-                // The keys at the path of `jwks_uri`, on the apiserver the
-                // test reaches (the URI's host is the advertised address).
-                let path = discovery
-                    .get("jwks_uri")
-                    .and_then(Value::as_str)
-                    .and_then(|u| u.strip_prefix("https://"))
-                    .and_then(|u| u.find('/').map(|i| u[i..].to_string()))
-                    .unwrap_or_else(|| "/openid/v1/jwks".to_string());
-                let jwks: Value = serde_json::from_str(
-                    &client.request_text(get(&path)?).await.context("reading the apiserver's JWK Set")?,
-                )?;
-                Ok((discovery, jwks))
-            })
-        })
-        .join()
-        .map_err(|_| anyhow!("reading the OIDC documents panicked"))?
-    })
 }
 
 impl Drop for Moto {

@@ -10,10 +10,14 @@
 //! - `GET /computeMetadata/v1/instance/service-accounts/default/token`: the
 //!   metadata server (GKE workload identity); requires `Metadata-Flavor:
 //!   Google`. Reached through `GCE_METADATA_HOST`.
-//! - `POST /v1/token`: Google STS token exchange (RFC 8693). The subject
-//!   token must be a JWT whose `aud` holds the registered pool provider's
-//!   token audience and which has not expired; its signature is not checked
-//!   (the Kubernetes apiserver signs it). The federated principal is
+//! - `POST /v1/token`: Google STS token exchange (RFC 8693) for OIDC
+//!   workload identity pool providers ([`OidcPoolProvider`]), checked as
+//!   Google checks them: the subject token's `iss` is the provider's issuer
+//!   URI, its signature verifies with a key of the provider's uploaded JWK
+//!   Set (`oidc.jwksJson`), its `aud` is an allowed audience, `iat`/`exp`
+//!   hold, `google.subject` (= `assertion.sub`) fits in 127 bytes and the
+//!   attribute condition admits it; refusals carry Google's `error` codes
+//!   and `error_description` texts. The federated principal is
 //!   `principal://iam.googleapis.com/<pool>/subject/<sub>`.
 //! - `POST /v1/projects/-/serviceAccounts/EMAIL:generateAccessToken`: IAM
 //!   Credentials. The bearer token must be valid now and its principal
@@ -38,6 +42,9 @@ use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{RSA_PKCS1_2048_8192_SHA256, RsaKeyPair, UnparsedPublicKey};
 use serde_json::{Value, json};
 
+use crate::ControlPlane;
+use crate::oidc::{self, Jwk, parse_jwks};
+pub use crate::oidc::{ClusterOidc, JwtSigner, fetch_cluster_oidc};
 use crate::operator::record_secret;
 use crate::registry::require_tool;
 use crate::standin_http::{Conn, Request, Response, Server, answer_once};
@@ -80,6 +87,231 @@ pub struct Subject {
     pub aud: Vec<String>,
     /// The pool provider (`audience` of the exchange).
     pub pool_provider: String,
+}
+
+/// An attribute condition of a pool provider (`--attribute-condition`, a
+/// CEL expression over the token's claims, `assertion`), of the forms this
+/// stand-in evaluates. A token it does not admit is refused: "The given
+/// credential is rejected by the attribute condition."
+#[derive(Clone, Debug)]
+pub enum AttributeCondition {
+    /// `assertion.sub in ['a', 'b']`.
+    SubjectIn(Vec<String>),
+    /// `assertion.sub.startsWith('p') || ...`, e.g. one namespace's
+    /// ServiceAccounts: `system:serviceaccount:<ns>:`.
+    SubjectStartsWith(Vec<String>),
+}
+
+impl AttributeCondition {
+    /// Whether the condition holds for a token with this `sub` (a CEL
+    /// expression over a missing claim is an error, which refuses).
+    fn admits(&self, sub: Option<&str>) -> bool {
+        let Some(sub) = sub else { return false };
+        match self {
+            AttributeCondition::SubjectIn(subjects) => subjects.iter().any(|s| s == sub),
+            AttributeCondition::SubjectStartsWith(prefixes) => prefixes.iter().any(|p| sub.starts_with(p.as_str())),
+        }
+    }
+
+    /// The CEL expression, as `gcloud` would be given it.
+    pub fn cel(&self) -> String {
+        let quote = |s: &String| format!("'{s}'");
+        match self {
+            AttributeCondition::SubjectIn(s) => {
+                format!("assertion.sub in [{}]", s.iter().map(quote).collect::<Vec<_>>().join(", "))
+            }
+            AttributeCondition::SubjectStartsWith(p) => {
+                p.iter().map(|p| format!("assertion.sub.startsWith({})", quote(p))).collect::<Vec<_>>().join(" || ")
+            }
+        }
+    }
+}
+
+/// An OIDC workload identity pool provider, as
+/// `gcloud iam workload-identity-pools providers create-oidc` configures one
+/// for a cluster whose issuer is not reachable from Google
+/// (https://cloud.google.com/iam/docs/workload-identity-federation-with-kubernetes:
+/// `--issuer-uri`, `--jwk-json-path` with the cluster's JWK Set,
+/// `--attribute-mapping=google.subject=assertion.sub`).
+#[derive(Clone, Debug)]
+pub struct OidcPoolProvider {
+    /// `oidc.issuerUri`: the `iss` its tokens must carry.
+    pub issuer_uri: String,
+    /// `oidc.jwksJson`: the keys their signatures must verify with.
+    pub jwks_json: Value,
+    /// `oidc.allowedAudiences`; empty: Google's default, the provider's
+    /// resource name with or without the `https:` prefix.
+    pub allowed_audiences: Vec<String>,
+    /// `attributeCondition`; `None`: every token of the issuer.
+    pub attribute_condition: Option<AttributeCondition>,
+    /// Lifetime of the federated access tokens it issues.
+    pub lifetime: Duration,
+}
+
+impl OidcPoolProvider {
+    /// A provider for the control plane's ServiceAccount token issuer: its
+    /// issuer URI and JWK Set as kube-apiserver publishes them, read with
+    /// the admin client ([`fetch_cluster_oidc`]); default audiences, no
+    /// condition.
+    pub fn for_cluster(cp: &ControlPlane, lifetime: Duration) -> Result<OidcPoolProvider> {
+        let ClusterOidc { issuer, jwks } = fetch_cluster_oidc(cp)?;
+        Ok(OidcPoolProvider {
+            issuer_uri: issuer,
+            jwks_json: jwks,
+            allowed_audiences: Vec::new(),
+            attribute_condition: None,
+            lifetime,
+        })
+    }
+
+    /// The same provider with an attribute condition.
+    pub fn with_condition(mut self, condition: AttributeCondition) -> OidcPoolProvider {
+        self.attribute_condition = Some(condition);
+        self
+    }
+}
+
+/// A registered pool provider, its keys parsed.
+struct Pool {
+    issuer: String,
+    keys: Vec<Jwk>,
+    allowed_audiences: Vec<String>,
+    condition: Option<AttributeCondition>,
+    lifetime: Duration,
+}
+
+/// The clock skew STS tolerates on `exp` and `iat`: about a minute either
+/// way. No Google page states it; a user's published measurements against
+/// sts.googleapis.com (Sep 2026) found an `exp` 59 s past accepted and 61 s
+/// past refused, an `iat` 60 s ahead accepted and 119 s ahead refused.
+const STS_SKEW_SECS: i64 = 60;
+
+/// The longest `google.subject` Google maps, in bytes.
+const MAX_SUBJECT_BYTES: usize = 127;
+
+/// Why STS refuses a subject token: status, OAuth2 `error`,
+/// `error_description`.
+type Refusal = (u16, &'static str, String);
+
+/// The checks Google STS makes on the subject token of an exchange at
+/// `pool_provider`, at `now` (Unix seconds). Returns the token's `sub`
+/// (`google.subject`). The texts are Google's, each cited below; the order
+/// of the checks is the stand-in's (Google's is not documented, and only
+/// matters for a token wrong in several ways).
+fn check_subject_token(pool_provider: &str, pool: &Pool, token: &str, now: i64) -> Result<String, Refusal> {
+    let grant = |d: String| (400, "invalid_grant", d);
+    // Not a JWT: the text of Google's OIDC token verifier (Identity
+    // Platform's `signInWithIdp` answers "Unable to parse the ID Token.");
+    // STS's own text for this case has not been seen.
+    let Some(jwt) = oidc::split_jwt(token) else {
+        return Err(grant("Unable to parse the ID Token.".into()));
+    };
+    let claims = &jwt.claims;
+    // `iss` must be the provider's `issuerUri`: "The issuer in ID Token
+    // <iss> does not match the expected one in config: <issuerUri>"
+    // (invalid_grant; older answers read "... the expected ones: <uri>",
+    // google-github-actions/auth docs/TROUBLESHOOTING.md, "Issuer in ID
+    // Token does not match the expected ones"). A missing `iss` prints as
+    // `null`. The IAM reference of `Oidc.issuerUri` (https://cloud.google.com/iam/docs/reference/rest/v1/projects.locations.workloadIdentityPools.providers#oidc)
+    // says it is compared with the token's `iss`.
+    let iss = claims.get("iss").and_then(Value::as_str);
+    if iss != Some(pool.issuer.as_str()) {
+        return Err(grant(format!(
+            "The issuer in ID Token {} does not match the expected one in config: {}",
+            iss.unwrap_or("null"),
+            pool.issuer
+        )));
+    }
+    // The signature, by a key of the uploaded JWK Set. A `kid` the set
+    // does not hold makes Google look the keys up at the issuer, which
+    // fails for an issuer it cannot reach: "Error connecting to the given
+    // credential's issuer." (invalid_grant; Troubleshoot Workload Identity
+    // Federation, https://cloud.google.com/iam/docs/troubleshooting-workload-identity-federation).
+    // A listed `kid` whose key does not verify: "Unable to verify the ID
+    // Token signature." (invalid_grant, in the same published measurements
+    // as the skew above; Identity Platform's verifier gives the same text).
+    // Google accepts RS256 and ES256 tokens (RSA and EC P-256 keys).
+    let alg = jwt.header.get("alg").and_then(Value::as_str).unwrap_or_default();
+    let candidates: Vec<&Jwk> = match jwt.header.get("kid").and_then(Value::as_str) {
+        Some(kid) => pool.keys.iter().filter(|k| k.kid.as_deref() == Some(kid)).collect(),
+        None => pool.keys.iter().collect(),
+    };
+    if candidates.is_empty() {
+        return Err(grant("Error connecting to the given credential's issuer.".into()));
+    }
+    if !candidates.iter().any(|k| k.verifies(alg, jwt.signing_input.as_bytes(), &jwt.signature)) {
+        return Err(grant("Unable to verify the ID Token signature.".into()));
+    }
+    // `aud` must be an allowed audience; with none configured, the
+    // provider's resource name with or without `https:` (IAM reference,
+    // `Oidc.allowedAudiences`). Otherwise "The audience in ID Token [<aud>]
+    // does not match the expected audience." (invalid_grant; the older
+    // "The audience in JWT does not match the expected values.",
+    // google-github-actions/auth issue #29).
+    let audiences: Vec<&str> = match claims.get("aud") {
+        Some(Value::String(a)) => vec![a.as_str()],
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    let default_audiences = [pool_provider.to_string(), format!("https:{pool_provider}")];
+    let allowed: &[String] =
+        if pool.allowed_audiences.is_empty() { &default_audiences } else { &pool.allowed_audiences };
+    if !audiences.iter().any(|a| allowed.iter().any(|x| x == a)) {
+        return Err(grant(format!(
+            "The audience in ID Token [{}] does not match the expected audience.",
+            audiences.join(", ")
+        )));
+    }
+    // `iat` and `exp`, with about a minute of skew: a missing `iat`, a
+    // missing or past `exp`, and an `iat` in the future all read "ID Token
+    // issued at <iat> is stale to sign-in." (invalid_grant; Config Sync
+    // known issues, https://cloud.google.com/kubernetes-engine/config-sync/docs/how-to/known-issues,
+    // "Unable to generate access token for OCI source", quotes it for an
+    // expired federated token; Identity Platform gives the same text for a
+    // future `iat`).
+    let iat = claims.get("iat").and_then(Value::as_i64);
+    let exp = claims.get("exp").and_then(Value::as_i64);
+    let stale = match (iat, exp) {
+        (Some(iat), Some(exp)) => exp < now - STS_SKEW_SECS || iat > now + STS_SKEW_SECS,
+        _ => true,
+    };
+    if stale {
+        let iat = iat.map_or_else(|| "null".to_string(), |i| i.to_string());
+        return Err(grant(format!("ID Token issued at {iat} is stale to sign-in.")));
+    }
+    // The attribute mapping `google.subject=assertion.sub`: at most 127
+    // bytes, else invalid_request "The size of mapped attribute
+    // google.subject exceeds the 127 bytes limit. ..." (Troubleshoot
+    // Workload Identity Federation, "Mapped google.subject claim exceeds
+    // the 127 bytes limit"). A Kubernetes `sub` can be longer: a 63-byte
+    // namespace and a 253-byte ServiceAccount name.
+    let sub = claims.get("sub").and_then(Value::as_str).filter(|s| !s.is_empty());
+    if sub.is_some_and(|s| s.len() > MAX_SUBJECT_BYTES) {
+        return Err((
+            400,
+            "invalid_request",
+            "The size of mapped attribute google.subject exceeds the 127 bytes limit. Either modify your attribute mapping or the incoming assertion to produce a mapped attribute that is less than 127 bytes.".into(),
+        ));
+    }
+    // The attribute condition: unauthorized_client, "The given credential
+    // is rejected by the attribute condition." (the answer users of
+    // sts.googleapis.com quote; google-github-actions/auth
+    // docs/TROUBLESHOOTING.md: a failed federated token "means admission
+    // into the Workload Identity Pool failed. Check your Attribute
+    // Conditions").
+    if pool.condition.as_ref().is_some_and(|c| !c.admits(sub)) {
+        return Err((
+            400,
+            "unauthorized_client",
+            "The given credential is rejected by the attribute condition.".into(),
+        ));
+    }
+    // No subject to map: refused (the stand-in's text; Google's for a
+    // provider without a condition has not been seen).
+    let Some(sub) = sub else {
+        return Err(grant("The ID Token has no sub claim to map to google.subject.".into()));
+    };
+    Ok(sub.to_string())
 }
 
 /// Generates a 2048-bit RSA service-account key with `openssl` (whose
@@ -143,6 +375,15 @@ fn split_jwt(jwt: &str) -> Result<(Value, Value, String, Vec<u8>)> {
     Ok((header, claims, format!("{h}.{c}"), decode(s)?))
 }
 
+/// Whether `name` has the shape of a pool provider's full resource name.
+fn is_provider_name(name: &str) -> bool {
+    name.strip_prefix("//iam.googleapis.com/projects/")
+        .and_then(|rest| rest.split_once("/locations/"))
+        .and_then(|(_, rest)| rest.split_once("/workloadIdentityPools/"))
+        .and_then(|(_, rest)| rest.split_once("/providers/"))
+        .is_some_and(|(pool, provider)| !pool.is_empty() && !provider.is_empty() && !provider.contains('/'))
+}
+
 /// The federated principal STS issues tokens for.
 pub fn federated_principal(pool_provider: &str, sub: &str) -> String {
     let pool = pool_provider.trim_start_matches("//iam.googleapis.com/");
@@ -191,8 +432,8 @@ struct Issued {
 struct Inner {
     keys: HashMap<String, KeyEntry>,
     metadata: Option<(String, Duration)>,
-    /// Pool provider audience -> (token audience, lifetime).
-    pools: HashMap<String, (String, Duration)>,
+    /// Pool provider resource name -> provider.
+    pools: HashMap<String, Pool>,
     /// Target email -> (allowed source principals, lifetime).
     impersonation: HashMap<String, (HashSet<String>, Duration)>,
     tokens: HashMap<String, Issued>,
@@ -294,10 +535,49 @@ impl GoogleStandIn {
         self.inner().metadata = Some((email.to_string(), lifetime));
     }
 
-    /// A workload identity pool provider (`audience` of the exchange) that
-    /// accepts subject tokens whose `aud` holds `token_audience`.
-    pub fn add_pool_provider(&self, pool_provider: &str, token_audience: &str, lifetime: Duration) {
-        self.inner().pools.insert(pool_provider.to_string(), (token_audience.to_string(), lifetime));
+    /// Registers an OIDC workload identity pool provider named
+    /// `pool_provider` (`//iam.googleapis.com/projects/<number>/locations/
+    /// global/workloadIdentityPools/<pool>/providers/<provider>`, the
+    /// `audience` of exchanges), replacing one of that name. Refused as
+    /// `create-oidc` refuses it: an issuer URI that is not `https`, a JWK
+    /// Set without a usable key or with a key that is neither RSA nor EC
+    /// P-256 (Google answers "Invalid JWKs ... Only RSA, EC key types are
+    /// supported." for P-384).
+    pub fn add_oidc_pool_provider(&self, pool_provider: &str, provider: OidcPoolProvider) -> Result<()> {
+        if !is_provider_name(pool_provider) {
+            bail!("{pool_provider} is not a workload identity pool provider's full resource name");
+        }
+        if !provider.issuer_uri.starts_with("https://") {
+            bail!("Invalid OIDC issuer URI. The scheme must be https.");
+        }
+        let keys = parse_jwks(&provider.jwks_json).context("Invalid JWKs")?;
+        if keys.is_empty() {
+            bail!("Invalid JWKs: no signing key");
+        }
+        let pool = Pool {
+            issuer: provider.issuer_uri,
+            keys,
+            allowed_audiences: provider.allowed_audiences,
+            condition: provider.attribute_condition,
+            lifetime: provider.lifetime,
+        };
+        self.inner().pools.insert(pool_provider.to_string(), pool);
+        Ok(())
+    }
+
+    /// Registers `pool_provider` for the control plane's ServiceAccount
+    /// tokens ([`OidcPoolProvider::for_cluster`]): default audiences, no
+    /// attribute condition. Returns the issuer.
+    pub fn add_pool_provider_for_cluster(
+        &self,
+        pool_provider: &str,
+        lifetime: Duration,
+        cp: &ControlPlane,
+    ) -> Result<String> {
+        let provider = OidcPoolProvider::for_cluster(cp, lifetime)?;
+        let issuer = provider.issuer_uri.clone();
+        self.add_oidc_pool_provider(pool_provider, provider)?;
+        Ok(issuer)
     }
 
     /// Lets `source_principal` (an email or a federated principal) get tokens
@@ -488,38 +768,46 @@ fn sts(state: &State, inner: &mut Inner, req: &Request) -> (u16, Value) {
     if !matches!(subject_type, "urn:ietf:params:oauth:token-type:jwt" | "urn:ietf:params:oauth:token-type:id_token") {
         return oauth_error(inner, 400, "invalid_request", format!("subject_token_type {subject_type:?}"));
     }
+    // The `audience` parameter names the provider: "Invalid value for
+    // \"audience\". ..." (invalid_request) when it is not a provider's
+    // full resource name, "The target service indicated by the
+    // \"audience\" parameters is invalid. ..." (invalid_target) when no
+    // such provider is enabled (google-github-actions/auth issues #60 and
+    // #161 quote both answers).
     let pool_provider = get("audience").to_string();
-    let Some((token_audience, lifetime)) = inner.pools.get(&pool_provider).cloned() else {
-        return oauth_error(inner, 400, "invalid_target", format!("unknown pool provider {pool_provider:?}"));
-    };
+    if !is_provider_name(&pool_provider) {
+        return oauth_error(
+            inner,
+            400,
+            "invalid_request",
+            "Invalid value for \"audience\". This value should be the full resource name of the Identity Provider. See https://cloud.google.com/iam/docs/reference/sts/rest/v1/TopLevel/token for the list of possible formats.".into(),
+        );
+    }
+    if !inner.pools.contains_key(&pool_provider) {
+        return oauth_error(
+            inner,
+            400,
+            "invalid_target",
+            "The target service indicated by the \"audience\" parameters is invalid. This might either be because the pool or provider is disabled or deleted or because it doesn't exist.".into(),
+        );
+    }
     let subject_token = get("subject_token");
     if subject_token.is_empty() {
         return oauth_error(inner, 400, "invalid_request", "no subject_token".into());
     }
     record_secret(subject_token);
-    let claims = match split_jwt(subject_token) {
-        Ok((_, claims, _, _)) => claims,
-        Err(e) => return oauth_error(inner, 400, "invalid_grant", format!("the subject token is {e:#}")),
+    let pool = &inner.pools[&pool_provider];
+    let (lifetime, issuer) = (pool.lifetime, pool.issuer.clone());
+    let sub = match check_subject_token(&pool_provider, pool, subject_token, unix_now()) {
+        Ok(sub) => sub,
+        Err((status, code, description)) => return oauth_error(inner, status, code, description),
     };
-    let aud: Vec<String> = match &claims["aud"] {
-        Value::String(s) => vec![s.clone()],
-        Value::Array(a) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+    let aud = match oidc::split_jwt(subject_token).map(|j| j.claims["aud"].clone()) {
+        Some(Value::String(a)) => vec![a],
+        Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
         _ => Vec::new(),
     };
-    if !aud.contains(&token_audience) {
-        return oauth_error(
-            inner,
-            400,
-            "invalid_grant",
-            format!("The audience {aud:?} does not match {token_audience}"),
-        );
-    }
-    if claims["exp"].as_i64().unwrap_or(0) <= unix_now() {
-        return oauth_error(inner, 400, "invalid_grant", "the subject token has expired".into());
-    }
-    let sub = claims["sub"].as_str().unwrap_or_default().to_string();
-    let iss = claims["iss"].as_str().unwrap_or_default().to_string();
-    inner.subjects.push(Subject { iss, sub: sub.clone(), aud, pool_provider: pool_provider.clone() });
+    inner.subjects.push(Subject { iss: issuer, sub: sub.clone(), aud, pool_provider: pool_provider.clone() });
     let principal = federated_principal(&pool_provider, &sub);
     let token = issue(state, inner, &principal, lifetime, Endpoint::Sts);
     (
@@ -578,5 +866,168 @@ mod tests {
             "principal://iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/subject/system:serviceaccount:ns:sa"
         );
         assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
+
+    const PROVIDER: &str = "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/k8s";
+    const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+    const NOW: i64 = 1_800_000_000;
+
+    fn pool(signer: &JwtSigner, condition: Option<AttributeCondition>) -> Pool {
+        Pool {
+            issuer: ISSUER.into(),
+            keys: parse_jwks(&signer.jwks()).unwrap(),
+            allowed_audiences: Vec::new(),
+            condition,
+            lifetime: Duration::from_secs(3600),
+        }
+    }
+
+    fn claims(sub: &str) -> Value {
+        json!({"iss": ISSUER, "sub": sub, "aud": [format!("https:{PROVIDER}")], "iat": NOW - 10, "exp": NOW + 590})
+    }
+
+    fn refusal(code: &'static str, description: &str) -> Result<String, Refusal> {
+        Err((400, code, description.to_string()))
+    }
+
+    #[test]
+    fn sts_checks_the_subject_token_as_google_does() {
+        let cluster = JwtSigner::generate_es256(Some("cluster-kid")).unwrap();
+        let p = pool(&cluster, None);
+        let check = |token: &str| check_subject_token(PROVIDER, &p, token, NOW);
+        let sign = |claims: &Value| cluster.sign(claims).unwrap();
+        let sub = "system:serviceaccount:ns:puller";
+        assert_eq!(check(&sign(&claims(sub))), Ok(sub.to_string()));
+
+        // Another key: under the cluster's kid, under another kid, without one.
+        let same_kid = JwtSigner::generate_es256(Some("cluster-kid")).unwrap();
+        let bad_signature = "Unable to verify the ID Token signature.";
+        assert_eq!(check(&same_kid.sign(&claims(sub)).unwrap()), refusal("invalid_grant", bad_signature));
+        let other_kid = JwtSigner::generate_rs256(Some("someone-else")).unwrap();
+        assert_eq!(
+            check(&other_kid.sign(&claims(sub)).unwrap()),
+            refusal("invalid_grant", "Error connecting to the given credential's issuer.")
+        );
+        let no_kid = JwtSigner::generate_es256(None).unwrap();
+        assert_eq!(check(&no_kid.sign(&claims(sub)).unwrap()), refusal("invalid_grant", bad_signature));
+        // The cluster's token with its signature cut or its claims changed.
+        let good = sign(&claims(sub));
+        let (input, _) = good.rsplit_once('.').unwrap();
+        assert_eq!(check(&format!("{input}.AAAA")), refusal("invalid_grant", bad_signature));
+        let forged_claims = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims("system:serviceaccount:ns:x")).unwrap());
+        let parts: Vec<&str> = good.split('.').collect();
+        assert_eq!(check(&[parts[0], &forged_claims, parts[2]].join(".")), refusal("invalid_grant", bad_signature));
+        // `alg: none` with the cluster's kid.
+        let none = format!("{}.{}.", URL_SAFE_NO_PAD.encode(br#"{"alg":"none","kid":"cluster-kid"}"#), parts[1]);
+        assert_eq!(check(&none), refusal("invalid_grant", bad_signature));
+
+        // The issuer, checked before the signature (a token of another
+        // issuer signed by the cluster's own key is still refused).
+        let mut other_issuer = claims(sub);
+        other_issuer["iss"] = json!("https://other.example");
+        assert_eq!(
+            check(&sign(&other_issuer)),
+            refusal(
+                "invalid_grant",
+                &format!(
+                    "The issuer in ID Token https://other.example does not match the expected one in config: {ISSUER}"
+                )
+            )
+        );
+        let mut no_issuer = claims(sub);
+        no_issuer.as_object_mut().unwrap().remove("iss");
+        assert!(check(&sign(&no_issuer)).unwrap_err().2.starts_with("The issuer in ID Token null does not match"));
+
+        // Audiences: both forms of the resource name by default, nothing else.
+        let mut plain = claims(sub);
+        plain["aud"] = json!(PROVIDER);
+        assert!(check(&sign(&plain)).is_ok());
+        let mut wrong = claims(sub);
+        wrong["aud"] = json!(["sts.amazonaws.com", "api://AzureADTokenExchange"]);
+        assert_eq!(
+            check(&sign(&wrong)),
+            refusal(
+                "invalid_grant",
+                "The audience in ID Token [sts.amazonaws.com, api://AzureADTokenExchange] does not match the expected audience."
+            )
+        );
+        let mut custom = pool(&cluster, None);
+        custom.allowed_audiences = vec!["sts.googleapis.com".into()];
+        assert!(check_subject_token(PROVIDER, &custom, &sign(&claims(sub)), NOW).is_err());
+        let mut theirs = claims(sub);
+        theirs["aud"] = json!("sts.googleapis.com");
+        assert!(check_subject_token(PROVIDER, &custom, &sign(&theirs), NOW).is_ok());
+
+        // Times, with a minute of skew.
+        let at = |iat: Option<i64>, exp: Option<i64>| {
+            let mut c = claims(sub);
+            c["iat"] = json!(iat);
+            c["exp"] = json!(exp);
+            check(&sign(&c))
+        };
+        assert!(at(Some(NOW - 700), Some(NOW - 59)).is_ok());
+        let stale = |iat: &str| refusal("invalid_grant", &format!("ID Token issued at {iat} is stale to sign-in."));
+        assert_eq!(at(Some(NOW - 700), Some(NOW - 61)), stale(&(NOW - 700).to_string()));
+        assert!(at(Some(NOW + 60), Some(NOW + 600)).is_ok());
+        assert_eq!(at(Some(NOW + 120), Some(NOW + 600)), stale(&(NOW + 120).to_string()));
+        assert_eq!(at(None, Some(NOW + 600)), stale("null"));
+        assert_eq!(at(Some(NOW), None), stale(&NOW.to_string()));
+
+        // google.subject: at most 127 bytes.
+        let long = format!("system:serviceaccount:ns:{}", "a".repeat(103));
+        assert_eq!(long.len(), 128);
+        assert_eq!(check(&sign(&claims(&long))).unwrap_err().1, "invalid_request");
+        assert!(check(&sign(&claims(&long[..127]))).is_ok());
+
+        // Not a JWT.
+        assert_eq!(check("not-a-jwt"), refusal("invalid_grant", "Unable to parse the ID Token."));
+    }
+
+    #[test]
+    fn the_attribute_condition_admits_only_its_subjects() {
+        let cluster = JwtSigner::generate_es256(Some("k")).unwrap();
+        let rejected = refusal("unauthorized_client", "The given credential is rejected by the attribute condition.");
+        let ns = AttributeCondition::SubjectStartsWith(vec!["system:serviceaccount:team-a:".into()]);
+        assert_eq!(ns.cel(), "assertion.sub.startsWith('system:serviceaccount:team-a:')");
+        let p = pool(&cluster, Some(ns));
+        let check = |sub: &str| check_subject_token(PROVIDER, &p, &cluster.sign(&claims(sub)).unwrap(), NOW);
+        assert!(check("system:serviceaccount:team-a:puller").is_ok());
+        assert_eq!(check("system:serviceaccount:team-b:puller"), rejected);
+        assert_eq!(check("system:serviceaccount:team-a"), rejected);
+        let mut no_sub = claims("x");
+        no_sub.as_object_mut().unwrap().remove("sub");
+        assert_eq!(check_subject_token(PROVIDER, &p, &cluster.sign(&no_sub).unwrap(), NOW), rejected);
+
+        let one =
+            AttributeCondition::SubjectIn(vec!["system:serviceaccount:a:x".into(), "system:serviceaccount:a:y".into()]);
+        assert_eq!(one.cel(), "assertion.sub in ['system:serviceaccount:a:x', 'system:serviceaccount:a:y']");
+        let p = pool(&cluster, Some(one));
+        let check = |sub: &str| check_subject_token(PROVIDER, &p, &cluster.sign(&claims(sub)).unwrap(), NOW);
+        assert!(check("system:serviceaccount:a:y").is_ok());
+        assert_eq!(check("system:serviceaccount:a:z"), rejected);
+    }
+
+    #[test]
+    fn providers_are_registered_as_create_oidc_accepts_them() {
+        let g = GoogleStandIn::start().unwrap();
+        let signer = JwtSigner::generate_es256(Some("k")).unwrap();
+        let provider = |issuer: &str, jwks: Value| OidcPoolProvider {
+            issuer_uri: issuer.into(),
+            jwks_json: jwks,
+            allowed_audiences: Vec::new(),
+            attribute_condition: None,
+            lifetime: Duration::from_secs(60),
+        };
+        assert!(g.add_oidc_pool_provider(PROVIDER, provider(ISSUER, signer.jwks())).is_ok());
+        let http = g.add_oidc_pool_provider(PROVIDER, provider("http://issuer", signer.jwks())).unwrap_err();
+        assert!(http.to_string().contains("scheme must be https"), "{http}");
+        let p384 = json!({"keys": [{"kty": "EC", "crv": "P-384", "x": "AA", "y": "AA"}]});
+        assert!(g.add_oidc_pool_provider(PROVIDER, provider(ISSUER, p384)).is_err());
+        assert!(g.add_oidc_pool_provider(PROVIDER, provider(ISSUER, json!({"keys": []}))).is_err());
+        let pool_only = "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p";
+        assert!(g.add_oidc_pool_provider(pool_only, provider(ISSUER, signer.jwks())).is_err());
+        assert!(is_provider_name(PROVIDER));
+        assert!(!is_provider_name(&format!("https:{PROVIDER}")));
+        assert!(!is_provider_name("projects/1/locations/global/workloadIdentityPools/p/providers/k"));
     }
 }

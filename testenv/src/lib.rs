@@ -30,6 +30,7 @@ pub mod google_standin;
 pub mod harbor_standin;
 pub mod images;
 pub mod node;
+pub mod oidc;
 pub mod operator;
 pub mod pod_identity;
 pub mod registry;

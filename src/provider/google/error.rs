@@ -76,6 +76,18 @@ pub enum GoogleError {
     /// A successful answer without a usable token.
     #[error("{what} to {url}: {problem}")]
     InvalidAnswer { what: &'static str, url: String, problem: &'static str },
+    /// Google STS refused a ServiceAccount's token: `subject` is the token's
+    /// `sub`, `provider` the pool provider, `hint` empty or what to change
+    /// (starting with "; ").
+    #[error("{source} (ServiceAccount token {subject}, audience {token_audience}, pool provider {provider}{hint})")]
+    Federation {
+        subject: String,
+        token_audience: String,
+        provider: String,
+        hint: &'static str,
+        #[source]
+        source: Box<GoogleError>,
+    },
 }
 
 impl GoogleError {
@@ -95,16 +107,45 @@ impl GoogleError {
             | GoogleError::TooLarge { .. }
             | GoogleError::InvalidAnswer { .. } => reasons::PROVIDER_RESPONSE_INVALID,
             GoogleError::Status { status, code, .. } => reason_for(*status, code.as_deref()),
+            GoogleError::Federation { source, .. } => source.reason(),
         }
+    }
+
+    /// The `Retry-After` of the answer behind the error.
+    fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            GoogleError::Status { retry_after, .. } => *retry_after,
+            GoogleError::Federation { source, .. } => source.retry_after(),
+            _ => None,
+        }
+    }
+}
+
+/// What to change for one of Google STS's refusals of a federated token
+/// (texts as Google answers them: cloud.google.com/iam/docs/troubleshooting-workload-identity-federation,
+/// google-github-actions/auth `docs/TROUBLESHOOTING.md`).
+pub(super) fn federation_hint(detail: &str) -> &'static str {
+    if detail.contains("does not match the expected audience") {
+        "; set serviceAccountRef.tokenAudience to one of the provider's allowed audiences"
+    } else if detail.contains("The issuer in ID Token") {
+        "; the provider's issuer URI must be the cluster's --service-account-issuer"
+    } else if detail.contains("Error connecting to the given credential's issuer")
+        || detail.contains("Unable to verify the ID Token signature")
+    {
+        "; if the cluster's issuer is not public, upload its current keys (kubectl get --raw /openid/v1/jwks) to \
+         the provider"
+    } else if detail.contains("attribute condition") {
+        "; the provider's attribute condition does not admit this ServiceAccount"
+    } else if detail.contains("stale to sign-in") {
+        "; the cluster's clock and Google's differ by more than a minute"
+    } else {
+        ""
     }
 }
 
 impl From<GoogleError> for ProviderError {
     fn from(e: GoogleError) -> Self {
-        let retry_after = match &e {
-            GoogleError::Status { retry_after, .. } => *retry_after,
-            _ => None,
-        };
+        let retry_after = e.retry_after();
         ProviderError::typed(e.reason(), e).with_retry_after(retry_after)
     }
 }
@@ -116,6 +157,9 @@ fn reason_for(status: u16, code: Option<&str>) -> &'static str {
     match status {
         401 | 403 => reasons::PROVIDER_AUTH_FAILED,
         400 if code.is_some_and(|c| AUTH_CODES.contains(&c)) => reasons::PROVIDER_AUTH_FAILED,
+        // STS: a pool provider that does not exist or is disabled, an
+        // audience or subject that cannot work: the spec, not an outage.
+        400 if code.is_some_and(|c| c == "invalid_target" || c == "invalid_request") => reasons::INVALID_SPEC,
         429 => reasons::PROVIDER_THROTTLED,
         _ => reasons::PROVIDER_ERROR,
     }
@@ -150,9 +194,47 @@ mod tests {
     use super::*;
 
     #[test]
+    fn federation_refusals_name_the_token_and_say_what_to_change() {
+        let refused = |detail: &str| GoogleError::Status {
+            what: "STS token exchange",
+            url: "https://sts.googleapis.com/v1/token".into(),
+            status: 400,
+            code: Some("invalid_grant".into()),
+            detail: format!("HTTP 400: invalid_grant: {detail}"),
+            retry_after: None,
+        };
+        for (detail, says) in [
+            ("The audience in ID Token [sts.amazonaws.com] does not match the expected audience.", "tokenAudience"),
+            (
+                "The issuer in ID Token https://x does not match the expected one in config: https://y",
+                "--service-account-issuer",
+            ),
+            ("Error connecting to the given credential's issuer.", "/openid/v1/jwks"),
+            ("Unable to verify the ID Token signature.", "/openid/v1/jwks"),
+            ("The given credential is rejected by the attribute condition.", "attribute condition does not admit"),
+            ("ID Token issued at 1 is stale to sign-in.", "clock"),
+        ] {
+            let e = GoogleError::Federation {
+                subject: "system:serviceaccount:team:puller".into(),
+                token_audience: "https://iam.googleapis.com/p".into(),
+                provider: "//iam.googleapis.com/p".into(),
+                hint: federation_hint(detail),
+                source: Box::new(refused(detail)),
+            };
+            let p = ProviderError::from(e);
+            assert_eq!(p.reason, reasons::PROVIDER_AUTH_FAILED);
+            assert!(p.message.contains(detail) && p.message.contains(says), "{}", p.message);
+            assert!(p.message.contains("ServiceAccount token system:serviceaccount:team:puller"), "{}", p.message);
+        }
+        assert_eq!(federation_hint("HTTP 500"), "");
+        assert_eq!(reason_for(400, Some("invalid_target")), reasons::INVALID_SPEC, "no such pool provider");
+        assert_eq!(reason_for(400, Some("invalid_request")), reasons::INVALID_SPEC);
+    }
+
+    #[test]
     fn failed_answers_map_to_reasons_and_never_echo_what_was_sent() {
         assert_eq!(reason_for(400, Some("invalid_grant")), reasons::PROVIDER_AUTH_FAILED);
-        assert_eq!(reason_for(400, Some("invalid_request")), reasons::PROVIDER_ERROR);
+        assert_eq!(reason_for(400, Some("invalid_request")), reasons::INVALID_SPEC, "retrying cannot help");
         assert_eq!(reason_for(401, None), reasons::PROVIDER_AUTH_FAILED);
         assert_eq!(reason_for(403, Some("PERMISSION_DENIED")), reasons::PROVIDER_AUTH_FAILED);
         assert_eq!(reason_for(429, None), reasons::PROVIDER_THROTTLED);
@@ -219,7 +301,7 @@ mod tests {
             (GoogleError::ReadAnswer { what, url: url(), source: refused().await }, reasons::PROVIDER_ERROR),
             (GoogleError::TooLarge { what, url: url() }, reasons::PROVIDER_RESPONSE_INVALID),
             (status(400, Some("invalid_grant")), reasons::PROVIDER_AUTH_FAILED),
-            (status(400, Some("invalid_request")), reasons::PROVIDER_ERROR),
+            (status(400, Some("invalid_request")), reasons::INVALID_SPEC),
             (status(403, None), reasons::PROVIDER_AUTH_FAILED),
             (status(429, None), reasons::PROVIDER_THROTTLED),
             (status(503, None), reasons::PROVIDER_ERROR),

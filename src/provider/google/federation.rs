@@ -2,10 +2,12 @@
 //! TokenRequest token exchanged at Google STS.
 
 use super::client::{AccessToken, DEFAULT_STS_URL, sts_exchange};
-use super::error::GoogleError;
+use secrecy::ExposeSecret;
+
+use super::error::{GoogleError, federation_hint};
 use super::{GSA_ANNOTATION, Identity};
 use crate::api::GoogleFederation;
-use crate::provider::Sources;
+use crate::provider::{Sources, token_subject};
 
 const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
 
@@ -18,7 +20,22 @@ pub(super) async fn federate(
     let audience = federation.token_audience.clone().unwrap_or_else(|| default_token_audience(&federation.audience));
     let sa = sources.service_account_token(&federation.name, federation.namespace.as_deref(), &audience).await?;
     let token_url = federation.token_url.as_deref().unwrap_or(DEFAULT_STS_URL);
-    let token = sts_exchange(http, token_url, &federation.audience, JWT_TOKEN_TYPE, &sa.token).await?;
+    let token = sts_exchange(http, token_url, &federation.audience, JWT_TOKEN_TYPE, &sa.token).await.map_err(|e| {
+        let hint = match &e {
+            GoogleError::Status { detail, .. } => federation_hint(detail),
+            _ => return e,
+        };
+        // Google does not say whose token it refused; name it and the
+        // provider whose rules refused it.
+        GoogleError::Federation {
+            subject: token_subject(sa.token.expose_secret())
+                .unwrap_or_else(|| format!("of ServiceAccount {}", federation.name)),
+            token_audience: audience.clone(),
+            provider: federation.audience.clone(),
+            hint,
+            source: Box::new(e),
+        }
+    })?;
     let annotated_target = sa.annotations.get(GSA_ANNOTATION).cloned().filter(|s| !s.is_empty());
     Ok((token, Identity { kind: "workloadIdentityFederation", annotated_target, ..Default::default() }))
 }
