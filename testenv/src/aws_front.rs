@@ -525,7 +525,7 @@ const NO_KEY: &str = "Couldn't retrieve verification key from your identity prov
 /// policy.
 fn check_web_identity(inner: &Inner, role_arn: &str, token: &str, now: i64) -> Result<(), Refusal> {
     let invalid = |message: &str| Refusal::new(400, "InvalidIdentityToken", message);
-    let Some((header, claims, signing_input, signature)) = split_jwt(token) else {
+    let Some(crate::oidc::SplitJwt { header, claims, signing_input, signature }) = crate::oidc::split_jwt(token) else {
         return Err(invalid(NOT_A_JWT));
     };
     let Some(issuer) = claims.get("iss").and_then(Value::as_str) else {
@@ -621,22 +621,7 @@ fn audiences(claims: &Value) -> Vec<String> {
 
 /// The claims of a JWT, without verifying anything.
 fn unverified_claims(token: &str) -> Option<Value> {
-    split_jwt(token).map(|(_, claims, _, _)| claims)
-}
-
-/// Header, claims, signing input and signature of a compact JWS.
-fn split_jwt(token: &str) -> Option<(Value, Value, String, Vec<u8>)> {
-    let mut parts = token.trim().split('.');
-    let (h, c, s) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() {
-        return None;
-    }
-    let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(h).ok()?).ok()?;
-    let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(c).ok()?).ok()?;
-    if !header.is_object() || !claims.is_object() {
-        return None;
-    }
-    Some((header, claims, format!("{h}.{c}"), URL_SAFE_NO_PAD.decode(s).ok()?))
+    crate::oidc::split_jwt(token).map(|jwt| jwt.claims)
 }
 
 /// IAM's `StringLike`: `*` matches any run of characters (also none), `?`
@@ -1193,7 +1178,7 @@ mod tests {
     fn sts_answers_name_the_assumed_role_of_an_access_key() {
         let front = Front::new("127.0.0.1:9".into());
         let xml = "<AssumeRoleWithWebIdentityResponse><AssumeRoleWithWebIdentityResult><Credentials>\
-            <AccessKeyId>ASIAFRONT</AccessKeyId><SecretAccessKey>s</SecretAccessKey><SessionToken>t</SessionToken>\
+            <AccessKeyId>ASIAFRONT</AccessKeyId><SecretAccessKey>front-unit-secret-key</SecretAccessKey><SessionToken>front-unit-session-token</SessionToken>\
             </Credentials><AssumedRoleUser><AssumedRoleId>AROA:x</AssumedRoleId>\
             <Arn>arn:aws:sts::444444444444:assumed-role/web-pull/regcred</Arn></AssumedRoleUser>\
             </AssumeRoleWithWebIdentityResult></AssumeRoleWithWebIdentityResponse>";

@@ -437,7 +437,7 @@ impl HarborStandin {
             bail!("a Harbor stand-in needs its admin account (Options::admins)");
         }
         let (tls, ca_pem) = if options.tls {
-            let (config, ca) = tls_config()?;
+            let (config, ca) = crate::standin_http::loopback_tls("regcred-test-harbor-ca", "harbor-standin")?;
             (Some(Arc::new(config)), Some(ca))
         } else {
             (None, None)
@@ -602,39 +602,6 @@ fn add_account(data: &mut Data, user: &User) -> Result<()> {
 
 fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
-}
-
-/// A CA and a serving certificate for 127.0.0.1 signed by it:
-/// (server configuration, CA PEM).
-fn tls_config() -> Result<(rustls::ServerConfig, String)> {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-        KeyUsagePurpose,
-    };
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-    let ca_key = KeyPair::generate()?;
-    let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    ca.distinguished_name = DistinguishedName::new();
-    ca.distinguished_name.push(DnType::CommonName, "regcred-test-harbor-ca");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    let ca_cert = ca.self_signed(&ca_key)?;
-    let issuer = Issuer::new(ca, &ca_key);
-    let key = KeyPair::generate()?;
-    let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()])?;
-    leaf.distinguished_name.push(DnType::CommonName, "harbor-standin");
-    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let cert = leaf.signed_by(&key, &issuer)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![CertificateDer::from(cert.der().to_vec())],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        )?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok((config, ca_cert.pem()))
 }
 
 fn serve_connection(shared: &Shared, tcp: TcpStream) {

@@ -229,7 +229,8 @@ impl TokenService {
         });
         let (tls, tls_ca_pem) = match https {
             true => {
-                let (config, ca) = https_config()?;
+                let (config, ca) =
+                    crate::standin_http::loopback_tls("regcred-test-token-service-ca", "regcred-test-token-service")?;
                 (Some(Arc::new(config)), Some(ca))
             }
             false => (None, None),
@@ -316,39 +317,6 @@ fn signing_cert() -> Result<(Vec<u8>, String, Vec<u8>)> {
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyCertSign];
     let cert = params.self_signed(&key)?;
     Ok((cert.der().to_vec(), cert.pem(), key.serialize_der()))
-}
-
-/// A CA and a server certificate for `127.0.0.1` signed by it: (the
-/// server's rustls configuration, PEM of the CA).
-fn https_config() -> Result<(rustls::ServerConfig, String)> {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-        KeyUsagePurpose,
-    };
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-    let ca_key = KeyPair::generate()?;
-    let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    ca.distinguished_name = DistinguishedName::new();
-    ca.distinguished_name.push(DnType::CommonName, "regcred-test-token-service-ca");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_cert = ca.self_signed(&ca_key)?;
-    let issuer = Issuer::new(ca, &ca_key);
-    let key = KeyPair::generate()?;
-    let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()])?;
-    leaf.distinguished_name.push(DnType::CommonName, "regcred-test-token-service");
-    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let cert = leaf.signed_by(&key, &issuer)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![CertificateDer::from(cert.der().to_vec())],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        )?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok((config, ca_cert.pem()))
 }
 
 fn serve_connection(state: &State, conn: Conn) {
