@@ -231,12 +231,26 @@ impl ControlPlane {
     /// Start a control plane. Blocks until kube-apiserver is ready and the
     /// CRDs are Established. Safe to call from inside an async runtime.
     pub fn start(options: Options) -> Result<ControlPlane> {
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            rt.block_on(Self::start_inner(options))
-        })
-        .join()
-        .map_err(|_| anyhow!("control plane start-up panicked"))?
+        // A port picked by `free_port` can be taken by another test's
+        // stand-in before the process binds it: start again on new ports
+        // (what failed is torn down when its `ControlPlane` drops).
+        let mut attempt = 1;
+        loop {
+            let opts = options.clone();
+            let result = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                rt.block_on(Self::start_inner(opts))
+            })
+            .join()
+            .map_err(|_| anyhow!("control plane start-up panicked"))?;
+            match result {
+                Err(e) if attempt < 3 && format!("{e:#}").contains("address already in use") => {
+                    eprintln!("control plane: a port was taken during start-up, starting again ({e:#})");
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
     }
 
     async fn start_inner(options: Options) -> Result<ControlPlane> {
