@@ -42,7 +42,7 @@
 //! [`crate::operator::record_secret`] for the suite's leak check.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -624,20 +624,7 @@ fn raw_fault(state: &State, req: &Request) -> Option<Option<Vec<u8>>> {
 /// response.
 fn proxy(state: &State, req: &Request) -> Result<Vec<u8>> {
     let upstream = state.inner.lock().expect("not poisoned").upstream.clone().context("no upstream registry set")?;
-    let mut up = TcpStream::connect(&upstream)?;
-    up.set_read_timeout(Some(Duration::from_secs(20)))?;
-    let mut head = format!("{} {} HTTP/1.1\r\n", req.method, req.target);
-    for (name, value) in &req.headers {
-        if !["connection", "keep-alive", "proxy-connection"].iter().any(|h| name.eq_ignore_ascii_case(h)) {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-    }
-    head.push_str("Connection: close\r\n\r\n");
-    up.write_all(head.as_bytes())?;
-    up.write_all(&req.body)?;
-    let mut raw = Vec::new();
-    up.read_to_end(&mut raw)?;
-    Ok(raw)
+    crate::standin_http::forward(&upstream, req, Duration::from_secs(20))
 }
 
 fn handle(state: &State, req: &Request) -> Response {
@@ -1120,6 +1107,7 @@ fn exchange(state: &State, req: &Request) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     #[test]
     fn refresh_tokens_verify_and_expire() {

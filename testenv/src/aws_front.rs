@@ -24,7 +24,7 @@
 //! [`record_secret`] for the suite's leak check.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -274,21 +274,7 @@ impl Front {
     }
 
     fn forward(&self, req: &Request) -> Result<Upstream> {
-        let mut up = TcpStream::connect(&self.upstream).with_context(|| format!("connecting to {}", self.upstream))?;
-        up.set_read_timeout(Some(Duration::from_secs(30)))?;
-        up.set_write_timeout(Some(Duration::from_secs(30)))?;
-        let mut head = format!("{} {} HTTP/1.1\r\n", req.method, req.target);
-        for (name, value) in &req.headers {
-            if !name.eq_ignore_ascii_case("connection") && !name.eq_ignore_ascii_case("keep-alive") {
-                head.push_str(&format!("{name}: {value}\r\n"));
-            }
-        }
-        head.push_str("Connection: close\r\n\r\n");
-        up.write_all(head.as_bytes())?;
-        up.write_all(&req.body)?;
-        let mut raw = Vec::new();
-        up.read_to_end(&mut raw)?;
-        parse_response(&raw)
+        parse_response(&crate::standin_http::forward(&self.upstream, req, Duration::from_secs(30))?)
     }
 
     /// ECR `GetAuthorizationToken`, as ECR scopes it.
@@ -862,6 +848,7 @@ fn unix_now() -> i64 {
 mod tests {
     use super::*;
     use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair, RsaKeyPair};
+    use std::io::Read;
     use std::net::TcpListener;
 
     use crate::standin_http::Server;

@@ -330,6 +330,28 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Sends `req` to `upstream` (`HOST:PORT`) as it came, on a connection of
+/// its own (`Connection: close`, hop-by-hop headers dropped), and returns
+/// the raw answer: the stand-ins that sit in front of a real server (moto,
+/// a registry) relay through it.
+pub fn forward(upstream: &str, req: &Request, timeout: Duration) -> Result<Vec<u8>> {
+    let mut up = TcpStream::connect(upstream).with_context(|| format!("connecting to {upstream}"))?;
+    up.set_read_timeout(Some(timeout))?;
+    up.set_write_timeout(Some(timeout))?;
+    let mut head = format!("{} {} HTTP/1.1\r\n", req.method, req.target);
+    for (name, value) in &req.headers {
+        if !["connection", "keep-alive", "proxy-connection"].iter().any(|h| name.eq_ignore_ascii_case(h)) {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+    }
+    head.push_str("Connection: close\r\n\r\n");
+    up.write_all(head.as_bytes())?;
+    up.write_all(&req.body)?;
+    let mut raw = Vec::new();
+    up.read_to_end(&mut raw)?;
+    Ok(raw)
+}
+
 /// A test CA named `ca_name` and a serving certificate for 127.0.0.1 and
 /// localhost (`server_name`) signed by it, for the stand-ins that speak
 /// HTTPS: (server configuration, CA PEM).
