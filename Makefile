@@ -11,6 +11,7 @@ TEST_LOG_DIR := $(TARGET_DIR)/test-logs
 test: deps lint
 	rm -rf $(TEST_LOG_DIR) && mkdir -p $(TEST_LOG_DIR)
 	REGCRED_TEST_LOG_DIR=$(abspath $(TEST_LOG_DIR)) $(CARGO) test --workspace --all-targets
+	REGCRED_TEST_LOG_DIR=$(abspath $(TEST_LOG_DIR)) $(MAKE) test-matrix-ci
 	hack/check-leaks.sh $(TEST_LOG_DIR)
 	$(MAKE) demo ARGS=--once
 	$(MAKE) bench-smoke
@@ -60,6 +61,22 @@ demo: deps
 chart-crds:
 	rm -f charts/regcred/files/crds/*.yaml
 	cp crds/*.yaml charts/regcred/files/crds/
+
+## The support matrix (docs/compatibility.md): the control-plane suites
+## (reconcile, rotation, tenancy, admission, faults) and the real-node suites
+## (node, admission_node, delivery) on every supported Kubernetes minor
+## (hack/versions.env), then a table of version x suite. VERSIONS="1.34.4 1.37.2"
+## or SUITES="admission delivery" narrow it. Long (about 10 min per release,
+## plus a cold build of each release's binaries): not part of `make test`.
+.PHONY: test-matrix test-matrix-ci
+test-matrix: deps
+	hack/test-matrix.sh
+
+## The part of the matrix `make test` runs (docs/compatibility.md): the
+## reconcile and admission suites on K8S_CI_VERSIONS (hack/versions.env):
+## the oldest minor and the one whose injection goes through v1beta1.
+test-matrix-ci:
+	. hack/versions.env && VERSIONS="$$K8S_CI_VERSIONS" SUITES="reconcile admission" hack/test-matrix.sh
 
 ## The scale benchmark (docs/benchmarks.md): a real control plane, 2,000
 ## namespaces, 3 ClusterRegistryCredentials, release builds; prints a table.

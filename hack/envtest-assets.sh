@@ -3,6 +3,8 @@
 # kube-controller-manager, and, for the real node, kubelet and kube-scheduler,
 # building whatever is missing from their Go modules.
 #
+# - REGCRED_K8S_VERSION picks the release (default: K8S_DEFAULT in
+#   hack/versions.env); each version has its own cache directory.
 # - If KUBEBUILDER_ASSETS is set, binaries found there are used as they are;
 #   only the missing ones are built.
 # - Builds go into a cache outside the repo, keyed by version
@@ -14,7 +16,9 @@
 # that release's own go.mod.
 set -euo pipefail
 
-K8S_VERSION="${REGCRED_K8S_VERSION:-1.36.3}"
+# shellcheck source=versions.env
+source "$(dirname "${BASH_SOURCE[0]}")/versions.env"
+K8S_VERSION="${REGCRED_K8S_VERSION:-$K8S_DEFAULT}"
 CACHE_ROOT="${REGCRED_CACHE:-$HOME/.cache/regcred}"
 OUT="$CACHE_ROOT/envtest/v$K8S_VERSION"
 BINARIES=(kube-apiserver etcd kubectl kube-controller-manager kubelet kube-scheduler)

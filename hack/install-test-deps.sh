@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs and the machine lacks:
 # - Debian packages: docker-registry (CNCF Distribution), skopeo, apache2-utils (htpasswd),
-#   openssl (test CAs); for the real node: containerd, runc,
+#   openssl (test CAs); for the real node: runc,
 #   containernetworking-plugins (bridge, host-local, loopback) and busybox-static
 #   (the test images and the pause image are made from it); faketime (libfaketime,
 #   the node clock that lies in tests/hostile.rs);
 # - moto[server] from PyPI (the AWS stand-in);
-# - the control-plane binaries (hack/envtest-assets.sh, cached under ~/.cache/regcred).
+# - the control-plane and node binaries (hack/envtest-assets.sh) and containerd 2
+#   (hack/containerd-assets.sh), built from their Go modules and cached under
+#   ~/.cache/regcred.
 # Safe to re-run: it installs nothing that is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +18,6 @@ command -v docker-registry >/dev/null 2>&1 || [[ -x /usr/bin/docker-registry ]] 
 command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
 command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
-command -v containerd >/dev/null 2>&1 || need+=(containerd)
 [[ -x /usr/sbin/runc ]] || command -v runc >/dev/null 2>&1 || need+=(runc)
 [[ -x /usr/lib/cni/bridge ]] || need+=(containernetworking-plugins)
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "ok installed" || need+=(busybox-static)
@@ -45,4 +46,5 @@ if ! command -v moto_server >/dev/null 2>&1; then
 fi
 
 hack/envtest-assets.sh >/dev/null
+hack/containerd-assets.sh >/dev/null
 hack/helm-tools.sh >/dev/null  # helm and kubeconform for the chart tests

@@ -24,6 +24,10 @@ pub enum SetupError {
 /// With `allow_no_roots`, a machine without CA certificates still gets a
 /// configuration (fine for plain HTTP; TLS would then fail).
 pub fn tls_config(ca_bundle: Option<&str>, allow_no_roots: bool) -> Result<rustls::ClientConfig, SetupError> {
+    // rustls 0.23.48 deprecates its ring provider for lacking post-quantum key
+    // exchange; regcred keeps ring, which kube, reqwest and the AWS SDK are
+    // built with here too, rather than add aws-lc (docs/compatibility.md).
+    #[allow(deprecated)]
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let extra = match ca_bundle {
         Some(pem) if !pem.trim().is_empty() => parse_ca_bundle(pem)?,

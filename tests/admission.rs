@@ -1,7 +1,8 @@
 //! Injection of the pull Secret at admission (`injection.enabled`) and
 //! recovery of Pods that missed it (`recovery.enabled`), against the real
-//! control plane: kube-apiserver 1.36 with ServiceAccount admission and the
-//! MutatingAdmissionPolicy API on, the chart's policies installed from
+//! control plane: kube-apiserver with ServiceAccount admission and the
+//! MutatingAdmissionPolicy API on (`v1`, or `v1beta1` behind its gate on 1.34
+//! and 1.35: `regcred_testenv::version`), the chart's policies installed from
 //! `charts/regcred/files/admission/`, and regcred's bindings.
 //!
 //! No node is needed to see injection: the Pod the apiserver returns from
@@ -35,7 +36,7 @@ async fn policies_installed() -> Client {
 }
 
 fn bindings(client: &Client) -> Api<DynamicObject> {
-    let gvk = GroupVersionKind::gvk("admissionregistration.k8s.io", "v1", "MutatingAdmissionPolicyBinding");
+    let gvk = GroupVersionKind::gvk("admissionregistration.k8s.io", admission_api(), "MutatingAdmissionPolicyBinding");
     Api::all_with(client.clone(), &ApiResource::from_gvk_with_plural(&gvk, "mutatingadmissionpolicybindings"))
 }
 
@@ -411,23 +412,25 @@ async fn recovery_deletes_only_stuck_pods_that_a_controller_recreates() {
 #[tokio::test]
 async fn clusters_without_the_api_report_it_and_everything_else_works() {
     let cp = ControlPlane::start(Options {
-        apiserver_args: vec![
-            "--runtime-config=admissionregistration.k8s.io/v1/mutatingadmissionpolicies=false,admissionregistration.k8s.io/v1/mutatingadmissionpolicybindings=false".into(),
-            // The admission plugin waits for the informers of the API it
-            // serves; without the API it must be off too, as on clusters
-            // that predate it.
-            "--disable-admission-plugins=MutatingAdmissionPolicy".into(),
-        ],
+        // The resources of the version this release would serve are off,
+        // and so is the admission plugin, which waits for the informers of
+        // the API it serves, as on clusters that predate it. On 1.33 this
+        // is the cluster as it comes (the API there is alpha, v1alpha1).
+        apiserver_args: regcred_testenv::version::k8s().admission_api_off_flags(),
         ..Options::default()
     })
     .unwrap_or_else(|e| panic!("{e:#}"));
     let client = cp.client().await.unwrap();
-    let gv = client.list_api_group_resources("admissionregistration.k8s.io/v1").await.unwrap();
-    assert!(
-        gv.resources.iter().all(|r| !r.name.starts_with("mutatingadmissionpolic")),
-        "the control plane still serves the API: {:?}",
-        gv.resources.iter().map(|r| &r.name).collect::<Vec<_>>()
-    );
+    for version in ["v1", "v1beta1", "v1alpha1"] {
+        let Ok(gv) = client.list_api_group_resources(&format!("admissionregistration.k8s.io/{version}")).await else {
+            continue;
+        };
+        assert!(
+            gv.resources.iter().all(|r| !r.name.starts_with("mutatingadmissionpolic")),
+            "the control plane still serves the API in {version}: {:?}",
+            gv.resources.iter().map(|r| &r.name).collect::<Vec<_>>()
+        );
+    }
     create_namespace(&client, CLUSTER_NS, &[]).await;
     let op = Operator::start(&cp, std::path::Path::new(env!("CARGO_BIN_EXE_regcred")), CLUSTER_NS, &[])
         .unwrap_or_else(|e| panic!("{e:#}"));

@@ -1056,3 +1056,23 @@ fn authorization_failures_are_found_and_resource_versions_ignored() {
                2026-01-01T00:00:00.403Z INFO ok";
     assert_eq!(authorization_failures(log).len(), 2, "{:?}", authorization_failures(log));
 }
+
+/// The chart's `kubeVersion` admits every supported minor (hack/versions.env,
+/// docs/compatibility.md), cloud-suffixed versions included, and Helm
+/// refuses to install on the minor before the oldest.
+#[test]
+fn the_chart_installs_on_the_supported_minors_only() {
+    let chart = regcred_testenv::repo_root().join("charts/regcred").display().to_string();
+    let matrix = regcred_testenv::version::matrix();
+    let oldest = matrix[0];
+    let mut accepted: Vec<String> = matrix.iter().map(|v| v.to_string()).collect();
+    accepted.push(format!("v1.{}.5-eks-1", oldest.minor));
+    accepted.push(format!("v1.{}.0-gke.100", matrix.last().unwrap().minor));
+    for v in &accepted {
+        helm_ok(&["template", RELEASE, &chart, "--namespace", NS, "--kube-version", v]);
+    }
+    let older = format!("1.{}.9", oldest.minor - 1);
+    let out = helm(&["template", RELEASE, &chart, "--namespace", NS, "--kube-version", &older]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("requires kubeVersion"), "{older}: {stderr}");
+}

@@ -264,6 +264,7 @@ impl AzureStandIn {
     /// Generates the CA and starts serving on a free loopback port.
     pub fn start() -> Result<AzureStandIn> {
         let (ca_pem, chain, key) = make_certificates()?;
+        #[allow(deprecated)] // the ring provider, as src/http.rs
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?

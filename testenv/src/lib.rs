@@ -12,7 +12,10 @@
 //!   publisher, for workloads on a [`node`].
 //!
 //! The binaries come from `hack/envtest-assets.sh` (which honours
-//! `KUBEBUILDER_ASSETS` and builds what is missing from the Go modules).
+//! `KUBEBUILDER_ASSETS` and builds what is missing from the Go modules), for
+//! the release [`version::k8s`] names (`REGCRED_K8S_VERSION`, default in
+//! `hack/versions.env`). On 1.34 and 1.35 kube-apiserver runs with the
+//! MutatingAdmissionPolicy gate and its `v1beta1` API on.
 //!
 //! Teardown: all processes share one process group. Dropping a
 //! [`ControlPlane`] kills the group and removes its directory; a small
@@ -37,6 +40,7 @@ pub mod registry;
 mod standin_http;
 pub mod throttle;
 pub mod tokenauth;
+pub mod version;
 
 use std::fs;
 use std::io::Read;
@@ -306,6 +310,11 @@ impl ControlPlane {
             format!("--etcd-servers={etcd_url}"),
             "--bind-address=127.0.0.1".into(),
             "--advertise-address=127.0.0.1".into(),
+            // 1.37 refuses a loopback advertise address with an endpoint
+            // reconciler (the `kubernetes` Service's Endpoints could not hold
+            // it on any release); Pods here reach the apiserver directly
+            // (the chart's `kubernetesApi.host`).
+            "--endpoint-reconciler-type=none".into(),
             format!("--secure-port={api_port}"),
             format!("--tls-cert-file={}", serving_cert.display()),
             format!("--tls-private-key-file={}", serving_key.display()),
@@ -319,6 +328,12 @@ impl ControlPlane {
             "--enable-priority-and-fairness=false".into(),
             "--v=1".into(),
         ];
+        // On 1.34 and 1.35 the MutatingAdmissionPolicy API (v1beta1) is off
+        // by default; turn it on as a cluster using injection there does,
+        // unless the test asks for a cluster without it.
+        if !options.apiserver_args.iter().any(|a| a.to_ascii_lowercase().contains("mutatingadmissionpolic")) {
+            apiserver_args.extend(version::k8s().admission_api_flags());
+        }
         apiserver_args.extend(options.apiserver_args.iter().cloned());
         cp.spawn("kube-apiserver", &apiserver_args)?;
         let client = cp.client().await?;

@@ -4,8 +4,9 @@
 //!
 //! What [`Node::start`] runs, each with its files under one temporary
 //! directory:
-//! - **containerd** (Debian's 1.6), with its own root, state, socket and
-//!   runc root; CRI with `restrict_oom_score_adj` (the sandbox lacks
+//! - **containerd 2** (built from its Go module by
+//!   `hack/containerd-assets.sh`: Kubernetes 1.36+ supports no containerd
+//!   1.x) with Debian's runc, its own root, state, socket and runc root; CRI with `restrict_oom_score_adj` (the sandbox lacks
 //!   CAP_SYS_RESOURCE), no AppArmor, network namespaces under its state
 //!   directory, and registries declared through `config_path`
 //!   (`certs.d/HOST/hosts.toml`, see [`Node::add_registry`]);
@@ -116,9 +117,8 @@ pub fn check_machine() -> Result<()> {
              cgroups): run the tests as root, or in a VM or container with those rights"
         );
     }
-    require_tool("containerd", "containerd")?;
-    require_tool("ctr", "containerd")?;
     require_tool("runc", "runc")?;
+    containerd_dir()?;
     for plugin in ["bridge", "host-local", "loopback"] {
         if !Path::new("/usr/lib/cni").join(plugin).is_file() {
             bail!(
@@ -217,7 +217,7 @@ impl Node {
     }
 
     fn ctr(&self) -> Command {
-        let mut cmd = Command::new("ctr");
+        let mut cmd = Command::new(containerd_dir().map(|d| d.join("ctr")).unwrap_or_else(|_| "ctr".into()));
         cmd.arg("--address").arg(self.dir.join("containerd.sock")).args(["--namespace", "k8s.io"]);
         cmd
     }
@@ -533,13 +533,40 @@ fn free_subnet() -> Result<String> {
     bail!("no free /24 in 10.200.0.0/16 for the node's Pods")
 }
 
-fn spawn_containerd(dir: &Path, subnet: &str, bridge: &str) -> Result<Child> {
+/// The directory with containerd 2's `containerd`,
+/// `containerd-shim-runc-v2` and `ctr`, from `hack/containerd-assets.sh`.
+pub fn containerd_dir() -> Result<PathBuf> {
+    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let script = crate::repo_root().join("hack/containerd-assets.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(|e| format!("running {}: {e}", script.display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{} failed ({}): containerd 2 is built from its Go module, which needs Go on PATH and the \
+                 Go module proxy (or run `make deps`)",
+                script.display(),
+                out.status
+            ));
+        }
+        Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+    })
+    .clone()
+    .map_err(|e| anyhow!(e))
+}
+
+/// containerd 2's configuration (version 3: the CRI plugin is split into
+/// `io.containerd.cri.v1.images`, `io.containerd.cri.v1.runtime` and the
+/// `io.containerd.grpc.v1.cri` server).
+fn containerd_config(dir: &Path, bin: &Path) -> String {
     let d = dir.display();
-    for sub in ["cni/net.d", "cni/ipam", "certs.d", "runc", "containerd/root", "containerd/state", "opt"] {
-        fs::create_dir_all(dir.join(sub))?;
-    }
-    let config = format!(
-        r#"version = 2
+    let shim = bin.join("containerd-shim-runc-v2");
+    let shim = shim.display();
+    format!(
+        r#"version = 3
 root = "{d}/containerd/root"
 state = "{d}/containerd/state"
 
@@ -549,32 +576,43 @@ state = "{d}/containerd/state"
 [ttrpc]
   address = "{d}/containerd.sock.ttrpc"
 
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{d}/opt"
+[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "overlayfs"
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = "{PAUSE_IMAGE}"
+  [plugins."io.containerd.cri.v1.images".registry]
+    config_path = "{d}/certs.d"
 
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{PAUSE_IMAGE}"
+[plugins."io.containerd.cri.v1.runtime"]
   restrict_oom_score_adj = true
   disable_apparmor = true
   netns_mounts_under_state_dir = true
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
+  [plugins."io.containerd.cri.v1.runtime".containerd]
     default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+      runtime_path = "{shim}"
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
         BinaryName = "/usr/sbin/runc"
         SystemdCgroup = false
         Root = "{d}/runc"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = ["/usr/lib/cni"]
     conf_dir = "{d}/cni/net.d"
-  [plugins."io.containerd.grpc.v1.cri".registry]
-    config_path = "{d}/certs.d"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
 "#
-    );
+    )
+}
+
+fn spawn_containerd(dir: &Path, subnet: &str, bridge: &str) -> Result<Child> {
+    for sub in ["cni/net.d", "cni/ipam", "certs.d", "runc", "containerd/root", "containerd/state"] {
+        fs::create_dir_all(dir.join(sub))?;
+    }
+    let bin = containerd_dir()?;
+    let config = containerd_config(dir, &bin);
     fs::write(dir.join("containerd.toml"), config)?;
     let gateway = subnet.replace(".0/24", ".1");
     let cni = json!({
@@ -590,7 +628,7 @@ state = "{d}/containerd/state"
     });
     fs::write(dir.join("cni/net.d/10-regcred.conflist"), serde_json::to_vec_pretty(&cni)?)?;
     let log = fs::File::create(dir.join("containerd.log"))?;
-    Command::new("containerd")
+    Command::new(bin.join("containerd"))
         .arg("--config")
         .arg(dir.join("containerd.toml"))
         .stdin(Stdio::null())
@@ -598,7 +636,7 @@ state = "{d}/containerd/state"
         .stderr(log)
         .process_group(0)
         .spawn()
-        .context("starting containerd (apt-get install containerd)")
+        .with_context(|| format!("starting containerd from {}", bin.display()))
 }
 
 fn kubelet_config(dir: &Path, cgroup_root: &str, port: u16, healthz_port: u16) -> String {
@@ -842,8 +880,17 @@ pub mod workload {
         }
     }
 
+    /// Whether a failed pull's Event message says the registry refused the
+    /// Pod for want of a valid login. containerd names the registry's `401`
+    /// when it sent a login the registry refused; when it had no login for
+    /// the registry's challenge, containerd 2 says `no basic auth
+    /// credentials` instead (1.6 said 401 in both cases).
+    pub fn refused_for_credentials(message: &str) -> bool {
+        message.contains("401") || message.contains("no basic auth credentials")
+    }
+
     /// Waits until a Pod of `app` fails to pull, and returns the Event
-    /// message that says why (it names the registry's answer, e.g. 401).
+    /// message that says why (see [`refused_for_credentials`]).
     pub async fn wait_pull_refused(client: &Client, ns: &str, app: &str, timeout: Duration) -> Result<String> {
         let start = Instant::now();
         loop {

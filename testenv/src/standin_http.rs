@@ -374,6 +374,7 @@ pub fn loopback_tls(ca_name: &str, server_name: &str) -> Result<(rustls::ServerC
     leaf.distinguished_name.push(DnType::CommonName, server_name);
     leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let cert = leaf.signed_by(&key, &issuer)?;
+    #[allow(deprecated)] // the ring provider, as src/http.rs
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?

@@ -276,11 +276,24 @@ pub async fn events_for(client: &Client, ns: &str, name: &str) -> Vec<(String, S
 /// Installs the chart's MutatingAdmissionPolicies
 /// (`charts/regcred/files/admission/*.yaml`, as the chart ships them), by
 /// server-side apply.
+/// The MutatingAdmissionPolicy API version of the release under test
+/// (`v1`, or `v1beta1` on 1.34–1.35, where the control plane turns it on).
+pub fn admission_api() -> &'static str {
+    let v = regcred_testenv::version::k8s();
+    v.admission_api().unwrap_or_else(|| {
+        panic!(
+            "Kubernetes {v} serves no MutatingAdmissionPolicy API regcred uses (v1 from 1.36, v1beta1 on 1.34-1.35): \
+             on this release only the AdmissionPolicyUnsupported path can be tested (make test-matrix runs that)"
+        )
+    })
+}
+
 pub async fn install_admission_policies(client: &Client) {
     use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
     use serde::Deserialize as _;
     let dir = regcred_testenv::repo_root().join("charts/regcred/files/admission");
-    let gvk = GroupVersionKind::gvk("admissionregistration.k8s.io", "v1", "MutatingAdmissionPolicy");
+    let version = admission_api();
+    let gvk = GroupVersionKind::gvk("admissionregistration.k8s.io", version, "MutatingAdmissionPolicy");
     let ar = ApiResource::from_gvk_with_plural(&gvk, "mutatingadmissionpolicies");
     let api = Api::<DynamicObject>::all_with(client.clone(), &ar);
     let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
@@ -288,7 +301,9 @@ pub async fn install_admission_policies(client: &Client) {
     for path in files {
         let text = std::fs::read_to_string(&path).unwrap();
         let value = serde_yaml::Value::deserialize(serde_yaml::Deserializer::from_str(&text)).unwrap();
-        let obj: DynamicObject = serde_yaml::from_value(value).unwrap();
+        let mut obj: DynamicObject = serde_yaml::from_value(value).unwrap();
+        // The chart renders the files with the version the cluster serves.
+        obj.types.as_mut().unwrap().api_version = format!("admissionregistration.k8s.io/{version}");
         let name = obj.metadata.name.clone().unwrap();
         api.patch(&name, &PatchParams::apply("regcred-test").force(), &Patch::Apply(&obj))
             .await
