@@ -70,8 +70,14 @@ const ROLE_RULES: &[RoleRule] = &[
     ("coordination.k8s.io", &["leases"], &["get", "patch"], &[LEASE]),
 ];
 
+/// The chart tests' control plane: without the test environment's own
+/// guardrails, so that what refuses a write here is the chart's.
 fn cp() -> &'static ControlPlane {
-    regcred_testenv::shared()
+    static CP: OnceLock<ControlPlane> = OnceLock::new();
+    CP.get_or_init(|| {
+        ControlPlane::start(regcred_testenv::Options { guardrails: false, ..Default::default() })
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    })
 }
 
 fn chart_dir() -> PathBuf {
@@ -498,6 +504,43 @@ fn rendered_admission_policies_are_the_tested_files() {
     assert!(objs.iter().all(|o| o["kind"] != "MutatingAdmissionPolicy"));
 }
 
+/// The chart's guardrails are the files the test environment installs
+/// (`files/guardrails/`, `regcred_testenv::guardrails::policies`), bound to
+/// the release's ServiceAccount and the configured API audiences, each with
+/// a Deny binding; none is rendered without the ValidatingAdmissionPolicy
+/// API or with `guardrails.enabled=false`.
+#[test]
+fn rendered_guardrails_are_the_tested_files() {
+    const VAP: &str = "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy";
+    let objs = objects(&template(&["--api-versions", VAP, "--set", "guardrails.apiAudiences={https://api.example}"]));
+    let identity = format!("system:serviceaccount:{NS}:{RELEASE}");
+    let want =
+        regcred_testenv::guardrails::policies(std::slice::from_ref(&identity), &["https://api.example"]).unwrap();
+    let rendered: Vec<&Value> = objs.iter().filter(|o| o["kind"] == "ValidatingAdmissionPolicy").collect();
+    assert_eq!(rendered.len(), want.len(), "one policy per file");
+    assert!(want.len() >= 5, "secrets, serviceaccounts, pods, events, tokenrequests");
+    for want in want {
+        let name = want.metadata.name.clone().unwrap();
+        let got = rendered.iter().find(|p| p["metadata"]["name"] == name.as_str()).expect(&name);
+        let mut got = (*got).clone();
+        assert_eq!(got["metadata"]["labels"]["app.kubernetes.io/instance"], RELEASE);
+        got["metadata"].as_object_mut().unwrap().remove("labels");
+        assert_eq!(got, serde_json::to_value(&want).unwrap(), "{name}");
+        let text = serde_json::to_string(&got).unwrap();
+        assert!(text.contains(&format!("'{identity}'")) && !text.contains("REGCRED_"), "{name}: {text}");
+        let binding = objs
+            .iter()
+            .find(|o| o["kind"] == "ValidatingAdmissionPolicyBinding" && o["metadata"]["name"] == name.as_str())
+            .unwrap_or_else(|| panic!("no binding for {name}"));
+        assert_eq!(binding["spec"], json!({"policyName": name, "validationActions": ["Deny"]}));
+    }
+    let tokens = serde_json::to_string(&objs).unwrap();
+    assert!(tokens.contains("'https://api.example'"), "the API audiences are filled in");
+    for off in [template(&[]), template(&["--api-versions", VAP, "--set", "guardrails.enabled=false"])] {
+        assert!(objects(&off).iter().all(|o| o["kind"] != "ValidatingAdmissionPolicy"), "{off}");
+    }
+}
+
 /// The image cannot be built here (no container engine), but its recipe
 /// is checked: multi-stage, the locked release build, a non-root runtime,
 /// and a build context (after .dockerignore) from which Cargo resolves the
@@ -779,6 +822,7 @@ async fn helm_install_then_the_operator_runs_as_the_charts_service_account_then_
     ]);
     assert!(out.contains("STATUS: deployed"), "{out}");
     assert!(out.contains("kind: ClusterRegistryCredential"), "NOTES tell what to apply next:\n{out}");
+    assert!(out.contains("Guardrails: ValidatingAdmissionPolicies"), "NOTES name the guardrails:\n{out}");
     eprintln!("helm install took {:?}", started.elapsed());
     wait_crds_established(&client).await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), NS);
@@ -824,6 +868,11 @@ async fn helm_install_then_the_operator_runs_as_the_charts_service_account_then_
     let failures = authorization_failures(&op.log_text());
     assert!(failures.is_empty(), "the operator was refused something:\n{}", failures.join("\n"));
     drop(google);
+
+    // A thief with the chart's ServiceAccount token: the chart's guardrails
+    // refuse every write outside what regcred owns.
+    let thief = cp.service_account_client(NS, RELEASE).await.unwrap();
+    a_thief_with_the_token_is_refused(&client, &thief).await;
 
     // Upgrade to the chart's next version: the CRDs follow, the optional
     // objects appear.
@@ -1075,4 +1124,190 @@ fn the_chart_installs_on_the_supported_minors_only() {
     let out = helm(&["template", RELEASE, &chart, "--namespace", NS, "--kube-version", &older]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("requires kubeVersion"), "{older}: {stderr}");
+}
+
+/// What a request by the thief came to: `Ok` or the apiserver's refusal.
+fn refusal<T>(what: &str, result: Result<T, kube::Error>) -> String {
+    match result {
+        Ok(_) => panic!("{what}: the apiserver allowed it"),
+        Err(kube::Error::Api(e)) => {
+            assert_eq!(e.code, 403, "{what}: {e:?}");
+            e.message
+        }
+        Err(e) => panic!("{what}: {e}"),
+    }
+}
+
+/// Asserts that the guardrails (not only RBAC) refused `what`: the message
+/// names the chart's policy and says what regcred may do.
+fn refused_by_guardrail(what: &str, policy: &str, result: Result<impl Sized, kube::Error>) {
+    let message = refusal(what, result);
+    assert!(
+        message.contains(&format!("'{policy}'")) && message.contains("regcred may"),
+        "{what}: not refused by {policy}: {message}"
+    );
+    eprintln!("{what}: refused: {message}");
+}
+
+/// Acting with regcred's own ServiceAccount token (`thief`), as someone who
+/// stole it would, every write outside what regcred owns is refused by the
+/// apiserver; what regcred needs still works.
+async fn a_thief_with_the_token_is_refused(admin: &Client, thief: &Client) {
+    let ns = "chart-victim";
+    create(&Api::<Namespace>::all(admin.clone()), json!({"metadata": {"name": ns}})).await;
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), ns);
+    let stolen_secrets: Api<Secret> = Api::namespaced(thief.clone(), ns);
+    let tls_key = "victim-tls-key-material";
+    record_secret(tls_key);
+    create(&secrets, json!({"metadata": {"name": "db"}, "stringData": {"password": tls_key}})).await;
+    let pull_cfg = json!({"auths": {"r.example": {"auth": "dTpw"}}}).to_string();
+    create(
+        &secrets,
+        json!({"metadata": {"name": "pull", "labels": {"app.kubernetes.io/managed-by": "regcred"}},
+               "type": "kubernetes.io/dockerconfigjson", "stringData": {".dockerconfigjson": pull_cfg}}),
+    )
+    .await;
+    let guard = "guard-secrets.regcred.dev";
+    let merge = |v: Value| Patch::Merge(v);
+    let pp = PatchParams::default();
+    refused_by_guardrail(
+        "overwriting an unmanaged Secret",
+        guard,
+        stolen_secrets.patch("db", &pp, &merge(json!({"stringData": {"password": "mine"}}))).await,
+    );
+    refused_by_guardrail(
+        "labelling an unmanaged Secret as regcred's",
+        guard,
+        stolen_secrets
+            .patch("db", &pp, &merge(json!({"metadata": {"labels": {"app.kubernetes.io/managed-by": "regcred"}}})))
+            .await,
+    );
+    refused_by_guardrail(
+        "deleting an unmanaged Secret",
+        guard,
+        stolen_secrets.delete("db", &DeleteParams::default()).await,
+    );
+    let opaque: Secret = serde_json::from_value(json!({"metadata": {"name": "planted",
+        "labels": {"app.kubernetes.io/managed-by": "regcred"}}, "stringData": {"k": "v"}}))
+    .unwrap();
+    refused_by_guardrail(
+        "creating an Opaque Secret",
+        guard,
+        stolen_secrets.create(&PostParams::default(), &opaque).await,
+    );
+    let unlabelled: Secret = serde_json::from_value(json!({"metadata": {"name": "planted"},
+        "type": "kubernetes.io/dockerconfigjson", "stringData": {".dockerconfigjson": pull_cfg}}))
+    .unwrap();
+    refused_by_guardrail(
+        "creating an unlabelled pull Secret",
+        guard,
+        stolen_secrets.create(&PostParams::default(), &unlabelled).await,
+    );
+    refused_by_guardrail(
+        "stripping the label off a pull Secret",
+        guard,
+        stolen_secrets
+            .patch("pull", &pp, &merge(json!({"metadata": {"labels": {"app.kubernetes.io/managed-by": null}}})))
+            .await,
+    );
+    assert_eq!(
+        secrets.get("db").await.unwrap().data.unwrap()["password"].0,
+        tls_key.as_bytes(),
+        "the victim's Secret is intact"
+    );
+    // What regcred does is still allowed: a labelled pull Secret's data.
+    stolen_secrets
+        .patch("pull", &pp, &merge(json!({"stringData": {".dockerconfigjson": pull_cfg}})))
+        .await
+        .expect("regcred may update a pull Secret it manages");
+
+    // ServiceAccounts: only imagePullSecrets.
+    let sas: Api<ServiceAccount> = Api::namespaced(thief.clone(), ns);
+    Api::<ServiceAccount>::namespaced(admin.clone(), ns)
+        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "app"}})).unwrap())
+        .await
+        .unwrap();
+    let guard = "guard-serviceaccounts.regcred.dev";
+    refused_by_guardrail(
+        "adding a Secret to a ServiceAccount's secrets",
+        guard,
+        sas.patch("app", &pp, &merge(json!({"secrets": [{"name": "db"}]}))).await,
+    );
+    refused_by_guardrail(
+        "setting automountServiceAccountToken",
+        guard,
+        sas.patch("app", &pp, &merge(json!({"automountServiceAccountToken": true}))).await,
+    );
+    refused_by_guardrail(
+        "annotating a ServiceAccount with a cloud role",
+        guard,
+        sas.patch(
+            "app",
+            &pp,
+            &merge(json!({"metadata": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/admin"}}})),
+        )
+        .await,
+    );
+    sas.patch("app", &pp, &merge(json!({"imagePullSecrets": [{"name": "pull"}]})))
+        .await
+        .expect("regcred may set imagePullSecrets");
+
+    // Pods: only one stuck on a pull that a controller recreates.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(admin.clone(), ns);
+    let pod = json!({"metadata": {"name": "web"}, "spec": {"nodeName": "elsewhere", "automountServiceAccountToken": false,
+        "containers": [{"name": "web", "image": "r.example/web:1"}]}});
+    create(&pods, pod).await;
+    pods.patch_status(
+        "web",
+        &pp,
+        &merge(json!({"status": {"phase": "Running", "containerStatuses": [{"name": "web", "image": "r.example/web:1",
+            "imageID": "", "ready": true, "restartCount": 0, "started": true,
+            "state": {"running": {"startedAt": "2026-12-01T00:00:00Z"}}}]}})),
+    )
+    .await
+    .unwrap();
+    refused_by_guardrail(
+        "deleting a running Pod",
+        "guard-pods.regcred.dev",
+        Api::<k8s_openapi::api::core::v1::Pod>::namespaced(thief.clone(), ns)
+            .delete("web", &DeleteParams::default())
+            .await,
+    );
+
+    // Admission bindings are not guarded: kube-apiserver runs no admission
+    // policy on admissionregistration.k8s.io's policy resources
+    // (docs/security.md, "What the guardrails cannot stop").
+
+    // Tokens: never one the Kubernetes API accepts.
+    let kube_system: Api<ServiceAccount> = Api::namespaced(thief.clone(), "kube-system");
+    let token_request = |audiences: Option<Vec<&str>>| {
+        serde_json::from_value::<k8s_openapi::api::authentication::v1::TokenRequest>(json!({
+            "spec": {"audiences": audiences.map(|a| a.iter().map(|s| s.to_string()).collect::<Vec<_>>())}}))
+        .unwrap()
+    };
+    Api::<ServiceAccount>::namespaced(admin.clone(), "kube-system")
+        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "powerful"}})).unwrap())
+        .await
+        .ok();
+    let guard = "guard-tokenrequests.regcred.dev";
+    refused_by_guardrail(
+        "a token for the API (default audiences)",
+        guard,
+        kube_system.create_token_request("powerful", &PostParams::default(), &token_request(None)).await,
+    );
+    refused_by_guardrail(
+        "a token for the API's audience",
+        guard,
+        kube_system
+            .create_token_request(
+                "powerful",
+                &PostParams::default(),
+                &token_request(Some(vec!["sts.amazonaws.com", "https://kubernetes.default.svc.cluster.local"])),
+            )
+            .await,
+    );
+    kube_system
+        .create_token_request("powerful", &PostParams::default(), &token_request(Some(vec!["sts.amazonaws.com"])))
+        .await
+        .expect("a token for a cloud's audience (what serviceAccountRef needs)");
 }

@@ -30,6 +30,7 @@ pub mod acr_standin;
 pub mod aws;
 pub mod chart;
 pub mod google_standin;
+pub mod guardrails;
 pub mod harbor_standin;
 pub mod images;
 pub mod node;
@@ -79,11 +80,19 @@ pub struct Options {
     /// `--runtime-config=admissionregistration.k8s.io/v1=false` for a
     /// cluster that does not serve an API.
     pub apiserver_args: Vec<String>,
+    /// Install the chart's guardrails (ValidatingAdmissionPolicies),
+    /// bound to the operator's test identities: [`guardrails`].
+    pub guardrails: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { crd_dir: Some(repo_root().join("crds")), controller_manager: true, apiserver_args: Vec::new() }
+        Options {
+            crd_dir: Some(repo_root().join("crds")),
+            controller_manager: true,
+            apiserver_args: Vec::new(),
+            guardrails: true,
+        }
     }
 }
 
@@ -102,6 +111,7 @@ pub struct ControlPlane {
     admin_cert_pem: String,
     admin_key_pem: String,
     kubeconfig: PathBuf,
+    operator_kubeconfig: PathBuf,
 }
 
 static SHARED: OnceLock<ControlPlane> = OnceLock::new();
@@ -156,6 +166,8 @@ struct Pki {
     serving_key_pem: String,
     admin_cert_pem: String,
     admin_key_pem: String,
+    operator_cert_pem: String,
+    operator_key_pem: String,
     sa_key_pem: String,
     sa_pub_pem: String,
 }
@@ -195,6 +207,16 @@ fn make_pki() -> Result<Pki> {
     admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     let admin_cert = admin.signed_by(&admin_key, &issuer)?;
 
+    // The operator's own identity: as powerful as admin for RBAC, but a
+    // user name of its own, which the guardrails are bound to.
+    let operator_key = KeyPair::generate()?;
+    let mut operator = CertificateParams::new(Vec::<String>::new())?;
+    operator.distinguished_name = DistinguishedName::new();
+    operator.distinguished_name.push(DnType::CommonName, guardrails::OPERATOR_USER);
+    operator.distinguished_name.push(DnType::OrganizationName, "system:masters");
+    operator.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let operator_cert = operator.signed_by(&operator_key, &issuer)?;
+
     let sa_key = KeyPair::generate()?;
     Ok(Pki {
         ca_pem: ca_cert.pem(),
@@ -202,6 +224,8 @@ fn make_pki() -> Result<Pki> {
         serving_key_pem: serving_key.serialize_pem(),
         admin_cert_pem: admin_cert.pem(),
         admin_key_pem: admin_key.serialize_pem(),
+        operator_cert_pem: operator_cert.pem(),
+        operator_key_pem: operator_key.serialize_pem(),
         sa_key_pem: sa_key.serialize_pem(),
         sa_pub_pem: sa_key.public_key_pem(),
     })
@@ -288,8 +312,15 @@ impl ControlPlane {
             admin_cert_pem: pki.admin_cert_pem.clone(),
             admin_key_pem: pki.admin_key_pem.clone(),
             kubeconfig: dir.join("admin.kubeconfig"),
+            operator_kubeconfig: dir.join("operator.kubeconfig"),
         };
         fs::write(&cp.kubeconfig, cp.kubeconfig_yaml("admin", &cp.admin_user_yaml()))?;
+        let operator_user = format!(
+            "client-certificate-data: {}\n    client-key-data: {}",
+            b64(&pki.operator_cert_pem),
+            b64(&pki.operator_key_pem)
+        );
+        fs::write(&cp.operator_kubeconfig, cp.kubeconfig_yaml("operator", &operator_user))?;
 
         cp.spawn(
             "etcd",
@@ -364,6 +395,9 @@ impl ControlPlane {
         }
         if let Some(crd_dir) = &options.crd_dir {
             install_crds(&client, crd_dir).await?;
+        }
+        if options.guardrails {
+            guardrails::install(&client, &guardrails::test_identities()).await.context("installing the guardrails")?;
         }
         Ok(cp)
     }
@@ -471,6 +505,13 @@ impl ControlPlane {
     /// processes.
     pub fn kubeconfig_path(&self) -> &Path {
         &self.kubeconfig
+    }
+
+    /// Path of the kubeconfig [`operator::Operator::start`] runs regcred
+    /// with: a `system:masters` identity of its own
+    /// ([`guardrails::OPERATOR_USER`]), which the guardrails bind.
+    pub fn operator_kubeconfig_path(&self) -> &Path {
+        &self.operator_kubeconfig
     }
 
     /// A `kubectl` command pointed at this control plane as admin.

@@ -19,7 +19,8 @@ pub struct Operator {
 }
 
 impl Operator {
-    /// Starts `binary run` as admin, with `extra_args`, and waits until
+    /// Starts `binary run` as the operator's own `system:masters` identity
+    /// (under the guardrails, `crate::guardrails`), with `extra_args`, and waits until
     /// `/readyz` answers 200 (caches filled).
     pub fn start(
         cp: &ControlPlane,
@@ -39,11 +40,11 @@ impl Operator {
         extra_args: &[&str],
         envs: &[(&str, &str)],
     ) -> Result<Operator> {
-        Self::start_as(cp, binary, cp.kubeconfig_path(), cluster_resource_namespace, extra_args, envs)
+        Self::start_as(cp, binary, cp.operator_kubeconfig_path(), cluster_resource_namespace, extra_args, envs)
     }
 
     /// Like [`Operator::start_with_env`], but authenticated with
-    /// `kubeconfig` instead of the admin kubeconfig: for example a
+    /// `kubeconfig` instead of the operator's: for example a
     /// ServiceAccount's, from [`ControlPlane::service_account_kubeconfig`],
     /// so that RBAC applies to the operator.
     pub fn start_as(
