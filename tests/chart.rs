@@ -1311,3 +1311,46 @@ async fn a_thief_with_the_token_is_refused(admin: &Client, thief: &Client) {
         .await
         .expect("a token for a cloud's audience (what serviceAccountRef needs)");
 }
+
+/// On a cluster that serves no ValidatingAdmissionPolicy API (before 1.30,
+/// or with it turned off, as here), `helm install` installs the RBAC alone,
+/// no guardrail, and its NOTES say what that leaves open.
+#[tokio::test]
+async fn without_the_validating_policy_api_the_chart_installs_rbac_alone_and_says_so() {
+    let cp = ControlPlane::start(regcred_testenv::Options {
+        crd_dir: None,
+        controller_manager: false,
+        guardrails: false,
+        apiserver_args: vec![
+            "--runtime-config=admissionregistration.k8s.io/v1/validatingadmissionpolicies=false,\
+             admissionregistration.k8s.io/v1/validatingadmissionpolicybindings=false"
+                .into(),
+            // The plugin waits for the informers of the API it serves.
+            "--disable-admission-plugins=ValidatingAdmissionPolicy".into(),
+        ],
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let client = cp.client().await.unwrap();
+    let gv = client.list_api_group_resources("admissionregistration.k8s.io/v1").await.unwrap();
+    assert!(gv.resources.iter().all(|r| !r.name.starts_with("validatingadmissionpolic")), "the API is still served");
+    let home = cp.dir().join("helm-home");
+    let mut helm = helm_command(&home).unwrap_or_else(|e| panic!("{e:#}"));
+    let kc = cp.kubeconfig_path().display().to_string();
+    let chart = chart_dir().display().to_string();
+    let out = helm
+        .args(["install", RELEASE, &chart, "--namespace", NS, "--create-namespace", "--kubeconfig", &kc])
+        .args(["--wait=false"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("the guardrails are NOT installed"), "NOTES say so:\n{stdout}");
+    assert!(Api::<ClusterRole>::all(client.clone()).get_opt(RELEASE).await.unwrap().is_some(), "RBAC installed");
+    let manifest = helm_command(&home)
+        .unwrap()
+        .args(["get", "manifest", RELEASE, "--namespace", NS, "--kubeconfig", &kc])
+        .output()
+        .unwrap();
+    let manifest = String::from_utf8_lossy(&manifest.stdout);
+    assert!(manifest.contains("kind: ClusterRole") && !manifest.contains("ValidatingAdmissionPolicy"), "{manifest}");
+}
