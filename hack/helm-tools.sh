@@ -12,7 +12,7 @@
 # Nothing is downloaded but Go modules from the module proxy.
 set -euo pipefail
 
-HELM_VERSION="${REGCRED_HELM_VERSION:-v3.22.0}"
+HELM_VERSION="${REGCRED_HELM_VERSION:-v3.22.1}"
 KUBECONFORM_VERSION="${REGCRED_KUBECONFORM_VERSION:-v0.8.0}"
 CACHE_ROOT="${REGCRED_CACHE:-$HOME/.cache/regcred}"
 TOOLS="$CACHE_ROOT/tools"
