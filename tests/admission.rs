@@ -416,7 +416,7 @@ async fn clusters_without_the_api_report_it_and_everything_else_works() {
         // and so is the admission plugin, which waits for the informers of
         // the API it serves, as on clusters that predate it. On 1.33 this
         // is the cluster as it comes (the API there is alpha, v1alpha1).
-        apiserver_args: regcred_testenv::version::k8s().admission_api_off_flags(),
+        admission_api: false,
         ..Options::default()
     })
     .unwrap_or_else(|e| panic!("{e:#}"));

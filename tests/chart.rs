@@ -1223,10 +1223,7 @@ async fn a_thief_with_the_token_is_refused(admin: &Client, thief: &Client) {
 
     // ServiceAccounts: only imagePullSecrets.
     let sas: Api<ServiceAccount> = Api::namespaced(thief.clone(), ns);
-    Api::<ServiceAccount>::namespaced(admin.clone(), ns)
-        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "app"}})).unwrap())
-        .await
-        .unwrap();
+    create(&Api::<ServiceAccount>::namespaced(admin.clone(), ns), json!({"metadata": {"name": "app"}})).await;
     let guard = "guard-serviceaccounts.regcred.dev";
     refused_by_guardrail(
         "adding a Secret to a ServiceAccount's secrets",
@@ -1274,6 +1271,18 @@ async fn a_thief_with_the_token_is_refused(admin: &Client, thief: &Client) {
             .await,
     );
 
+    // Events: only about regcred's credentials and Pods.
+    let forged: Event = serde_json::from_value(json!({"metadata": {"name": "forged"},
+        "eventTime": "2026-12-01T00:00:00.000000Z", "reportingController": "regcred.dev/regcred",
+        "reportingInstance": "x", "action": "Rotated", "reason": "Rotated", "type": "Normal",
+        "regarding": {"apiVersion": "v1", "kind": "Secret", "namespace": ns, "name": "db"}}))
+    .unwrap();
+    refused_by_guardrail(
+        "an Event about someone else's Secret",
+        "guard-events.regcred.dev",
+        Api::<Event>::namespaced(thief.clone(), ns).create(&PostParams::default(), &forged).await,
+    );
+
     // Admission bindings are not guarded: kube-apiserver runs no admission
     // policy on admissionregistration.k8s.io's policy resources
     // (docs/security.md, "What the guardrails cannot stop").
@@ -1285,10 +1294,8 @@ async fn a_thief_with_the_token_is_refused(admin: &Client, thief: &Client) {
             "spec": {"audiences": audiences.map(|a| a.iter().map(|s| s.to_string()).collect::<Vec<_>>())}}))
         .unwrap()
     };
-    Api::<ServiceAccount>::namespaced(admin.clone(), "kube-system")
-        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "powerful"}})).unwrap())
-        .await
-        .ok();
+    create(&Api::<ServiceAccount>::namespaced(admin.clone(), "kube-system"), json!({"metadata": {"name": "powerful"}}))
+        .await;
     let guard = "guard-tokenrequests.regcred.dev";
     refused_by_guardrail(
         "a token for the API (default audiences)",
@@ -1328,6 +1335,7 @@ async fn without_the_validating_policy_api_the_chart_installs_rbac_alone_and_say
             // The plugin waits for the informers of the API it serves.
             "--disable-admission-plugins=ValidatingAdmissionPolicy".into(),
         ],
+        ..Default::default()
     })
     .unwrap_or_else(|e| panic!("{e:#}"));
     let client = cp.client().await.unwrap();

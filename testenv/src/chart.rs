@@ -16,34 +16,24 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Map, Value, json};
 
-use crate::{ControlPlane, repo_root};
+use crate::ControlPlane;
 
 /// The directory with `helm` and `kubeconform`, from `hack/helm-tools.sh`.
 pub fn tools_dir() -> Result<PathBuf> {
     static TOOLS: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     TOOLS
         .get_or_init(|| {
-            let script = repo_root().join("hack/helm-tools.sh");
-            let out = Command::new("bash")
-                .arg(&script)
-                .stderr(Stdio::inherit())
-                .output()
-                .map_err(|e| format!("running {}: {e}", script.display()))?;
-            if !out.status.success() {
-                return Err(format!(
-                    "{} failed ({}): helm and kubeconform are built from their Go modules, which needs \
-                     Go on PATH (e.g. 'apt-get install golang') and access to the Go module proxy",
-                    script.display(),
-                    out.status
-                ));
-            }
-            Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+            crate::hack_dir(
+                "helm-tools.sh",
+                "helm and kubeconform are built from their Go modules, which needs Go on PATH \
+                 (e.g. 'apt-get install golang') and access to the Go module proxy",
+            )
         })
         .clone()
         .map_err(|e| anyhow!(e))

@@ -80,6 +80,11 @@ pub struct Options {
     /// `--runtime-config=admissionregistration.k8s.io/v1=false` for a
     /// cluster that does not serve an API.
     pub apiserver_args: Vec<String>,
+    /// Serve the MutatingAdmissionPolicy API of this release
+    /// (`version::K8sVersion::admission_api`): on 1.34–1.35 the beta is
+    /// turned on; `false` turns off what the release would serve, as on a
+    /// cluster without the API.
+    pub admission_api: bool,
     /// Install the chart's guardrails (ValidatingAdmissionPolicies),
     /// bound to the operator's test identities: [`guardrails`].
     pub guardrails: bool,
@@ -91,6 +96,7 @@ impl Default for Options {
             crd_dir: Some(repo_root().join("crds")),
             controller_manager: true,
             apiserver_args: Vec::new(),
+            admission_api: true,
             guardrails: true,
         }
     }
@@ -129,26 +135,31 @@ pub fn assets_dir() -> Result<PathBuf> {
     static ASSETS: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     ASSETS
         .get_or_init(|| {
-            let script = repo_root().join("hack/envtest-assets.sh");
-            let out = Command::new("bash")
-                .arg(&script)
-                .stderr(Stdio::inherit())
-                .output()
-                .map_err(|e| format!("running {}: {e}", script.display()))?;
-            if !out.status.success() {
-                return Err(format!(
-                    "{} failed ({}): the control-plane binaries are built from their Go modules, \
-                     which needs Go on PATH and access to the Go module proxy; or point \
-                     KUBEBUILDER_ASSETS at a directory with kube-apiserver, etcd, kubectl and \
-                     kube-controller-manager",
-                    script.display(),
-                    out.status
-                ));
-            }
-            Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+            hack_dir(
+                "envtest-assets.sh",
+                "the control-plane binaries are built from their Go modules, which needs Go on PATH and access \
+                 to the Go module proxy; or point KUBEBUILDER_ASSETS at a directory with kube-apiserver, etcd, \
+                 kubectl and kube-controller-manager",
+            )
         })
         .clone()
         .map_err(|e| anyhow!(e))
+}
+
+/// Runs `hack/<script>`, which builds what is missing into a cache and
+/// prints the directory holding it; `why` says what failure means and how
+/// to mend it. The callers keep the answer in a `OnceLock`.
+pub(crate) fn hack_dir(script: &str, why: &str) -> Result<PathBuf, String> {
+    let script = repo_root().join("hack").join(script);
+    let out = Command::new("bash")
+        .arg(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("running {}: {e}", script.display()))?;
+    if !out.status.success() {
+        return Err(format!("{} failed ({}): {why}", script.display(), out.status));
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
 /// A free TCP port on 127.0.0.1.
@@ -360,11 +371,11 @@ impl ControlPlane {
             "--v=1".into(),
         ];
         // On 1.34 and 1.35 the MutatingAdmissionPolicy API (v1beta1) is off
-        // by default; turn it on as a cluster using injection there does,
-        // unless the test asks for a cluster without it.
-        if !options.apiserver_args.iter().any(|a| a.to_ascii_lowercase().contains("mutatingadmissionpolic")) {
-            apiserver_args.extend(version::k8s().admission_api_flags());
-        }
+        // by default; turn it on as a cluster using injection there does.
+        apiserver_args.extend(match options.admission_api {
+            true => version::k8s().admission_api_flags(),
+            false => version::k8s().admission_api_off_flags(),
+        });
         apiserver_args.extend(options.apiserver_args.iter().cloned());
         cp.spawn("kube-apiserver", &apiserver_args)?;
         let client = cp.client().await?;

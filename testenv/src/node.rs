@@ -538,21 +538,11 @@ fn free_subnet() -> Result<String> {
 pub fn containerd_dir() -> Result<PathBuf> {
     static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     DIR.get_or_init(|| {
-        let script = crate::repo_root().join("hack/containerd-assets.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .stderr(Stdio::inherit())
-            .output()
-            .map_err(|e| format!("running {}: {e}", script.display()))?;
-        if !out.status.success() {
-            return Err(format!(
-                "{} failed ({}): containerd 2 is built from its Go module, which needs Go on PATH and the \
-                 Go module proxy (or run `make deps`)",
-                script.display(),
-                out.status
-            ));
-        }
-        Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+        crate::hack_dir(
+            "containerd-assets.sh",
+            "containerd 2 is built from its Go module, which needs Go on PATH and the Go module proxy \
+             (or run `make deps`)",
+        )
     })
     .clone()
     .map_err(|e| anyhow!(e))
