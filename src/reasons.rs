@@ -40,14 +40,14 @@ pub const INVALID_SPEC: &str = "InvalidSpec";
 // Reasons of the `Injection` condition (only on credentials with
 // `injection.enabled`) and the Events that go with them.
 
-/// The MutatingAdmissionPolicyBinding is in place: new Pods get the Secret
-/// at admission.
+/// The chart's MutatingAdmissionPolicy and its binding are in place: new
+/// Pods get the Secret at admission.
 pub const INJECTION_ACTIVE: &str = "InjectionActive";
 /// The cluster serves no MutatingAdmissionPolicy API (v1, or v1beta1 where
 /// enabled): Kubernetes before 1.34, or 1.34-1.35 without the beta API.
 pub const ADMISSION_POLICY_UNSUPPORTED: &str = "AdmissionPolicyUnsupported";
-/// The binding is in place but the chart's MutatingAdmissionPolicy for
-/// this kind is not installed, so nothing is injected.
+/// The chart's MutatingAdmissionPolicy for this kind, or a binding that
+/// passes credentials to it, is not installed, so nothing is injected.
 pub const ADMISSION_POLICY_MISSING: &str = "AdmissionPolicyMissing";
 
 /// Event reason: regcred deleted a Pod that missed the pull Secret, so

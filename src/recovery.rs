@@ -84,8 +84,7 @@ pub struct Credential<'a> {
     pub service_accounts: Option<&'a ServiceAccountSelector>,
     /// Registry hosts in the credential's Secret.
     pub registries: &'a [String],
-    /// The injection binding is in place: a new Pod gets the Secret at
-    /// admission.
+    /// Injection is in effect: a new Pod gets the Secret at admission.
     pub injection: bool,
     /// Labels of the Pod's ServiceAccount, if it exists.
     pub account_labels: Option<&'a BTreeMap<String, String>>,

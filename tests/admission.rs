@@ -3,7 +3,8 @@
 //! control plane: kube-apiserver with ServiceAccount admission and the
 //! MutatingAdmissionPolicy API on (`v1`, or `v1beta1` behind its gate on 1.34
 //! and 1.35: `regcred_testenv::version`), the chart's policies installed from
-//! `charts/regcred/files/admission/`, and regcred's bindings.
+//! `charts/regcred/files/admission/` with their bindings (regcred writes
+//! none).
 //!
 //! No node is needed to see injection: the Pod the apiserver returns from
 //! a create is the Pod after admission. Recovery is shown on Pods whose
@@ -134,11 +135,11 @@ async fn pods_of_selected_service_accounts_get_the_secret_and_keep_their_own() {
     let crcreds: Api<ClusterRegistryCredential> = Api::all(client.clone());
     let status = wait_for_condition(&crcreds, "inj", "Injection", "InjectionActive").await;
     assert_eq!(status.conditions[0].type_, "Ready", "Ready stays the first condition");
-    let binding = bindings(&client).get("regcred.crcred.inj").await.expect("the binding");
-    let owner = &binding.metadata.owner_references.as_ref().expect("owned by the credential")[0];
-    assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("ClusterRegistryCredential", "inj"));
-    assert_eq!(binding.data["spec"]["paramRef"]["name"], "inj");
-    assert_eq!(binding.data["spec"]["matchResources"]["namespaceSelector"]["matchLabels"], json!({"inj": "yes"}));
+    assert!(
+        status.conditions[1].message.contains("inject-pull-secret.clusterregistrycredentials.regcred.dev"),
+        "the condition names the policy and its binding: {:?}",
+        status.conditions[1]
+    );
     wait_for_pull_secret(&client, "inj-a", "default", "inj-pull", true).await;
     wait_until_injecting(&client, "inj-a", "inj-pull").await;
 
@@ -157,8 +158,8 @@ async fn pods_of_selected_service_accounts_get_the_secret_and_keep_their_own() {
     assert_eq!(pull_secrets_of(&pod), ["theirs"]);
 
     // The race: a namespace and a Pod created together, before regcred
-    // has written the Secret or patched the ServiceAccount. The binding
-    // exists already, so the Pod gets the entry anyway.
+    // has written the Secret or patched the ServiceAccount. The policy
+    // reads the credential itself, so the Pod gets the entry anyway.
     create_namespace(&client, "inj-race", &[("inj", "yes")]).await;
     let pod = create_pod(&client, "inj-race", "early", None, &[]).await;
     assert_eq!(pull_secrets_of(&pod), ["inj-pull"], "the Pod created with its namespace got the Secret");
@@ -166,14 +167,10 @@ async fn pods_of_selected_service_accounts_get_the_secret_and_keep_their_own() {
     assert_eq!(pull_secrets_of(&early_own), ["theirs", "inj-pull"]);
     wait_for_login(&client, "inj-race", "inj-pull", REGISTRY, "inj-user", "inj-password").await;
 
-    // Turning injection off removes the binding; new Pods are untouched.
+    // Turning injection off: new Pods are untouched.
     let spec = json!({"namespaceSelector": {"matchLabels": {"inj": "yes"}},
         "serviceAccounts": {"names": ["default", "builder"]}, "injection": {"enabled": false}});
     apply_crcred(&client, "inj", cluster_spec("inj-login", "inj-pull", spec)).await;
-    wait_for("the binding to be removed", WAIT, || async {
-        bindings(&client).get_opt("regcred.crcred.inj").await.unwrap().is_none().then_some(())
-    })
-    .await;
     let status = wait_for_reason(&crcreds, "inj", "Synced").await;
     assert!(status.conditions.iter().all(|c| c.type_ != "Injection"), "{status:?}");
     wait_until_not_injecting(&client, "inj-a", "inj-pull").await;
@@ -194,8 +191,7 @@ async fn explicit_namespaces_and_exclusions_behave_as_their_selectors_say() {
         create_namespace(&client, ns, labels).await;
     }
     // Both `namespaces` and `namespaceSelector`: their union, minus the
-    // exclusions (the binding matches everything but the exclusions; the
-    // policy checks the union).
+    // exclusions (the policy's CEL applies the selection).
     let both = cluster_spec(
         "sel-login",
         "sel-pull",
@@ -203,7 +199,7 @@ async fn explicit_namespaces_and_exclusions_behave_as_their_selectors_say() {
                "excludeNamespaces": ["sel-excluded"]}),
     );
     apply_crcred(&client, "sel", both).await;
-    // `namespaces` only: the binding itself selects by name.
+    // `namespaces` only.
     let by_name = cluster_spec(
         "sel-login",
         "sel-named-pull",
@@ -215,15 +211,6 @@ async fn explicit_namespaces_and_exclusions_behave_as_their_selectors_say() {
     wait_for_condition(&crcreds, "sel-names", "Injection", "InjectionActive").await;
     wait_until_injecting(&client, "sel-labelled", "sel-pull").await;
     wait_until_injecting(&client, "sel-named", "sel-named-pull").await;
-    let selector = bindings(&client).get("regcred.crcred.sel-names").await.unwrap().data["spec"]["matchResources"]
-        ["namespaceSelector"]
-        .clone();
-    assert_eq!(
-        selector,
-        json!({"matchExpressions": [
-            {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["sel-named", "sel-excluded"]},
-            {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["sel-excluded"]}]})
-    );
 
     let expect = [
         ("sel-named", vec!["theirs", "sel-named-pull", "sel-pull"]),
@@ -250,12 +237,6 @@ async fn a_registry_credential_injects_only_in_its_own_namespace() {
     apply_rcred(&client, "own-a", "own", spec).await;
     let rcreds: Api<RegistryCredential> = Api::namespaced(client.clone(), "own-a");
     wait_for_condition(&rcreds, "own", "Injection", "InjectionActive").await;
-    let binding = bindings(&client).get("regcred.rcred.own-a.own").await.expect("the binding");
-    assert_eq!(
-        binding.data["spec"]["paramRef"],
-        json!({"name": "own", "namespace": "own-a", "parameterNotFoundAction": "Allow"})
-    );
-    assert!(binding.metadata.owner_references.is_none(), "a cluster-scoped binding cannot have a namespaced owner");
 
     wait_until_injecting(&client, "own-a", "own-pull").await;
     let pod = create_pod(&client, "own-a", "in", None, &["theirs"]).await;
@@ -263,12 +244,8 @@ async fn a_registry_credential_injects_only_in_its_own_namespace() {
     let pod = create_pod(&client, "own-b", "out", None, &["theirs"]).await;
     assert_eq!(pull_secrets_of(&pod), ["theirs"], "another namespace is untouched");
 
-    // Deleted: the finalizer removes the binding, new Pods are untouched.
+    // Deleted: new Pods are untouched.
     rcreds.delete("own", &DeleteParams::default()).await.unwrap();
-    wait_for("the RegistryCredential's binding to be removed", WAIT, || async {
-        bindings(&client).get_opt("regcred.rcred.own-a.own").await.unwrap().is_none().then_some(())
-    })
-    .await;
     wait_for_no_secret(&client, "own-a", "own-pull").await;
     wait_until_not_injecting(&client, "own-a", "own-pull").await;
     let pod = create_pod(&client, "own-a", "after", None, &["theirs"]).await;
@@ -276,7 +253,7 @@ async fn a_registry_credential_injects_only_in_its_own_namespace() {
 }
 
 #[tokio::test]
-async fn a_deleted_credential_takes_its_binding_and_a_deleted_binding_comes_back() {
+async fn a_deleted_credential_stops_injecting() {
     let client = policies_installed().await;
     put_login(&client, CLUSTER_NS, "gone-login", "gone-user", "gone-password").await;
     create_namespace(&client, "gone-a", &[("gone", "yes")]).await;
@@ -288,25 +265,11 @@ async fn a_deleted_credential_takes_its_binding_and_a_deleted_binding_comes_back
     .await;
     let crcreds: Api<ClusterRegistryCredential> = Api::all(client.clone());
     wait_for_condition(&crcreds, "gone", "Injection", "InjectionActive").await;
-
-    // Drift: a deleted binding is put back.
-    let api = bindings(&client);
-    let first = api.get("regcred.crcred.gone").await.unwrap();
-    api.delete("regcred.crcred.gone", &DeleteParams::default()).await.unwrap();
-    wait_for("the binding to be recreated", WAIT, || async {
-        let b = api.get_opt("regcred.crcred.gone").await.unwrap()?;
-        (b.uid() != first.uid()).then_some(())
-    })
-    .await;
     wait_until_injecting(&client, "gone-a", "gone-pull").await;
     let pod = create_pod(&client, "gone-a", "before", None, &["theirs"]).await;
     assert_eq!(pull_secrets_of(&pod), ["theirs", "gone-pull"]);
 
     crcreds.delete("gone", &DeleteParams::default()).await.unwrap();
-    wait_for("the binding to be removed with its credential", WAIT, || async {
-        api.get_opt("regcred.crcred.gone").await.unwrap().is_none().then_some(())
-    })
-    .await;
     wait_for("the credential to be gone", WAIT, || async {
         crcreds.get_opt("gone").await.unwrap().is_none().then_some(())
     })
@@ -314,6 +277,71 @@ async fn a_deleted_credential_takes_its_binding_and_a_deleted_binding_comes_back
     wait_until_not_injecting(&client, "gone-a", "gone-pull").await;
     let pod = create_pod(&client, "gone-a", "after", None, &["theirs"]).await;
     assert_eq!(pull_secrets_of(&pod), ["theirs"], "no injection once the credential is gone");
+}
+
+/// The credential says whether injection is in effect as the chart's
+/// policy and binding come and go; regcred itself writes no binding.
+#[tokio::test]
+async fn a_missing_policy_or_binding_is_reported_and_regcred_writes_none() {
+    // Its own control plane: the shared one's policies stay in place.
+    let cp = ControlPlane::start(Options::default()).unwrap_or_else(|e| panic!("{e:#}"));
+    let client = cp.client().await.unwrap();
+    create_namespace(&client, CLUSTER_NS, &[]).await;
+    let op = Operator::start(&cp, std::path::Path::new(env!("CARGO_BIN_EXE_regcred")), CLUSTER_NS, &[])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    create_namespace(&client, "miss-a", &[("miss", "yes")]).await;
+    put_login(&client, CLUSTER_NS, "miss-login", "miss-user", "miss-password").await;
+    apply_crcred(
+        &client,
+        "miss",
+        cluster_spec("miss-login", "miss-pull", json!({"namespaceSelector": {"matchLabels": {"miss": "yes"}}})),
+    )
+    .await;
+    let crcreds: Api<ClusterRegistryCredential> = Api::all(client.clone());
+    let injection = |reason: &'static str| {
+        let crcreds = crcreds.clone();
+        let op = &op;
+        async move {
+            poll_until(op, &format!("Injection {reason}"), || async {
+                let s = crcreds.get("miss").await.unwrap().status?;
+                let c = s.conditions.iter().find(|c| c.type_ == "Injection")?.clone();
+                (c.reason == reason).then_some(c)
+            })
+            .await
+        }
+    };
+    let policy = "inject-pull-secret.clusterregistrycredentials.regcred.dev";
+
+    // No policy yet.
+    let c = injection("AdmissionPolicyMissing").await;
+    assert!(c.status == "False" && c.message.contains(policy) && c.message.contains("not installed"), "{c:?}");
+    poll_until(&op, "a Warning Event AdmissionPolicyMissing", || async {
+        let events = events_for(&client, "default", "miss").await;
+        events.iter().any(|(t, r, _)| t == "Warning" && r == "AdmissionPolicyMissing").then_some(())
+    })
+    .await;
+
+    // The chart's policies and bindings installed: active.
+    install_admission_policies(&client).await;
+    let c = injection("InjectionActive").await;
+    assert!(c.message.contains(&format!("bound by {policy}")), "{c:?}");
+    wait_until_injecting(&client, "miss-a", "miss-pull").await;
+
+    // The binding removed: said so, and nothing is injected.
+    bindings(&client).delete(policy, &DeleteParams::default()).await.unwrap();
+    let c = injection("AdmissionPolicyMissing").await;
+    assert!(c.message.contains("no MutatingAdmissionPolicyBinding"), "{c:?}");
+    wait_until_not_injecting(&client, "miss-a", "miss-pull").await;
+
+    // Only the chart's bindings ever existed: regcred wrote none.
+    let names: Vec<String> =
+        bindings(&client).list(&ListParams::default()).await.unwrap().items.iter().map(|b| b.name_any()).collect();
+    assert_eq!(names, ["inject-pull-secret.registrycredentials.regcred.dev"]);
+
+    install_admission_policies(&client).await;
+    injection("InjectionActive").await;
+    wait_until_injecting(&client, "miss-a", "miss-pull").await;
+    assert!(!op.log_text().contains("miss-password"));
 }
 
 /// A Pod owned by a real ReplicaSet, with the status a kubelet writes after

@@ -118,7 +118,7 @@ async fn with_injection_a_namespace_and_its_deployments_applied_together_all_run
     credential(&client, "inject", "inject", json!({"injection": {"enabled": true}})).await;
     let crcreds: Api<ClusterRegistryCredential> = Api::all(client.clone());
     wait_for_condition(&crcreds, "inject", "Injection", "InjectionActive").await;
-    // The apiserver's policy informers see a new binding within about a
+    // The apiserver's param informers see a new credential within about a
     // second; in real use the credential exists long before the namespace.
     tokio::time::sleep(Duration::from_secs(3)).await;
 

@@ -53,10 +53,9 @@ const CLUSTER_ROLE_RULES: &[(&str, &[&str], &[&str])] = &[
     ("regcred.dev", &["registrycredentials/status", "clusterregistrycredentials/status"], &["patch"]),
     (
         "admissionregistration.k8s.io",
-        &["mutatingadmissionpolicybindings"],
-        &["list", "watch", "create", "patch", "delete"],
+        &["mutatingadmissionpolicies", "mutatingadmissionpolicybindings"],
+        &["list", "watch"],
     ),
-    ("admissionregistration.k8s.io", &["mutatingadmissionpolicies"], &["list", "watch"]),
     ("", &["pods"], &["get", "list", "delete"]),
 ];
 
@@ -471,37 +470,48 @@ fn rendered_rbac_is_exactly_the_documented_set() {
     assert!(args.as_array().unwrap().iter().any(|a| a == "--leader-elect"), "replicas > 1 turns leader election on");
 }
 
-/// The chart's MutatingAdmissionPolicies are the files the admission tests
-/// apply (`files/admission/`), in the API version asked for, with the
-/// chart's labels; none is rendered when the cluster serves neither
-/// version (`helm template`'s default capabilities here).
+/// The chart's MutatingAdmissionPolicies and their bindings are the files
+/// the admission tests apply (`files/admission/`), in the API version asked
+/// for, with the chart's labels; none is rendered when the cluster serves
+/// neither version (`helm template`'s default capabilities here).
 #[test]
 fn rendered_admission_policies_are_the_tested_files() {
+    let is_admission =
+        |o: &&Value| o["kind"] == "MutatingAdmissionPolicy" || o["kind"] == "MutatingAdmissionPolicyBinding";
+    let files: Vec<_> = fs::read_dir(chart_dir().join("files/admission")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(files.len(), 4, "a policy and its binding per credential kind: {files:?}");
     for version in ["v1", "v1beta1"] {
         let objs = objects(&template(&["--set", &format!("admissionPolicies.apiVersion={version}")]));
-        let rendered: Vec<&Value> = objs.iter().filter(|o| o["kind"] == "MutatingAdmissionPolicy").collect();
-        assert_eq!(rendered.len(), 2, "one policy per credential kind");
-        for policy in rendered {
-            let name = policy["metadata"]["name"].as_str().unwrap();
-            let file = if name.contains("clusterregistrycredentials") {
-                "clusterregistrycredentials.yaml"
-            } else {
-                "registrycredentials.yaml"
-            };
-            let text = fs::read_to_string(chart_dir().join("files/admission").join(file)).unwrap();
-            let mut want: Value = serde_yaml::from_str(&text).unwrap();
+        let rendered: Vec<&Value> = objs.iter().filter(is_admission).collect();
+        assert_eq!(rendered.len(), files.len());
+        for path in &files {
+            let mut want: Value = serde_yaml::from_str(&fs::read_to_string(path).unwrap()).unwrap();
             want["apiVersion"] = json!(format!("admissionregistration.k8s.io/{version}"));
-            let mut got = policy.clone();
+            let got = rendered
+                .iter()
+                .find(|o| o["kind"] == want["kind"] && o["metadata"]["name"] == want["metadata"]["name"])
+                .unwrap_or_else(|| panic!("{} not rendered", path.display()));
+            let mut got = (*got).clone();
             assert_eq!(got["metadata"]["labels"]["app.kubernetes.io/instance"], RELEASE);
             got["metadata"].as_object_mut().unwrap().remove("labels");
-            assert_eq!(got, want, "{name}");
+            assert_eq!(got, want, "{}", path.display());
+        }
+        // Each policy has its binding, passing every credential as params.
+        for policy in rendered.iter().filter(|o| o["kind"] == "MutatingAdmissionPolicy") {
+            let name = &policy["metadata"]["name"];
+            assert!(
+                rendered.iter().any(|b| b["kind"] == "MutatingAdmissionPolicyBinding"
+                    && b["spec"]["policyName"] == *name
+                    && b["spec"]["paramRef"]["selector"] == json!({})),
+                "no binding of {name}"
+            );
         }
     }
     let objs = objects(&template(&[]));
-    assert!(objs.iter().all(|o| o["kind"] != "MutatingAdmissionPolicy"), "no policy for a cluster without the API");
+    assert!(!objs.iter().any(|o| is_admission(&o)), "no policy for a cluster without the API");
     let objs =
         objects(&template(&["--set", "admissionPolicies.install=false", "--set", "admissionPolicies.apiVersion=v1"]));
-    assert!(objs.iter().all(|o| o["kind"] != "MutatingAdmissionPolicy"));
+    assert!(!objs.iter().any(|o| is_admission(&o)));
 }
 
 /// The chart's guardrails are the files the test environment installs
@@ -975,8 +985,8 @@ async fn run_scenario(client: &Client, op: &Operator, google: &GoogleStandIn, po
         (ready_reason(Some(&s)).as_deref() == Some("Synced") && s.targets.as_ref()?.synced == 3).then_some(())
     })
     .await;
-    // Injection: the chart installed the policies, regcred bound them
-    // (list, watch, patch on bindings; list, watch on policies); recovery
+    // Injection: the chart installed the policies and their bindings,
+    // regcred sees them (list, watch on both); recovery
     // listed the new namespaces' Pods (list on pods).
     wait_until("chart-fanout InjectionActive", Some(op), || async {
         let s = crcreds.get("chart-fanout").await.unwrap().status?;
@@ -1149,6 +1159,13 @@ fn refused_by_guardrail(what: &str, policy: &str, result: Result<impl Sized, kub
     eprintln!("{what}: refused: {message}");
 }
 
+/// Asserts that RBAC refused `what` (regcred's role has no such verb).
+fn refused_by_rbac(what: &str, result: Result<impl Sized, kube::Error>) {
+    let message = refusal(what, result);
+    assert!(message.contains("cannot"), "{what}: not refused by RBAC: {message}");
+    eprintln!("{what}: refused: {message}");
+}
+
 /// Acting with regcred's own ServiceAccount token (`thief`), as someone who
 /// stole it would, every write outside what regcred owns is refused by the
 /// apiserver; what regcred needs still works.
@@ -1283,9 +1300,34 @@ async fn a_thief_with_the_token_is_refused(admin: &Client, thief: &Client) {
         Api::<Event>::namespaced(thief.clone(), ns).create(&PostParams::default(), &forged).await,
     );
 
-    // Admission bindings are not guarded: kube-apiserver runs no admission
-    // policy on admissionregistration.k8s.io's policy resources
-    // (docs/security.md, "What the guardrails cannot stop").
+    // Admission configuration: kube-apiserver runs no admission policy on
+    // admissionregistration.k8s.io's policies and bindings, so regcred gets
+    // no write access to them at all (RBAC refuses): the thief can neither
+    // bind another policy, nor unbind the chart's injection, nor turn the
+    // guardrails off.
+    let gvk = kube::api::GroupVersionKind::gvk("admissionregistration.k8s.io", "v1", "MutatingAdmissionPolicyBinding");
+    let mapbs: Api<kube::api::DynamicObject> = Api::all_with(
+        thief.clone(),
+        &kube::api::ApiResource::from_gvk_with_plural(&gvk, "mutatingadmissionpolicybindings"),
+    );
+    let foreign: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingAdmissionPolicyBinding",
+        "metadata": {"name": "regcred.crcred.looks-like-ours"},
+        "spec": {"policyName": "someone-elses-policy", "paramRef": {"selector": {}, "parameterNotFoundAction": "Allow"}}}))
+    .unwrap();
+    refused_by_rbac(
+        "binding a MutatingAdmissionPolicy that is not regcred's",
+        mapbs.create(&PostParams::default(), &foreign).await,
+    );
+    let chart_binding = "inject-pull-secret.clusterregistrycredentials.regcred.dev";
+    assert!(mapbs.get_opt(chart_binding).await.is_err(), "regcred may list and watch bindings, not get one");
+    refused_by_rbac(
+        "deleting the chart's injection binding",
+        mapbs.delete(chart_binding, &DeleteParams::default()).await,
+    );
+    let vapbs: Api<k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding> =
+        Api::all(thief.clone());
+    refused_by_rbac("unbinding a guardrail", vapbs.delete("guard-secrets.regcred.dev", &DeleteParams::default()).await);
 
     // Tokens: never one the Kubernetes API accepts.
     let kube_system: Api<ServiceAccount> = Api::namespaced(thief.clone(), "kube-system");

@@ -24,7 +24,8 @@ async fn a_converged_operator_makes_no_writes() {
     let mut spec = basic_spec("registry.example.com", "idle-login", "idle-pull");
     spec["namespaceSelector"] = json!({"matchLabels": {"idle": "yes"}});
     spec["serviceAccounts"] = json!({"all": true});
-    // Injection (a binding each) and recovery add no write at idle either.
+    // Injection (read-only: the chart binds the policies) and recovery add
+    // no write at idle either.
     spec["injection"] = json!({"enabled": true});
     spec["recovery"] = json!({"enabled": true});
     apply_crcred(&client, "idle", spec).await;

@@ -65,17 +65,18 @@ impl CredentialSpec {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct InjectionPolicy {
-    /// When true, regcred creates a MutatingAdmissionPolicyBinding for this
-    /// credential: every Pod created in a target namespace that runs as a
-    /// ServiceAccount selected by `serviceAccounts.names` (or `all: true`,
-    /// or the default `default`) gets `{name: <secret.name>}` appended to
-    /// `spec.imagePullSecrets`, unless it already lists it. Entries the Pod
-    /// lists are kept. ServiceAccounts selected only by
+    /// When true, the chart's MutatingAdmissionPolicy for this kind acts
+    /// for this credential: every Pod created in a target namespace that
+    /// runs as a ServiceAccount selected by `serviceAccounts.names` (or
+    /// `all: true`, or the default `default`) gets `{name: <secret.name>}`
+    /// appended to `spec.imagePullSecrets`, unless it already lists it.
+    /// Entries the Pod lists are kept. ServiceAccounts selected only by
     /// `serviceAccounts.selector` are not covered at admission (the policy
     /// cannot read a ServiceAccount's labels); they get the Secret through
     /// their `imagePullSecrets` as before. Needs the chart's
-    /// MutatingAdmissionPolicies; on clusters without the API the
-    /// `Injection` condition says so and everything else keeps working.
+    /// MutatingAdmissionPolicies and their bindings; on clusters without
+    /// the API the `Injection` condition says so and everything else keeps
+    /// working.
     #[serde(default)]
     pub enabled: bool,
 }

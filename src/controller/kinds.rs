@@ -4,7 +4,6 @@
 use std::collections::BTreeSet;
 use std::fmt::Debug;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::Api;
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -37,9 +36,6 @@ pub trait CredentialKind:
     fn allows_ambient(&self, settings: &Settings) -> bool;
     /// The chart's MutatingAdmissionPolicy for this kind.
     fn policy_name() -> &'static str;
-    /// The `namespaceSelector` of this credential's
-    /// MutatingAdmissionPolicyBinding.
-    fn binding_namespace_selector(&self) -> LabelSelector;
 
     /// The value of the owner annotation on written Secrets.
     fn owner_key(&self) -> String {
@@ -85,10 +81,6 @@ impl CredentialKind for RegistryCredential {
     fn policy_name() -> &'static str {
         admission::REGISTRY_CREDENTIAL_POLICY
     }
-
-    fn binding_namespace_selector(&self) -> LabelSelector {
-        admission::own_namespace_selector(&self.namespace().unwrap_or_default())
-    }
 }
 
 impl CredentialKind for ClusterRegistryCredential {
@@ -132,9 +124,5 @@ impl CredentialKind for ClusterRegistryCredential {
 
     fn policy_name() -> &'static str {
         admission::CLUSTER_REGISTRY_CREDENTIAL_POLICY
-    }
-
-    fn binding_namespace_selector(&self) -> LabelSelector {
-        admission::cluster_namespace_selector(&self.spec)
     }
 }

@@ -243,7 +243,7 @@ fn related_watches(client: &Client, index: &Arc<Index>) -> Vec<BoxStream<'static
 fn route_changes(
     ctx: &Arc<Context>,
     related: Vec<BoxStream<'static, (Related, bool)>>,
-    admission_watches: Vec<BoxStream<'static, admission::Change>>,
+    admission_watches: Vec<BoxStream<'static, ()>>,
 ) {
     for related in related {
         let ctx = ctx.clone();
@@ -258,8 +258,8 @@ fn route_changes(
     }
     for changes in admission_watches {
         let ctx = ctx.clone();
-        tokio::spawn(changes.for_each(move |change| {
-            ctx.route_admission(change);
+        tokio::spawn(changes.for_each(move |()| {
+            ctx.route_admission();
             futures::future::ready(())
         }));
     }
@@ -295,22 +295,9 @@ impl Context {
         }
     }
 
-    fn route_admission(&self, change: admission::Change) {
-        match change {
-            // A binding changed or went away: its credential puts it back
-            // if it differs from what it should be.
-            admission::Change::Binding { name, owner, deleted } => {
-                if deleted {
-                    self.admission.forget(&name);
-                }
-                if let Some(owner) = owner {
-                    self.wake_all(self.index.credentials_owned_by(&owner));
-                }
-            }
-            // A policy was installed or removed: credentials with
-            // injection report it.
-            admission::Change::Policy => self.wake_all(self.index.credentials_injecting()),
-        }
+    /// A policy or binding changed: credentials with injection report it.
+    fn route_admission(&self) {
+        self.wake_all(self.index.credentials_injecting());
     }
 }
 

@@ -11,11 +11,12 @@ use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{self, finalizer};
 use parking_lot::Mutex;
 
-use super::admission::{self, InjectionState};
+use super::admission;
 use super::mint::{self, Credential, backoff};
 use super::plan::{self, DesiredSecret};
 use super::report::{self, Reconciled, Verdict, credential_labels};
 use super::{Context, CredentialKind, FINALIZER, act, recovery};
+use crate::admission::Injection;
 use crate::api::DeletionPolicy;
 use crate::metrics::ReasonLabels;
 use crate::schedule;
@@ -115,10 +116,11 @@ async fn apply<K: CredentialKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Reco
     let plan = plan::plan(&ctx.index, &*obj, desired.as_deref());
     let targets = plan.targets.len();
 
-    // Act: the writes, a bounded number at once; then the binding for
-    // admission-time injection, and recovery of Pods that missed the Secret.
+    // Act: the writes, a bounded number at once; then recovery of Pods
+    // that missed the Secret (which leaves alone Pods that admission-time
+    // injection serves).
     let done = act::act(&ctx, &owner, desired, plan).await;
-    let injection = admission::sync(&*obj, &ctx).await;
+    let injection = admission::state(&*obj, &ctx);
     if let (true, Ok(c)) = (spec.recovery_enabled(), &minted) {
         start_recovery(&*obj, &ctx, c, &done.created_in, &injection);
     }
@@ -134,7 +136,7 @@ fn start_recovery<K: CredentialKind>(
     ctx: &Arc<Context>,
     credential: &Credential,
     namespaces: &[String],
-    injection: &InjectionState,
+    injection: &Injection,
 ) {
     let spec = obj.credential();
     for namespace in namespaces {
@@ -145,22 +147,18 @@ fn start_recovery<K: CredentialKind>(
             secret: spec.secret.name.clone(),
             service_accounts: spec.service_accounts.clone(),
             registries: credential.minted.auths.iter().map(|a| a.registry.clone()).collect(),
-            injection: matches!(injection, InjectionState::Active { .. }),
+            injection: matches!(injection, Injection::Active { .. }),
         };
         recovery::start(ctx.clone(), job);
     }
 }
 
-/// The finalizer's path: the binding goes; with `deletionPolicy: Delete`
-/// the written Secrets (and their ServiceAccount entries) and what the
-/// provider created outside the cluster go too.
+/// The finalizer's path: with `deletionPolicy: Delete` the written
+/// Secrets (and their ServiceAccount entries) and what the provider created
+/// outside the cluster go. (Injection needs nothing removed: the chart's
+/// binding passes only existing credentials to the policy.)
 async fn cleanup<K: CredentialKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action> {
     let owner = obj.owner_key();
-    // The binding goes whatever the deletion policy: without its
-    // credential it would do nothing anyway.
-    admission::remove(&*obj, &ctx)
-        .await
-        .map_err(|message| Error::Cleanup { reason: reasons::WRITE_FAILED, message })?;
     let plan = plan::plan_deletion(&ctx.index, &*obj);
     if obj.credential().deletion_policy == DeletionPolicy::Delete {
         let removed = act::remove_secrets(&ctx, plan.removals).await;

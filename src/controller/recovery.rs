@@ -72,7 +72,7 @@ pub struct Job {
     pub secret: String,
     pub service_accounts: Option<ServiceAccountSelector>,
     pub registries: Vec<String>,
-    /// The credential's binding is in place.
+    /// Injection is in effect for the credential.
     pub injection: bool,
 }
 

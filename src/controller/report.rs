@@ -11,10 +11,11 @@ use kube::runtime::events::{Event as KubeEvent, EventType};
 use serde_json::json;
 
 use super::act::Report;
-use super::admission::InjectionState;
+use super::admission;
 use super::mint::{Credential, MintError, backoff};
 use super::status::{self, MintOutcome};
 use super::{Context, CredentialKind, FIELD_MANAGER};
+use crate::admission::Injection;
 use crate::api::CredentialStatus;
 use crate::metrics::CredentialLabels;
 use crate::{Result, reasons};
@@ -44,11 +45,11 @@ pub async fn report<K: CredentialKind>(
     minted: &Result<Credential, MintError>,
     targets: usize,
     done: &Report,
-    injection: &InjectionState,
+    injection: &Injection,
     now: Timestamp,
 ) -> Result<Reconciled> {
     let spec = obj.credential();
-    let failed = minted.is_err() || done.retry || matches!(injection, InjectionState::Failed(_));
+    let failed = minted.is_err() || done.retry;
     let retry_in = backoff(ctx.memory.failures(&obj.owner_key()).saturating_add(1));
     let outcome = match minted {
         Ok(c) => MintOutcome {
@@ -73,7 +74,8 @@ pub async fn report<K: CredentialKind>(
     let written = ctx.memory.newer_status(&key, obj.meta().resource_version.as_deref());
     let previous = written.as_ref().or(obj.status());
     let mut new_status = status::build(previous, generation, spec.provider.name(), &outcome, targets, done, now);
-    status::set_injection(&mut new_status, previous, injection.condition(&spec.secret.name), generation, now);
+    let condition = admission::condition(injection, K::policy_name(), &spec.secret.name);
+    status::set_injection(&mut new_status, previous, condition, generation, now);
     for (type_, reason, note) in events(previous, &new_status, &spec.secret.name, done, outcome.error) {
         let event =
             KubeEvent { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
@@ -166,10 +168,10 @@ pub fn events(
     if is_ready && !was_ready && previous.is_some() {
         events.push((EventType::Normal, reasons::SYNCED, "Ready again: every target holds the current Secret".into()));
     }
-    // Injection: an Event when its state changes (or a write fails again).
+    // Injection: an Event when its state changes.
     let injection_was = status::reason_of(previous, status::INJECTION);
     if let Some(c) = new_status.conditions.iter().find(|c| c.type_ == status::INJECTION)
-        && (injection_was != Some(c.reason.as_str()) || c.reason == reasons::WRITE_FAILED)
+        && injection_was != Some(c.reason.as_str())
     {
         let type_ = if c.status == "True" { EventType::Normal } else { EventType::Warning };
         events.push((type_, ready_reason(&c.reason), c.message.clone()));

@@ -273,9 +273,6 @@ pub async fn events_for(client: &Client, ns: &str, name: &str) -> Vec<(String, S
         .collect()
 }
 
-/// Installs the chart's MutatingAdmissionPolicies
-/// (`charts/regcred/files/admission/*.yaml`, as the chart ships them), by
-/// server-side apply.
 /// The MutatingAdmissionPolicy API version of the release under test
 /// (`v1`, or `v1beta1` on 1.34–1.35, where the control plane turns it on).
 pub fn admission_api() -> &'static str {
@@ -288,22 +285,31 @@ pub fn admission_api() -> &'static str {
     })
 }
 
+/// Installs the chart's MutatingAdmissionPolicies and their bindings
+/// (`charts/regcred/files/admission/*.yaml`, as the chart ships them), by
+/// server-side apply.
 pub async fn install_admission_policies(client: &Client) {
     use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
     use serde::Deserialize as _;
     let dir = regcred_testenv::repo_root().join("charts/regcred/files/admission");
     let version = admission_api();
-    let gvk = GroupVersionKind::gvk("admissionregistration.k8s.io", version, "MutatingAdmissionPolicy");
-    let ar = ApiResource::from_gvk_with_plural(&gvk, "mutatingadmissionpolicies");
-    let api = Api::<DynamicObject>::all_with(client.clone(), &ar);
     let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
-    files.sort();
+    // Policies before their bindings.
+    files.sort_by_key(|p| (p.to_string_lossy().ends_with(".binding.yaml"), p.clone()));
     for path in files {
         let text = std::fs::read_to_string(&path).unwrap();
         let value = serde_yaml::Value::deserialize(serde_yaml::Deserializer::from_str(&text)).unwrap();
         let mut obj: DynamicObject = serde_yaml::from_value(value).unwrap();
         // The chart renders the files with the version the cluster serves.
-        obj.types.as_mut().unwrap().api_version = format!("admissionregistration.k8s.io/{version}");
+        let types = obj.types.as_mut().unwrap();
+        types.api_version = format!("admissionregistration.k8s.io/{version}");
+        let gvk = GroupVersionKind::gvk("admissionregistration.k8s.io", version, &types.kind);
+        let plural = match types.kind.as_str() {
+            "MutatingAdmissionPolicy" => "mutatingadmissionpolicies",
+            "MutatingAdmissionPolicyBinding" => "mutatingadmissionpolicybindings",
+            other => panic!("{}: unexpected kind {other}", path.display()),
+        };
+        let api = Api::<DynamicObject>::all_with(client.clone(), &ApiResource::from_gvk_with_plural(&gvk, plural));
         let name = obj.metadata.name.clone().unwrap();
         api.patch(&name, &PatchParams::apply("regcred-test").force(), &Patch::Apply(&obj))
             .await
