@@ -1288,6 +1288,45 @@ async fn a_thief_with_the_token_is_refused(admin: &Client, thief: &Client) {
             .await,
     );
 
+    // Credentials: only regcred's own finalizer; never the spec (what a
+    // credential mints and where it writes), never someone else's
+    // finalizer, no deletion.
+    let admin_rcreds: Api<RegistryCredential> = Api::namespaced(admin.clone(), ns);
+    create(
+        &admin_rcreds,
+        json!({"metadata": {"name": "victim-cred", "finalizers": ["example.com/keep"]},
+               "spec": {"provider": {"basic": {"registry": "r.example", "secretRef": {"name": "login"}}},
+                        "secret": {"name": "victim-pull"}}}),
+    )
+    .await;
+    let stolen_rcreds: Api<RegistryCredential> = Api::namespaced(thief.clone(), ns);
+    let guard = "guard-credentials.regcred.dev";
+    refused_by_guardrail(
+        "changing a credential's spec",
+        guard,
+        stolen_rcreds.patch("victim-cred", &pp, &merge(json!({"spec": {"secret": {"name": "kube-proxy"}}}))).await,
+    );
+    refused_by_guardrail(
+        "removing someone else's finalizer",
+        guard,
+        stolen_rcreds
+            .patch("victim-cred", &pp, &merge(json!({"metadata": {"finalizers": ["regcred.dev/cleanup"]}})))
+            .await,
+    );
+    refused_by_rbac("deleting a credential", stolen_rcreds.delete("victim-cred", &DeleteParams::default()).await);
+    stolen_rcreds
+        .patch(
+            "victim-cred",
+            &pp,
+            &merge(json!({"metadata": {"finalizers": ["example.com/keep", "regcred.dev/cleanup"]}})),
+        )
+        .await
+        .expect("regcred may add its own finalizer");
+    admin_rcreds
+        .patch("victim-cred", &pp, &merge(json!({"metadata": {"finalizers": ["regcred.dev/cleanup"]}})))
+        .await
+        .unwrap();
+
     // Events: only about regcred's credentials and Pods.
     let forged: Event = serde_json::from_value(json!({"metadata": {"name": "forged"},
         "eventTime": "2026-12-01T00:00:00.000000Z", "reportingController": "regcred.dev/regcred",
