@@ -8,7 +8,10 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 };
 use kube::CustomResourceExt;
 
-use crate::api::{ClusterRegistryCredential, RegistryCredential};
+use crate::api::{ClusterRegistryCredential, RegistryCredential, VERSION};
+
+/// The version a later release makes the storage version.
+const NEXT_VERSION: &str = "v1beta1";
 
 /// Both CRDs, namespaced kind first.
 pub fn crds() -> Vec<CustomResourceDefinition> {
@@ -18,7 +21,26 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
             forbid_foreign_namespace(schema, false);
         }
     }
-    vec![namespaced, ClusterRegistryCredential::crd()]
+    let mut both = vec![namespaced, ClusterRegistryCredential::crd()];
+    for crd in &mut both {
+        declare_next_version(crd);
+    }
+    both
+}
+
+/// Declares [`NEXT_VERSION`] with the same schema, neither served nor
+/// stored. A later release serves it and makes it the storage version;
+/// objects are then stored in it, and the apiserver refuses a CRD that
+/// does not list every stored version. Declaring it here lets `helm
+/// rollback` from that release to this one apply these CRDs, and lets the
+/// apiserver read those objects back through [`VERSION`] (the same schema:
+/// no conversion).
+fn declare_next_version(crd: &mut CustomResourceDefinition) {
+    let mut next = crd.spec.versions.iter().find(|v| v.name == VERSION).cloned().expect("the CRD has VERSION");
+    next.name = NEXT_VERSION.to_string();
+    next.served = false;
+    next.storage = false;
+    crd.spec.versions.push(next);
 }
 
 /// `(file name under crds/, YAML)` for each CRD.

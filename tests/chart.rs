@@ -287,6 +287,27 @@ fn rules_of(obj: &Value) -> Vec<PolicyRule> {
 // ---------------------------------------------------------------------------
 // Tests without a cluster write
 
+/// One license, said the same way everywhere a user or a scanner looks:
+/// the LICENSE file (in the repository and in the packaged chart), the
+/// crates, the chart's Artifact Hub annotation and the image's OCI label.
+#[test]
+fn the_license_is_apache_2_and_declared_everywhere() {
+    let license = fs::read_to_string(repo_root().join("LICENSE")).expect("a LICENSE file");
+    assert!(license.contains("Apache License") && license.contains("Version 2.0, January 2004"));
+    assert!(license.contains("END OF TERMS AND CONDITIONS"), "the whole license text");
+    assert_eq!(fs::read_to_string(chart_dir().join("LICENSE")).unwrap(), license, "the chart ships the same LICENSE");
+    for manifest in ["Cargo.toml", "testenv/Cargo.toml"] {
+        let text = fs::read_to_string(repo_root().join(manifest)).unwrap();
+        assert!(text.lines().any(|l| l == r#"license = "Apache-2.0""#), "{manifest}");
+    }
+    let chart: Value = serde_yaml::from_str(&fs::read_to_string(chart_dir().join("Chart.yaml")).unwrap()).unwrap();
+    assert_eq!(chart["annotations"]["artifacthub.io/license"], "Apache-2.0");
+    let images = fs::read_to_string(repo_root().join("testenv/src/images.rs")).unwrap();
+    assert!(images.contains(r#""org.opencontainers.image.licenses": "Apache-2.0""#));
+    let dockerfile = fs::read_to_string(repo_root().join("Dockerfile")).unwrap();
+    assert!(dockerfile.contains("org.opencontainers.image.licenses=\"Apache-2.0\""), "Dockerfile label");
+}
+
 #[test]
 fn chart_crds_are_exact_copies_of_crds_dir() {
     let names = |dir: &Path| -> BTreeSet<String> {
@@ -890,6 +911,32 @@ async fn helm_install_then_the_operator_runs_as_the_charts_service_account_then_
     for name in CRDS {
         assert!(!first_column_description(&crds.get(name).await.unwrap()).starts_with(NEXT));
     }
+    // A version a newer regcred would have added, with an object stored in
+    // it: the chart, which does not know it, keeps it served (else the
+    // apiserver refuses the CRD and `helm rollback` fails).
+    let mut crd = crds.get(CRDS[1]).await.unwrap();
+    let mut newer = crd.spec.versions[0].clone();
+    newer.name = "v1".into();
+    for v in &mut crd.spec.versions {
+        v.storage = false;
+    }
+    crd.spec.versions.push(newer);
+    crds.replace(CRDS[1], &PostParams::default(), &crd).await.expect("a newer stored version");
+    let newer_rcreds = Api::<kube::api::DynamicObject>::namespaced_with(
+        client.clone(),
+        "chart-a",
+        &kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk("regcred.dev", "v1", "RegistryCredential")),
+    );
+    let from_the_future = json!({"apiVersion": "regcred.dev/v1", "kind": "RegistryCredential",
+        "metadata": {"name": "from-the-future", "namespace": "chart-a"},
+        "spec": {"provider": {"basic": {"registry": "future.example", "secretRef": {"name": "x"}}}, "secret": {"name": "future-pull"}}});
+    wait_until("regcred.dev/v1 served", None, || async {
+        newer_rcreds
+            .create(&PostParams::default(), &serde_json::from_value(from_the_future.clone()).unwrap())
+            .await
+            .ok()
+    })
+    .await;
     let next = next_chart_version().display().to_string();
     let out = helm_ok(&[
         "upgrade",
@@ -913,6 +960,17 @@ async fn helm_install_then_the_operator_runs_as_the_charts_service_account_then_
         assert!(first_column_description(&crd).starts_with(NEXT), "helm upgrade did not update CRD {name}");
         assert_eq!(crd.annotations().get("helm.sh/resource-policy").map(String::as_str), Some("keep"));
     }
+    let crd = crds.get(CRDS[1]).await.unwrap();
+    let versions: Vec<(&str, bool, bool)> =
+        crd.spec.versions.iter().map(|v| (v.name.as_str(), v.served, v.storage)).collect();
+    assert!(versions.contains(&("v1", true, false)), "the stored newer version was dropped: {versions:?}");
+    assert!(newer_rcreds.get("from-the-future").await.is_ok(), "an object in the kept version is readable");
+    let rcreds: Api<RegistryCredential> = Api::namespaced(client.clone(), "chart-a");
+    rcreds.delete("from-the-future", &DeleteParams::default()).await.unwrap();
+    wait_until("from-the-future deleted (finalizer)", None, || async {
+        rcreds.get_opt("from-the-future").await.unwrap().is_none().then_some(())
+    })
+    .await;
     let deploy = deployments.get(RELEASE).await.unwrap();
     assert_eq!(deploy.spec.as_ref().unwrap().replicas, Some(2));
     let kinds = helm_ok(&["get", "manifest", RELEASE, "--namespace", NS, "--kubeconfig", &kc]);
@@ -921,7 +979,6 @@ async fn helm_install_then_the_operator_runs_as_the_charts_service_account_then_
     }
 
     // Uninstall: everything goes but the CRDs, and so users' credentials.
-    let rcreds: Api<RegistryCredential> = Api::namespaced(client.clone(), "chart-a");
     let survivor = json!({"apiVersion": "regcred.dev/v1alpha1", "kind": "RegistryCredential",
         "metadata": {"name": "survivor", "namespace": "chart-a"},
         "spec": {"provider": {"basic": {"registry": "survivor.example", "secretRef": {"name": "x"}}}, "secret": {"name": "survivor-pull"}}});
