@@ -8,10 +8,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 };
 use kube::CustomResourceExt;
 
-use crate::api::{ClusterRegistryCredential, RegistryCredential, VERSION};
-
-/// The version a later release makes the storage version.
-const NEXT_VERSION: &str = "v1beta1";
+use crate::api::{ClusterRegistryCredential, DEPRECATED_VERSIONS, GROUP, RegistryCredential, VERSION};
 
 /// Both CRDs, namespaced kind first.
 pub fn crds() -> Vec<CustomResourceDefinition> {
@@ -23,24 +20,29 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
     }
     let mut both = vec![namespaced, ClusterRegistryCredential::crd()];
     for crd in &mut both {
-        declare_next_version(crd);
+        serve_deprecated_versions(crd);
     }
     both
 }
 
-/// Declares [`NEXT_VERSION`] with the same schema, neither served nor
-/// stored. A later release serves it and makes it the storage version;
-/// objects are then stored in it, and the apiserver refuses a CRD that
-/// does not list every stored version. Declaring it here lets `helm
-/// rollback` from that release to this one apply these CRDs, and lets the
-/// apiserver read those objects back through [`VERSION`] (the same schema:
-/// no conversion).
-fn declare_next_version(crd: &mut CustomResourceDefinition) {
-    let mut next = crd.spec.versions.iter().find(|v| v.name == VERSION).cloned().expect("the CRD has VERSION");
-    next.name = NEXT_VERSION.to_string();
-    next.served = false;
-    next.storage = false;
-    crd.spec.versions.push(next);
+/// The CRD serves [`VERSION`] (the storage version) and, with the same
+/// schema, each of [`DEPRECATED_VERSIONS`], marked deprecated so the
+/// apiserver warns every client that uses it. The schemas are identical, so
+/// no conversion is needed (strategy `None`: the apiserver only rewrites
+/// `apiVersion`).
+fn serve_deprecated_versions(crd: &mut CustomResourceDefinition) {
+    let kind = crd.spec.names.kind.clone();
+    let current = crd.spec.versions.iter().find(|v| v.name == VERSION).cloned().expect("the CRD has VERSION");
+    for old in DEPRECATED_VERSIONS {
+        let mut version = current.clone();
+        version.name = old.to_string();
+        version.storage = false;
+        version.deprecated = Some(true);
+        version.deprecation_warning = Some(format!(
+            "{GROUP}/{old} {kind} is deprecated; use {GROUP}/{VERSION} (the same schema: change apiVersion only)"
+        ));
+        crd.spec.versions.push(version);
+    }
 }
 
 /// `(file name under crds/, YAML)` for each CRD.

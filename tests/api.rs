@@ -22,7 +22,7 @@ async fn create_namespace(client: &Client, name: &str) {
 }
 
 fn resource(kind: &str) -> ApiResource {
-    ApiResource::from_gvk(&GroupVersionKind::gvk("regcred.dev", "v1alpha1", kind))
+    ApiResource::from_gvk(&GroupVersionKind::gvk("regcred.dev", "v1beta1", kind))
 }
 
 /// Server-side apply with strict field validation, as `kubectl apply
@@ -70,7 +70,7 @@ async fn both_crds_are_established_with_status_and_printer_columns() {
         assert_eq!(crd.spec.scope, scope);
         assert_eq!(crd.spec.names.short_names.as_deref(), Some(&[short.to_string()][..]));
         let v = &crd.spec.versions[0];
-        assert_eq!(v.name, "v1alpha1");
+        assert_eq!((v.name.as_str(), v.storage), ("v1beta1", true));
         assert!(v.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(), "{name}: no status subresource");
         let cols: Vec<&str> = v.additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
         assert_eq!(cols, ["Provider", "Ready", "Expires", "Namespaces", "Age"]);
@@ -129,11 +129,11 @@ fn without(mut base: Value, path: &[&str]) -> Value {
 }
 
 fn rcred(name: &str, spec: Value) -> Value {
-    json!({"apiVersion": "regcred.dev/v1alpha1", "kind": "RegistryCredential", "metadata": {"name": name}, "spec": spec})
+    json!({"apiVersion": "regcred.dev/v1beta1", "kind": "RegistryCredential", "metadata": {"name": name}, "spec": spec})
 }
 
 fn crcred(name: &str, spec: Value) -> Value {
-    json!({"apiVersion": "regcred.dev/v1alpha1", "kind": "ClusterRegistryCredential", "metadata": {"name": name}, "spec": spec})
+    json!({"apiVersion": "regcred.dev/v1beta1", "kind": "ClusterRegistryCredential", "metadata": {"name": name}, "spec": spec})
 }
 
 #[tokio::test]

@@ -51,12 +51,12 @@ async fn assert_good_still_working(client: &Client) {
 }
 
 fn rcred(name: &str, spec: Value) -> Value {
-    json!({"apiVersion": "regcred.dev/v1alpha1", "kind": "RegistryCredential",
+    json!({"apiVersion": "regcred.dev/v1beta1", "kind": "RegistryCredential",
         "metadata": {"name": name, "namespace": NS}, "spec": spec})
 }
 
 fn crcred(name: &str, spec: Value) -> Value {
-    json!({"apiVersion": "regcred.dev/v1alpha1", "kind": "ClusterRegistryCredential",
+    json!({"apiVersion": "regcred.dev/v1beta1", "kind": "ClusterRegistryCredential",
         "metadata": {"name": name}, "spec": spec})
 }
 

@@ -300,8 +300,7 @@ fn the_license_is_apache_2_and_declared_everywhere() {
         let text = fs::read_to_string(repo_root().join(manifest)).unwrap();
         assert!(text.lines().any(|l| l == r#"license = "Apache-2.0""#), "{manifest}");
     }
-    let chart: Value = serde_yaml::from_str(&fs::read_to_string(chart_dir().join("Chart.yaml")).unwrap()).unwrap();
-    assert_eq!(chart["annotations"]["artifacthub.io/license"], "Apache-2.0");
+    assert_eq!(chart_yaml()["annotations"]["artifacthub.io/license"], "Apache-2.0");
     let images = fs::read_to_string(repo_root().join("testenv/src/images.rs")).unwrap();
     assert!(images.contains(r#""org.opencontainers.image.licenses": "Apache-2.0""#));
     let dockerfile = fs::read_to_string(repo_root().join("Dockerfile")).unwrap();
@@ -371,7 +370,7 @@ fn lint_and_kubeconform_default_values() {
     assert_eq!(c["readinessProbe"]["httpGet"], json!({"path": "/readyz", "port": "metrics"}));
     assert_eq!(c["ports"][0]["containerPort"], 8080);
     assert_eq!(c["resources"], json!({"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "128Mi"}}));
-    assert_eq!(c["image"], "regcred/regcred:0.1.0");
+    assert_eq!(c["image"], format!("regcred/regcred:{}", chart_yaml()["appVersion"].as_str().unwrap()));
     let env: BTreeMap<&str, &Value> =
         c["env"].as_array().unwrap().iter().map(|e| (e["name"].as_str().unwrap(), e)).collect();
     assert_eq!(env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"], "metadata.namespace");
@@ -431,7 +430,7 @@ fn lint_and_kubeconform_with_every_option_on() {
     let (summary, text) = kubeconform_check("bad-deployment", &serde_yaml::to_string(&bad).unwrap());
     assert_eq!(summary.invalid, 1, "an unknown container field passed:\n{text}");
     let credential = |spec: Value| {
-        serde_yaml::to_string(&json!({"apiVersion": "regcred.dev/v1alpha1", "kind": "ClusterRegistryCredential",
+        serde_yaml::to_string(&json!({"apiVersion": "regcred.dev/v1beta1", "kind": "ClusterRegistryCredential",
             "metadata": {"name": "ghcr"}, "spec": spec}))
         .unwrap()
     };
@@ -789,13 +788,23 @@ async fn wait_crds_established(client: &Client) {
     }
 }
 
-/// A copy of the chart as its next version: chart 0.1.1 whose CRDs carry a
-/// changed printer-column description.
+/// The chart's Chart.yaml.
+fn chart_yaml() -> Value {
+    serde_yaml::from_str(&fs::read_to_string(chart_dir().join("Chart.yaml")).unwrap()).unwrap()
+}
+
+/// A copy of the chart as its next version: the next patch version, whose
+/// CRDs carry a changed printer-column description.
 fn next_chart_version() -> PathBuf {
     let dir = cp().dir().join("chart-next/regcred");
     let _ = fs::remove_dir_all(&dir);
     copy_dir(&chart_dir(), &dir);
-    let chart_yaml = fs::read_to_string(dir.join("Chart.yaml")).unwrap().replace("version: 0.1.0", "version: 0.1.1");
+    let version = chart_yaml()["version"].as_str().unwrap().to_string();
+    let (major_minor, patch) = version.rsplit_once('.').unwrap();
+    let next = format!("{major_minor}.{}", patch.parse::<u32>().unwrap() + 1);
+    let text = fs::read_to_string(dir.join("Chart.yaml")).unwrap();
+    let chart_yaml = text.replace(&format!("version: {version}"), &format!("version: {next}"));
+    assert_ne!(chart_yaml, text);
     fs::write(dir.join("Chart.yaml"), chart_yaml).unwrap();
     for name in CRDS {
         let path = dir.join(format!("files/crds/{name}.yaml"));
@@ -979,7 +988,7 @@ async fn helm_install_then_the_operator_runs_as_the_charts_service_account_then_
     }
 
     // Uninstall: everything goes but the CRDs, and so users' credentials.
-    let survivor = json!({"apiVersion": "regcred.dev/v1alpha1", "kind": "RegistryCredential",
+    let survivor = json!({"apiVersion": "regcred.dev/v1beta1", "kind": "RegistryCredential",
         "metadata": {"name": "survivor", "namespace": "chart-a"},
         "spec": {"provider": {"basic": {"registry": "survivor.example", "secretRef": {"name": "x"}}}, "secret": {"name": "survivor-pull"}}});
     create(&rcreds, survivor).await;
@@ -1012,7 +1021,7 @@ async fn run_scenario(client: &Client, op: &Operator, google: &GoogleStandIn, po
     apply(
         &crcreds,
         "chart-fanout",
-        json!({"apiVersion": "regcred.dev/v1alpha1", "kind": "ClusterRegistryCredential",
+        json!({"apiVersion": "regcred.dev/v1beta1", "kind": "ClusterRegistryCredential",
             "metadata": {"name": "chart-fanout"},
             "spec": {"provider": {"basic": {"registry": REGISTRY, "secretRef": {"name": "chart-login"}}},
                 "secret": {"name": "chart-pull"}, "serviceAccounts": {"all": true},
@@ -1084,7 +1093,7 @@ async fn run_scenario(client: &Client, op: &Operator, google: &GoogleStandIn, po
     apply(
         &rcreds,
         "team",
-        json!({"apiVersion": "regcred.dev/v1alpha1", "kind": "RegistryCredential",
+        json!({"apiVersion": "regcred.dev/v1beta1", "kind": "RegistryCredential",
             "metadata": {"name": "team", "namespace": "chart-b"},
             "spec": {"provider": {"basic": {"registry": "team.chart.example", "secretRef": {"name": "team-login"}}},
                 "secret": {"name": "team-pull"}, "serviceAccounts": {"names": ["default"]}}}),
@@ -1109,7 +1118,7 @@ async fn run_scenario(client: &Client, op: &Operator, google: &GoogleStandIn, po
     apply(
         &rcreds,
         "federated",
-        json!({"apiVersion": "regcred.dev/v1alpha1", "kind": "RegistryCredential",
+        json!({"apiVersion": "regcred.dev/v1beta1", "kind": "RegistryCredential",
             "metadata": {"name": "federated", "namespace": "chart-b"},
             "spec": {"provider": {"google": {"registries": ["europe-docker.pkg.dev"],
                 "auth": {"serviceAccountRef": {"name": "puller", "audience": pool, "tokenUrl": google.sts_url()}}}},

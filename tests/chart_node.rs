@@ -184,7 +184,7 @@ fn rand_suffix() -> u64 {
 
 fn credential(name: &str, provider: Value, secret: &str) -> String {
     serde_json::to_string(&json!({
-        "apiVersion": "regcred.dev/v1alpha1", "kind": "ClusterRegistryCredential",
+        "apiVersion": "regcred.dev/v1beta1", "kind": "ClusterRegistryCredential",
         "metadata": {"name": name},
         "spec": {"provider": provider, "secret": {"name": secret},
                  "namespaceSelector": {"matchLabels": {"regcred.dev/chart-node": "yes"}}}

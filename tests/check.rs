@@ -8,7 +8,7 @@ use regcred_testenv::registry::Registry;
 fn manifest(registry: &str, password: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Secret\nmetadata: {{name: login, namespace: team}}\nstringData: {{username: checker, password: {password}}}\n---\n\
-         apiVersion: regcred.dev/v1alpha1\nkind: RegistryCredential\nmetadata: {{name: cred, namespace: team}}\n\
+         apiVersion: regcred.dev/v1beta1\nkind: RegistryCredential\nmetadata: {{name: cred, namespace: team}}\n\
          spec:\n  provider: {{basic: {{registry: \"{registry}\", secretRef: {{name: login}}}}}}\n  secret: {{name: pull}}\n  verify: {{enabled: true, plainHTTP: true}}\n"
     )
 }

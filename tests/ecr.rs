@@ -578,7 +578,7 @@ fn check_uses_web_identity_from_a_token_file_as_ambient_identity() {
     std::fs::write(
         &manifest,
         format!(
-            "apiVersion: regcred.dev/v1alpha1\nkind: ClusterRegistryCredential\nmetadata: {{name: irsa}}\n\
+            "apiVersion: regcred.dev/v1beta1\nkind: ClusterRegistryCredential\nmetadata: {{name: irsa}}\n\
              spec:\n  provider: {{ecr: {{region: us-east-1, endpoint: \"{sts}\"}}}}\n  secret: {{name: pull}}\n  namespaces: [a]\n"
         ),
     )

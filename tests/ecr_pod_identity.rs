@@ -381,7 +381,7 @@ fn a_credentials_endpoint_the_sdk_does_not_allow_is_named() {
     let manifest = dir.join("cred.yaml");
     std::fs::write(
         &manifest,
-        "apiVersion: regcred.dev/v1alpha1\nkind: ClusterRegistryCredential\nmetadata: {name: pod-identity}\n\
+        "apiVersion: regcred.dev/v1beta1\nkind: ClusterRegistryCredential\nmetadata: {name: pod-identity}\n\
          spec:\n  provider: {ecr: {region: us-east-1, auth: {ambient: {}}}}\n  secret: {name: pull}\n  namespaces: [a]\n",
     )
     .unwrap();

@@ -58,7 +58,7 @@ async fn setup(client: &Client) {
     .unwrap();
     Api::<Secret>::namespaced(client.clone(), NS).create(&PostParams::default(), &login).await.unwrap();
     let cred = json!({
-        "apiVersion": "regcred.dev/v1alpha1", "kind": "ClusterRegistryCredential",
+        "apiVersion": "regcred.dev/v1beta1", "kind": "ClusterRegistryCredential",
         "metadata": {"name": "failover"},
         "spec": {
             "provider": {"basic": {"registry": "registry.example.com", "secretRef": {"name": "login"}}},

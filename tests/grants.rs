@@ -453,7 +453,7 @@ async fn repositories_without_verification_or_malformed_are_refused_at_apply() {
         async move {
             let mut spec = basic_spec("registry.example", "login", "pull");
             spec["verify"] = verify;
-            let obj = json!({"apiVersion": "regcred.dev/v1alpha1", "kind": "RegistryCredential",
+            let obj = json!({"apiVersion": "regcred.dev/v1beta1", "kind": "RegistryCredential",
                 "metadata": {"name": "cred", "namespace": ns}, "spec": spec});
             match api.patch("cred", &PatchParams::apply("regcred-test").force(), &Patch::Apply(&obj)).await {
                 Err(kube::Error::Api(e)) => e.message,

@@ -27,7 +27,7 @@ const UNMANAGED_PASSWORD: &str = "tenancy-unmanaged-password-a8f1";
 const FORGED_PASSWORD: &str = "tenancy-forged-password-33de";
 
 fn rcred(name: &str, spec: Value) -> Value {
-    json!({"apiVersion": "regcred.dev/v1alpha1", "kind": "RegistryCredential",
+    json!({"apiVersion": "regcred.dev/v1beta1", "kind": "RegistryCredential",
         "metadata": {"name": name, "namespace": TENANT}, "spec": spec})
 }
 

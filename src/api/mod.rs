@@ -1,5 +1,7 @@
-//! The `regcred.dev/v1alpha1` API: `RegistryCredential` and
-//! `ClusterRegistryCredential`.
+//! The `regcred.dev/v1beta1` API: `RegistryCredential` and
+//! `ClusterRegistryCredential`. The CRDs also serve the same schema as the
+//! deprecated `v1alpha1` ([`crate::crdgen`]; docs/api.md, "Versions and
+//! compatibility").
 //!
 //! Both kinds share [`CredentialSpec`] (flattened into their specs), like
 //! cert-manager's Issuer and ClusterIssuer. The cluster kind adds the namespace
@@ -18,5 +20,8 @@ pub use status::*;
 
 /// API group of both kinds.
 pub const GROUP: &str = "regcred.dev";
-/// API version of both kinds.
-pub const VERSION: &str = "v1alpha1";
+/// API version of both kinds: the one regcred reads and writes, and the
+/// CRDs' storage version.
+pub const VERSION: &str = "v1beta1";
+/// Earlier versions the CRDs still serve, with the same schema, deprecated.
+pub const DEPRECATED_VERSIONS: [&str; 1] = ["v1alpha1"];

@@ -218,7 +218,7 @@ pub enum DeletionPolicy {
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "regcred.dev",
-    version = "v1alpha1",
+    version = "v1beta1",
     kind = "RegistryCredential",
     doc = "RegistryCredential keeps an image pull Secret fresh in its own namespace. It reads source Secrets only from its own namespace and writes only there.",
     namespaced,
@@ -263,7 +263,7 @@ pub struct RegistryCredentialSpec {
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "regcred.dev",
-    version = "v1alpha1",
+    version = "v1beta1",
     kind = "ClusterRegistryCredential",
     doc = "ClusterRegistryCredential keeps an image pull Secret fresh in every selected namespace. Source Secrets live in the operator's cluster resource namespace.",
     shortname = "crcred",

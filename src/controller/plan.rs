@@ -342,7 +342,7 @@ mod tests {
 
         fn cluster_credential(&mut self, name: &str, spec: serde_json::Value) -> Arc<ClusterRegistryCredential> {
             let mut c: ClusterRegistryCredential = serde_json::from_value(json!({
-                "apiVersion": "regcred.dev/v1alpha1", "kind": "ClusterRegistryCredential",
+                "apiVersion": "regcred.dev/v1beta1", "kind": "ClusterRegistryCredential",
                 "metadata": {"name": name, "generation": 1}, "spec": with_defaults(spec)
             }))
             .unwrap();
@@ -353,7 +353,7 @@ mod tests {
 
         fn credential(&mut self, namespace: &str, name: &str, spec: serde_json::Value) -> Arc<RegistryCredential> {
             let c: RegistryCredential = serde_json::from_value(json!({
-                "apiVersion": "regcred.dev/v1alpha1", "kind": "RegistryCredential",
+                "apiVersion": "regcred.dev/v1beta1", "kind": "RegistryCredential",
                 "metadata": {"name": name, "namespace": namespace, "generation": 1}, "spec": with_defaults(spec)
             }))
             .unwrap();

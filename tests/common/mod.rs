@@ -132,7 +132,7 @@ pub async fn put_login(client: &Client, ns: &str, name: &str, username: &str, pa
 }
 
 pub async fn apply_rcred(client: &Client, ns: &str, name: &str, spec: Value) -> RegistryCredential {
-    let obj = json!({"apiVersion": "regcred.dev/v1alpha1", "kind": "RegistryCredential",
+    let obj = json!({"apiVersion": "regcred.dev/v1beta1", "kind": "RegistryCredential",
         "metadata": {"name": name, "namespace": ns}, "spec": spec});
     Api::<RegistryCredential>::namespaced(client.clone(), ns)
         .patch(name, &PatchParams::apply("regcred-test").force(), &Patch::Apply(&obj))
@@ -141,7 +141,7 @@ pub async fn apply_rcred(client: &Client, ns: &str, name: &str, spec: Value) -> 
 }
 
 pub async fn apply_crcred(client: &Client, name: &str, spec: Value) -> ClusterRegistryCredential {
-    let obj = json!({"apiVersion": "regcred.dev/v1alpha1", "kind": "ClusterRegistryCredential",
+    let obj = json!({"apiVersion": "regcred.dev/v1beta1", "kind": "ClusterRegistryCredential",
         "metadata": {"name": name}, "spec": spec});
     Api::<ClusterRegistryCredential>::all(client.clone())
         .patch(name, &PatchParams::apply("regcred-test").force(), &Patch::Apply(&obj))

@@ -817,7 +817,7 @@ async fn run() -> Result<()> {
     let crcreds: Api<kube::api::DynamicObject> = Api::all_with(
         client.clone(),
         &kube::api::ApiResource::from_gvk_with_plural(
-            &kube::api::GroupVersionKind::gvk("regcred.dev", "v1alpha1", "ClusterRegistryCredential"),
+            &kube::api::GroupVersionKind::gvk("regcred.dev", "v1beta1", "ClusterRegistryCredential"),
             "clusterregistrycredentials",
         ),
     );
@@ -845,7 +845,7 @@ async fn run() -> Result<()> {
                 json!({"basic": {"registry": format!("registry-{i}.example.com"), "secretRef": {"name": "bench-basic"}}})
             };
             let obj = json!({
-                "apiVersion": "regcred.dev/v1alpha1", "kind": "ClusterRegistryCredential",
+                "apiVersion": "regcred.dev/v1beta1", "kind": "ClusterRegistryCredential",
                 "metadata": {"name": format!("bench-{i}")},
                 "spec": {"provider": provider, "secret": {"name": secret}, "serviceAccounts": {"all": true},
                          "namespaceSelector": {"matchLabels": {(TARGET_LABEL): "yes"}}}

@@ -156,7 +156,7 @@ async fn limit_run(
 
 fn rcred_api() -> kube::api::ApiResource {
     kube::api::ApiResource::from_gvk_with_plural(
-        &kube::api::GroupVersionKind::gvk("regcred.dev", "v1alpha1", "RegistryCredential"),
+        &kube::api::GroupVersionKind::gvk("regcred.dev", "v1beta1", "RegistryCredential"),
         "registrycredentials",
     )
 }
@@ -170,7 +170,7 @@ async fn apply_tenant(client: &Client, i: usize, endpoint: &str) -> Result<()> {
         json!({"basic": {"registry": "registry.example.com", "secretRef": {"name": SOURCE}}})
     };
     let obj = json!({
-        "apiVersion": "regcred.dev/v1alpha1", "kind": "RegistryCredential",
+        "apiVersion": "regcred.dev/v1beta1", "kind": "RegistryCredential",
         "metadata": {"name": "tenant", "namespace": ns},
         "spec": {"provider": provider, "secret": {"name": PULL}, "serviceAccounts": {"all": true}}
     });
