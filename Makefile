@@ -42,6 +42,29 @@ image:
 		--tag $(IMAGE_TAG) --source "$(IMAGE_SOURCE)" --revision "$(shell git rev-parse HEAD 2>/dev/null)" \
 		--push "$(PUSH)" $(SKOPEO_FLAGS)
 
+## A signed release (docs/release.md): `make release VERSION=X.Y.Z` checks
+## that Cargo.toml, the chart and the image tag say VERSION and CHANGELOG.md
+## has its section, builds the image, an SBOM of its crates and the chart,
+## signs them with cosign (COSIGN_KEY; COSIGN_PASSWORD in the environment)
+## and pushes them to REGISTRY=HOST[:PORT][/PATH] (image REGISTRY/regcred,
+## chart oci://REGISTRY/charts/regcred), or, without REGISTRY, writes them
+## to OUT (default $(TARGET_DIR)/dist/regcred-VERSION). DRY_RUN=1 prints
+## the commands and runs none. REGISTRY_PLAIN_HTTP=1 or REGISTRY_INSECURE=1
+## for a test registry; credentials from REGISTRY_AUTH_FILE, or
+## REGISTRY_USERNAME with REGISTRY_PASSWORD in the environment (never on the
+## command line). `make release-selftest` proves it against a local registry.
+.PHONY: release release-selftest
+VERSION ?=
+REGISTRY ?=
+OUT ?=
+DRY_RUN ?=
+release:
+	VERSION="$(VERSION)" REGISTRY="$(REGISTRY)" OUT="$(OUT)" DRY_RUN="$(DRY_RUN)" \
+		IMAGE_TAG="$(IMAGE_TAG)" IMAGE_SOURCE="$(IMAGE_SOURCE)" CARGO="$(CARGO)" hack/release.sh
+
+release-selftest:
+	CARGO="$(CARGO)" hack/release-selftest.sh
+
 ## Regenerate crds/ from the Rust types.
 crds:
 	$(CARGO) run --quiet -- crd --output-dir crds

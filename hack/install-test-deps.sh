@@ -8,7 +8,9 @@
 # - moto[server] from PyPI (the AWS stand-in);
 # - the control-plane and node binaries (hack/envtest-assets.sh) and containerd 2
 #   (hack/containerd-assets.sh), built from their Go modules and cached under
-#   ~/.cache/regcred.
+#   ~/.cache/regcred;
+# - the release tools, cosign and cargo-cyclonedx (hack/release-tools.sh), and
+#   the previous release built from its recorded commit (hack/previous-release.sh).
 # Safe to re-run: it installs nothing that is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,3 +50,5 @@ fi
 hack/envtest-assets.sh >/dev/null
 hack/containerd-assets.sh >/dev/null
 hack/helm-tools.sh >/dev/null  # helm and kubeconform for the chart tests
+hack/release-tools.sh >/dev/null  # cosign and cargo-cyclonedx for the release tests
+hack/previous-release.sh >/dev/null  # the previous release, for the upgrade tests

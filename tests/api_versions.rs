@@ -24,14 +24,16 @@ fn resource(version: &str, kind: &str) -> ApiResource {
     ApiResource::from_gvk(&GroupVersionKind::gvk("regcred.dev", version, kind))
 }
 
-/// A CRD as regcred 0.1.0 installed it: `v1alpha1` only, its storage
-/// version (the same schema as today's).
+/// A CRD as regcred 0.1.0 installed it: `v1alpha1` served and stored, and
+/// `v1beta1` declared but not served (the same schema as today's), so that
+/// a rollback to it is accepted once objects are stored as `v1beta1`.
 fn crd_before_v1beta1(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
-    crd.spec.versions.retain(|v| v.name == "v1alpha1");
-    let v = &mut crd.spec.versions[0];
-    v.storage = true;
-    v.deprecated = None;
-    v.deprecation_warning = None;
+    for v in &mut crd.spec.versions {
+        v.storage = v.name == "v1alpha1";
+        v.served = v.name == "v1alpha1";
+        v.deprecated = None;
+        v.deprecation_warning = None;
+    }
     crd
 }
 
@@ -188,6 +190,24 @@ async fn objects_stored_as_v1alpha1_are_reconciled_as_v1beta1_and_storage_can_be
     wait_for_reason(&crcreds, "fleet", "Synced").await;
     wait_for_login(&client, "versions-a", "own-pull", REGISTRY, "own-user", "versions-own-pw").await;
     wait_for_login(&client, "versions-a", "cluster-pull", REGISTRY, "cluster-user", "versions-cluster-pw").await;
+
+    // A rollback to the 0.1.0 CRDs (as `helm rollback` applies them) is
+    // accepted although objects are now stored as v1beta1, because 0.1.0
+    // declares v1beta1, and they read through v1alpha1; then forward again.
+    rcreds.get("own").await.unwrap();
+    let stored = rcreds.get_status("own").await.unwrap();
+    assert!(stored.status.is_some(), "written by regcred through v1beta1");
+    for crd in &new_crds {
+        apply_crd(&client, &crd_before_v1beta1(crd.clone())).await.expect("the 0.1.0 CRDs over v1beta1-stored objects");
+    }
+    wait_served(&client, "v1beta1", false).await;
+    let old_read = old_rcreds.get("own").await.expect("a v1beta1-stored object read through v1alpha1");
+    assert_eq!(old_read.data["spec"]["secret"]["name"], "own-pull");
+    assert!(old_crcreds.get("fleet").await.is_ok());
+    for crd in &new_crds {
+        apply_crd(&client, crd).await.unwrap();
+    }
+    wait_served(&client, "v1beta1", true).await;
 
     // v1alpha1 cannot be dropped while objects may be stored in it.
     let mut without_alpha = new_crds[0].clone();

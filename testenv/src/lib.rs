@@ -38,6 +38,7 @@ pub mod oidc;
 pub mod operator;
 pub mod pod_identity;
 pub mod registry;
+pub mod release;
 mod standin_http;
 pub mod throttle;
 pub mod tokenauth;
