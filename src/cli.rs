@@ -30,8 +30,36 @@ pub enum Command {
     /// store, erase); also run as `docker-credential-regcred`
     /// (docs/credential-helper.md).
     CredentialHelper(HelperArgs),
+    /// Why a Pod can or cannot pull its images (docs/troubleshooting.md);
+    /// also run as the kubectl plugin `kubectl regcred explain` (the binary
+    /// installed as `kubectl-regcred`). Exit code: 0 would pull, 1 would not
+    /// pull, 2 cannot tell.
+    Explain(ExplainArgs),
     /// Print the version.
     Version,
+}
+
+/// Options of `regcred explain`.
+#[derive(Debug, clap::Args)]
+pub struct ExplainArgs {
+    #[command(subcommand)]
+    pub what: ExplainWhat,
+    /// `text` (default) or `json`.
+    #[arg(short = 'o', long = "output", default_value = "text", global = true, value_parser = ["text", "json"])]
+    pub output: String,
+    /// Kubeconfig to read the cluster with.
+    #[arg(long, env = "KUBECONFIG", global = true)]
+    pub kubeconfig: Option<std::path::PathBuf>,
+}
+
+/// What `regcred explain` explains.
+#[derive(Debug, Subcommand)]
+pub enum ExplainWhat {
+    /// A Pod: NAMESPACE/NAME.
+    Pod {
+        /// NAMESPACE/NAME.
+        pod: String,
+    },
 }
 
 /// Options of `regcred kubelet-credential-provider`.

@@ -25,6 +25,8 @@ pub mod check;
 pub mod cli;
 pub mod controller;
 pub mod crdgen;
+pub mod explain;
+pub mod explain_cli;
 pub mod http;
 pub mod hygiene;
 pub mod leader;

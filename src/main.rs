@@ -27,6 +27,25 @@ fn main() -> ExitCode {
                 rt.block_on(regcred::standalone::helper::run(&args.verb, &mut std::io::stdin())).map_err(|e| (e, true))
             });
         }
+        Command::Explain(args) => {
+            let json = args.output == "json";
+            let verdict = tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|rt| {
+                rt.block_on(async {
+                    let client = regcred::explain_cli::client(args.kubeconfig.as_deref()).await?;
+                    match &args.what {
+                        regcred::cli::ExplainWhat::Pod { pod } => regcred::explain_cli::pod(&client, pod, json).await,
+                    }
+                })
+            });
+            return match verdict {
+                Ok(v) => ExitCode::from(v.exit_code()),
+                Err(e) => {
+                    // Nothing could be read: that is "cannot tell".
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(regcred::explain::Verdict::CannotTell.exit_code())
+                }
+            };
+        }
         Command::Crd(args) => crd(args.output_dir),
         Command::Version => {
             println!("regcred {}", env!("CARGO_PKG_VERSION"));

@@ -1,0 +1,151 @@
+//! The I/O edge of `regcred explain` (also `kubectl regcred explain`):
+//! reads what [`crate::explain`] needs through the user's kubeconfig and
+//! prints the answer as text or JSON.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context as _, Result, bail};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams};
+use kube::{Client, ResourceExt};
+
+use crate::api::{ClusterRegistryCredential, RegistryCredential};
+use crate::explain::{Cluster, ImageReport, PodReport, Verdict, explain_pod};
+
+/// A client from `--kubeconfig`, else the usual places.
+pub async fn client(kubeconfig: Option<&Path>) -> Result<Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
+        }
+        None => kube::Config::infer().await.context("no Kubernetes configuration (kubeconfig or in-cluster)")?,
+    };
+    Ok(Client::try_from(config)?)
+}
+
+/// A list that may be refused (RBAC) or not served (CRDs not installed):
+/// empty then, with a note on stderr.
+async fn list_or_empty<K>(api: Api<K>, what: &str) -> Vec<K>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.list(&ListParams::default()).await {
+        Ok(list) => list.items,
+        Err(e) => {
+            eprintln!("note: cannot list {what} ({e}); explaining without them");
+            Vec::new()
+        }
+    }
+}
+
+/// Reads the Pod `NAMESPACE/NAME` and what its pulls depend on, explains
+/// it, prints it, and returns the verdict.
+pub async fn pod(client: &Client, target: &str, json: bool) -> Result<Verdict> {
+    let Some((ns, name)) = target.split_once('/') else { bail!("name the Pod as NAMESPACE/NAME, not {target:?}") };
+    let pod = Api::<Pod>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .with_context(|| format!("reading Pod {target}"))?
+        .with_context(|| format!("Pod {target} not found"))?;
+    let namespace =
+        Api::<Namespace>::all(client.clone()).get(ns).await.with_context(|| format!("reading namespace {ns}"))?;
+    let labels = namespace.labels().clone();
+    let sa_name = pod.spec.as_ref().and_then(|s| s.service_account_name.clone()).unwrap_or_else(|| "default".into());
+    let service_account = Api::<ServiceAccount>::namespaced(client.clone(), ns).get_opt(&sa_name).await?;
+    // The Secrets the Pod and its ServiceAccount name, and the ones regcred
+    // manages there: listed if allowed, else read one by one.
+    let secrets_api = Api::<Secret>::namespaced(client.clone(), ns);
+    let mut secrets: BTreeMap<String, Secret> = BTreeMap::new();
+    match secrets_api.list(&ListParams::default()).await {
+        Ok(list) => secrets.extend(list.items.into_iter().map(|s| (s.name_any(), s))),
+        Err(_) => {
+            let pod_names = pod.spec.iter().flat_map(|s| s.image_pull_secrets.iter().flatten()).map(|r| r.name.clone());
+            let sa_names =
+                service_account.iter().flat_map(|sa| sa.image_pull_secrets.iter().flatten()).map(|r| r.name.clone());
+            for n in pod_names.chain(sa_names) {
+                if let Some(s) = secrets_api.get_opt(&n).await.with_context(|| format!("reading Secret {ns}/{n}"))? {
+                    secrets.insert(n, s);
+                }
+            }
+        }
+    }
+    let cluster_credentials =
+        list_or_empty(Api::<ClusterRegistryCredential>::all(client.clone()), "ClusterRegistryCredentials").await;
+    let credentials =
+        list_or_empty(Api::<RegistryCredential>::namespaced(client.clone(), ns), "RegistryCredentials").await;
+    let report = explain_pod(&Cluster {
+        pod: &pod,
+        namespace_labels: &labels,
+        service_account: service_account.as_ref(),
+        secrets: &secrets,
+        cluster_credentials: &cluster_credentials,
+        credentials: &credentials,
+        now: Timestamp::now(),
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", text(&report));
+    }
+    Ok(report.verdict)
+}
+
+fn verdict_words(v: Verdict) -> &'static str {
+    match v {
+        Verdict::WouldPull => "would pull",
+        Verdict::WouldNotPull => "would NOT pull",
+        Verdict::CannotTell => "cannot tell",
+    }
+}
+
+fn image_text(out: &mut String, r: &ImageReport) {
+    out.push_str(&format!("  {}  {}  (registry {})\n", r.container, r.image, r.registry));
+    if r.secrets.is_empty() {
+        out.push_str("    no imagePullSecrets\n");
+    }
+    for (i, s) in r.secrets.iter().enumerate() {
+        let mut facts = vec![if s.exists { "exists".to_string() } else { "MISSING".to_string() }];
+        if s.on_service_account {
+            facts.push("also on the ServiceAccount".into());
+        }
+        if let Some(m) = &s.matches {
+            facts.push(format!("entry {m} matches"));
+        }
+        if let Some(c) = &s.credential {
+            facts.push(format!(
+                "written by {}: Ready {}{}",
+                c.credential,
+                c.ready.as_deref().unwrap_or("not reported"),
+                c.expires_at.as_deref().map(|e| format!(", expires {e}")).unwrap_or_default()
+            ));
+        } else if s.exists {
+            facts.push("not regcred's".into());
+        }
+        out.push_str(&format!("    {}. {}: {}\n", i + 1, s.name, facts.join("; ")));
+        if let Some(p) = &s.problem {
+            out.push_str(&format!("       problem: {p}\n"));
+        }
+    }
+    out.push_str(&format!("    => {}: {}\n", verdict_words(r.verdict), r.reason));
+    if let Some(f) = &r.fix {
+        out.push_str(&format!("       fix: {f}\n"));
+    }
+}
+
+/// The report as text: each image, its Secrets in the kubelet's order,
+/// and a last line with the verdict and the fix.
+pub fn text(r: &PodReport) -> String {
+    let mut out = format!("Pod {} (ServiceAccount {})\n", r.pod, r.service_account);
+    for image in &r.images {
+        image_text(&mut out, image);
+    }
+    out.push_str(&format!(
+        "Verdict: {}{}\n",
+        r.summary,
+        r.fix.as_deref().map(|f| format!(". Fix: {f}")).unwrap_or_default()
+    ));
+    out
+}

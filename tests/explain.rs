@@ -1,0 +1,155 @@
+//! `regcred explain pod` (and `kubectl regcred explain pod`) against a real
+//! control plane with regcred running: Pods admitted by the real
+//! ServiceAccount admission, explained by the regcred binary through a
+//! kubeconfig, as a user runs it. The verdict, exit code and JSON are
+//! asserted for a Pod that pulls and for each cause that stops one.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::*;
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use kube::Client;
+use kube::api::{Api, PostParams};
+use serde_json::{Value, json};
+
+const REGISTRY: &str = "registry.explain.example";
+
+fn explain(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_regcred"))
+        .arg("explain")
+        .args(args)
+        .env("KUBECONFIG", control_plane().kubeconfig_path())
+        .output()
+        .unwrap()
+}
+
+/// Runs `explain pod NS/NAME -o json`: (exit code, report).
+fn explain_json(pod: &str) -> (i32, Value) {
+    let out = explain(&["pod", pod, "-o", "json"]);
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("explain {pod}: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code().unwrap(), report)
+}
+
+async fn create_pod(client: &Client, ns: &str, name: &str, sa: Option<&str>, own: &[&str]) {
+    let mut spec = json!({"containers": [{"name": "app", "image": format!("{REGISTRY}/team/app:1")}],
+        "automountServiceAccountToken": false});
+    if let Some(sa) = sa {
+        spec["serviceAccountName"] = json!(sa);
+    }
+    if !own.is_empty() {
+        spec["imagePullSecrets"] = json!(own.iter().map(|n| json!({"name": n})).collect::<Vec<_>>());
+    }
+    let pod: Pod = serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap();
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    wait_for(&format!("Pod {ns}/{name} admitted"), WAIT, || async {
+        match api.create(&PostParams::default(), &pod).await {
+            Ok(_) => Some(()),
+            // A new namespace's default ServiceAccount may not exist yet.
+            Err(kube::Error::Api(e)) if e.message.contains("serviceaccount") => None,
+            Err(e) => panic!("creating Pod {ns}/{name}: {e}"),
+        }
+    })
+    .await;
+}
+
+fn reason(report: &Value) -> String {
+    report["images"][0]["reason"].as_str().unwrap_or_default().to_string()
+}
+
+#[tokio::test]
+async fn explain_pod_names_what_lets_a_pod_pull_and_each_cause_that_stops_it() {
+    let client = setup().await;
+    put_login(&client, CLUSTER_NS, "ex-login", "ex-user", "explain-password-1").await;
+    create_namespace(&client, "ex-a", &[("explain", "yes")]).await;
+    let mut spec = basic_spec(REGISTRY, "ex-login", "ex-pull");
+    spec["namespaceSelector"] = json!({"matchLabels": {"explain": "yes"}});
+    apply_crcred(&client, "ex-fleet", spec).await;
+    wait_for_pull_secret(&client, "ex-a", "default", "ex-pull", true).await;
+
+    // Created after the patch: pulls with the credential's Secret.
+    create_pod(&client, "ex-a", "good", None, &[]).await;
+    let (code, report) = explain_json("ex-a/good");
+    assert_eq!((code, report["verdict"].as_str()), (0, Some("wouldPull")), "{report:#}");
+    let secret = &report["images"][0]["secrets"][0];
+    assert_eq!(secret["name"], "ex-pull");
+    assert_eq!(secret["matches"], REGISTRY);
+    assert_eq!(secret["credential"]["credential"], "ClusterRegistryCredential/ex-fleet");
+    assert!(secret["credential"]["ready"].as_str().unwrap().starts_with("True"), "{secret:#}");
+
+    // The text form ends with the verdict line.
+    let out = explain(&["pod", "ex-a/good"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().last().unwrap().starts_with("Verdict: ex-a/good would pull all 1 image(s)"), "{text}");
+
+    // The same through kubectl, with the binary installed as the plugin.
+    let bin = control_plane().dir().join("explain-plugin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let plugin = bin.join("kubectl-regcred");
+    let _ = std::fs::remove_file(&plugin);
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_regcred"), &plugin).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    // kubectl passes its own flags to no plugin: the kubeconfig comes from
+    // the environment, as for a user.
+    let kubectl = control_plane().kubectl().get_program().to_owned();
+    let out = Command::new(kubectl)
+        .args(["regcred", "explain", "pod", "ex-a/good", "-o", "json"])
+        .env("PATH", path)
+        .env("KUBECONFIG", control_plane().kubeconfig_path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "kubectl regcred: {}", String::from_utf8_lossy(&out.stderr));
+    let via_kubectl: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(via_kubectl["verdict"], "wouldPull");
+
+    // The Pod lists its own pull Secrets: the ServiceAccount's were not added.
+    create_pod(&client, "ex-a", "own", None, &["mine"]).await;
+    let (code, report) = explain_json("ex-a/own");
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(report["images"][0]["secrets"][0]["problem"], "Secret mine does not exist");
+    assert!(reason(&report).contains("lists its own imagePullSecrets"), "{report:#}");
+
+    // A ServiceAccount the credential does not select.
+    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "builder"}})).unwrap();
+    Api::<ServiceAccount>::namespaced(client.clone(), "ex-a").create(&PostParams::default(), &sa).await.unwrap();
+    create_pod(&client, "ex-a", "builder", Some("builder"), &[]).await;
+    let (code, report) = explain_json("ex-a/builder");
+    assert_eq!(code, 1);
+    assert!(
+        reason(&report).contains("ServiceAccount builder is not selected by ClusterRegistryCredential/ex-fleet"),
+        "{report:#}"
+    );
+
+    // A namespace the credential does not select: the label it lacks.
+    create_namespace(&client, "ex-b", &[]).await;
+    create_pod(&client, "ex-b", "outside", None, &[]).await;
+    let (code, report) = explain_json("ex-b/outside");
+    assert_eq!(code, 1);
+    assert!(reason(&report).contains("namespace ex-b lacks label explain=yes"), "{report:#}");
+    assert!(report["fix"].as_str().unwrap().contains("label the namespace"), "{report:#}");
+
+    // Created before regcred patched the ServiceAccount: the namespace is
+    // labelled after the Pod exists.
+    label_namespace(&client, "ex-b", json!({"explain": "yes"})).await;
+    wait_for_pull_secret(&client, "ex-b", "default", "ex-pull", true).await;
+    let (code, report) = explain_json("ex-b/outside");
+    assert_eq!(code, 1);
+    assert!(reason(&report).contains("created before regcred added ex-pull to ServiceAccount default"), "{report:#}");
+    assert!(report["fix"].as_str().unwrap().contains("recovery.enabled"), "{report:#}");
+
+    // A registry no credential serves and no Secret: cannot tell.
+    let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "public"},
+        "spec": {"containers": [{"name": "app", "image": "quay.io/public/app:1"}], "automountServiceAccountToken": false,
+                 "serviceAccountName": "builder"}}))
+    .unwrap();
+    Api::<Pod>::namespaced(client.clone(), "ex-a").create(&PostParams::default(), &pod).await.unwrap();
+    let (code, report) = explain_json("ex-a/public");
+    assert_eq!((code, report["verdict"].as_str()), (2, Some("cannotTell")), "{report:#}");
+
+    // No such Pod: cannot tell, with the reason on stderr.
+    let out = explain(&["pod", "ex-a/nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Pod ex-a/nope not found"));
+}
