@@ -50,6 +50,15 @@ pub struct ExplainArgs {
     /// Kubeconfig to read the cluster with.
     #[arg(long, env = "KUBECONFIG", global = true)]
     pub kubeconfig: Option<std::path::PathBuf>,
+    /// Also log in to each image's registry with the Secret the kubelet
+    /// would use and ask for the image's manifest (HEAD: not counted as a
+    /// pull by registries that count pulls); reports the registry's answer
+    /// and its pull quota where it sends one.
+    #[arg(long, global = true)]
+    pub check_registry: bool,
+    /// Talk plain HTTP to registries (test registries only).
+    #[arg(long, global = true)]
+    pub plain_http: bool,
 }
 
 /// What `regcred explain` explains.

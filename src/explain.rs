@@ -118,6 +118,23 @@ pub struct ImageReport {
     pub reason: String,
     /// What to do, if anything.
     pub fix: Option<String>,
+    /// The registry's answer, with `--check-registry`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registry_check: Option<RegistryCheck>,
+}
+
+/// What the registry said when `--check-registry` logged in with the
+/// Secret the kubelet would use and asked for the image's manifest.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryCheck {
+    /// The Secret whose login was used.
+    pub secret: String,
+    /// The login was accepted and the manifest read (or found missing).
+    pub accepted: bool,
+    /// The registry's answer, in words.
+    pub answer: String,
+    pub quota: Option<crate::verify::PullQuota>,
 }
 
 /// The whole answer for a Pod.
@@ -334,27 +351,35 @@ pub fn explain_pod(cluster: &Cluster<'_>) -> PodReport {
     for (container, image) in images(pod) {
         reports.push(explain_image(cluster, &sa_name, &pod_secrets, &sa_secrets, container, image));
     }
-    let verdict = reports.iter().fold(Verdict::WouldPull, |v, r| v.and(r.verdict));
-    let first_bad = reports.iter().find(|r| r.verdict != Verdict::WouldPull);
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    let summary = match (verdict, first_bad) {
-        (Verdict::WouldPull, _) | (_, None) => {
-            format!("{ns}/{name} would pull all {} image(s)", reports.len())
-        }
-        (v, Some(r)) => format!(
-            "{ns}/{name} {} {}: {}",
-            if v == Verdict::WouldNotPull { "would not pull" } else { "may not pull" },
-            r.image,
-            r.reason
-        ),
-    };
-    PodReport {
-        pod: format!("{ns}/{name}"),
+    let mut report = PodReport {
+        pod: format!("{ns}/{}", pod.metadata.name.clone().unwrap_or_default()),
         service_account: sa_name,
-        fix: first_bad.and_then(|r| r.fix.clone()),
+        fix: None,
         images: reports,
-        verdict,
-        summary,
+        verdict: Verdict::WouldPull,
+        summary: String::new(),
+    };
+    report.summarize();
+    report
+}
+
+impl PodReport {
+    /// The Pod's verdict, summary line and fix from its images' (again,
+    /// after a registry check changed some).
+    pub fn summarize(&mut self) {
+        self.verdict = self.images.iter().fold(Verdict::WouldPull, |v, r| v.and(r.verdict));
+        let first_bad = self.images.iter().find(|r| r.verdict != Verdict::WouldPull);
+        self.fix = first_bad.and_then(|r| r.fix.clone());
+        self.summary = match first_bad {
+            None => format!("{} would pull all {} image(s)", self.pod, self.images.len()),
+            Some(r) => format!(
+                "{} {} {}: {}",
+                self.pod,
+                if r.verdict == Verdict::WouldNotPull { "would not pull" } else { "may not pull" },
+                r.image,
+                r.reason
+            ),
+        };
     }
 }
 
@@ -449,6 +474,7 @@ fn explain_image(
         verdict,
         reason,
         fix,
+        registry_check: None,
     }
 }
 
@@ -559,6 +585,49 @@ fn no_usable_secret(
         ),
         Some(format!("kubectl describe {}", kind_and_name(&cred.key))),
     )
+}
+
+/// The repository and the reference (tag, or digest) of an image, as the
+/// registry's API names them: `nginx` is `library/nginx` and `latest`.
+pub fn repository_and_reference(image: &str) -> (String, String) {
+    let normalized = normalize_image(image);
+    let path = normalized.split_once('/').map(|(_, p)| p).unwrap_or_default();
+    if let Some((repo, digest)) = path.split_once('@') {
+        return (repo.to_string(), digest.to_string());
+    }
+    match path.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => (repo.to_string(), tag.to_string()),
+        _ => (path.to_string(), "latest".to_string()),
+    }
+}
+
+/// Takes the registry's answer into an image's verdict: what the registry
+/// says overrides what the cluster suggests.
+pub fn apply_registry_check(report: &mut ImageReport, check: RegistryCheck, not_found: bool) {
+    let secret = check.secret.clone();
+    if check.accepted && !not_found {
+        report.verdict = Verdict::WouldPull;
+        report.reason = format!("the registry accepted {secret}'s login and has the image ({})", check.answer);
+        report.fix = None;
+    } else if check.accepted {
+        report.verdict = Verdict::WouldNotPull;
+        report.reason = format!("the registry accepted {secret}'s login but has no such image ({})", check.answer);
+        report.fix = Some("check the image name and tag".into());
+    } else {
+        report.verdict = Verdict::WouldNotPull;
+        report.reason = format!("the registry refused {secret}'s login for this image: {}", check.answer);
+        if report.fix.is_none() {
+            report.fix =
+                Some(match report.secrets.iter().find(|s| s.name == secret).and_then(|s| s.credential.as_ref()) {
+                    Some(c) => format!(
+                        "kubectl describe {} (its Ready condition and the registry's reason)",
+                        kind_and_name(&c.credential)
+                    ),
+                    None => format!("replace the login in Secret {secret}"),
+                });
+        }
+    }
+    report.registry_check = Some(check);
 }
 
 /// `ClusterRegistryCredential/x` → `clusterregistrycredential x`;

@@ -12,7 +12,20 @@ use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 
 use crate::api::{ClusterRegistryCredential, RegistryCredential};
-use crate::explain::{Cluster, ImageReport, PodReport, Verdict, explain_pod};
+use crate::explain::{
+    Cluster, ImageReport, PodReport, RegistryCheck, Verdict, apply_registry_check, explain_pod,
+    repository_and_reference,
+};
+use crate::verify::{VerifyOptions, check_manifest};
+
+/// How `--check-registry` talks to registries.
+#[derive(Clone, Debug, Default)]
+pub struct RegistryAccess {
+    /// Log in and ask for each image's manifest.
+    pub check: bool,
+    /// Plain HTTP (test registries).
+    pub plain_http: bool,
+}
 
 /// A client from `--kubeconfig`, else the usual places.
 pub async fn client(kubeconfig: Option<&Path>) -> Result<Client> {
@@ -43,7 +56,7 @@ where
 
 /// Reads the Pod `NAMESPACE/NAME` and what its pulls depend on, explains
 /// it, prints it, and returns the verdict.
-pub async fn pod(client: &Client, target: &str, json: bool) -> Result<Verdict> {
+pub async fn pod(client: &Client, target: &str, json: bool, access: &RegistryAccess) -> Result<Verdict> {
     let Some((ns, name)) = target.split_once('/') else { bail!("name the Pod as NAMESPACE/NAME, not {target:?}") };
     let pod = Api::<Pod>::namespaced(client.clone(), ns)
         .get_opt(name)
@@ -76,7 +89,7 @@ pub async fn pod(client: &Client, target: &str, json: bool) -> Result<Verdict> {
         list_or_empty(Api::<ClusterRegistryCredential>::all(client.clone()), "ClusterRegistryCredentials").await;
     let credentials =
         list_or_empty(Api::<RegistryCredential>::namespaced(client.clone(), ns), "RegistryCredentials").await;
-    let report = explain_pod(&Cluster {
+    let mut report = explain_pod(&Cluster {
         pod: &pod,
         namespace_labels: &labels,
         service_account: service_account.as_ref(),
@@ -85,12 +98,60 @@ pub async fn pod(client: &Client, target: &str, json: bool) -> Result<Verdict> {
         credentials: &credentials,
         now: Timestamp::now(),
     });
+    if access.check {
+        for image in &mut report.images {
+            check_registry(image, &secrets, access).await;
+        }
+        report.summarize();
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", text(&report));
     }
     Ok(report.verdict)
+}
+
+/// Logs in with the Secret the kubelet would use for the image (the first
+/// whose entry matches) and asks the registry for the manifest (`HEAD`:
+/// counts as no pull where pulls are counted).
+async fn check_registry(image: &mut ImageReport, secrets: &BTreeMap<String, Secret>, access: &RegistryAccess) {
+    let Some((name, key)) = image.secrets.iter().find_map(|s| Some((s.name.clone(), s.matches.clone()?))) else {
+        return;
+    };
+    let bytes = secrets.get(&name).and_then(|s| s.data.as_ref()?.get(".dockerconfigjson")).map(|b| b.0.clone());
+    let Some(bytes) = bytes else { return };
+    let mut auth = match crate::render::find_in_dockerconfigjson(&bytes, &key) {
+        Ok(auth) => auth,
+        Err(e) => {
+            let answer = format!("its entry {key} cannot be used: {e}");
+            let check = RegistryCheck { secret: name, accepted: false, answer, quota: None };
+            apply_registry_check(image, check, false);
+            return;
+        }
+    };
+    auth.registry = image.registry.clone();
+    let (repository, reference) = repository_and_reference(&image.image);
+    let opts = VerifyOptions { plain_http: access.plain_http, ..Default::default() };
+    match check_manifest(&auth, &repository, &reference, &opts).await {
+        Ok(answer) => {
+            let words = if answer.found {
+                format!("manifest {repository}:{reference} found")
+            } else {
+                format!("no manifest {reference} in {repository}")
+            };
+            let check = RegistryCheck { secret: name, accepted: true, answer: words, quota: answer.quota };
+            apply_registry_check(image, check, !answer.found);
+        }
+        Err(e) if e.is_rejected() => {
+            let check = RegistryCheck { secret: name, accepted: false, answer: e.to_string(), quota: None };
+            apply_registry_check(image, check, false);
+        }
+        Err(e) => {
+            image.verdict = Verdict::CannotTell;
+            image.reason = format!("could not ask the registry: {e}");
+        }
+    }
 }
 
 fn verdict_words(v: Verdict) -> &'static str {
@@ -127,6 +188,13 @@ fn image_text(out: &mut String, r: &ImageReport) {
         out.push_str(&format!("    {}. {}: {}\n", i + 1, s.name, facts.join("; ")));
         if let Some(p) = &s.problem {
             out.push_str(&format!("       problem: {p}\n"));
+        }
+    }
+    if let Some(c) = &r.registry_check {
+        out.push_str(&format!("    registry, with {}'s login: {}\n", c.secret, c.answer));
+        if let Some(q) = &c.quota {
+            let window = q.window_seconds.map(|w| format!(" per {w} s")).unwrap_or_default();
+            out.push_str(&format!("    pull quota: {} of {} left{window}\n", q.remaining, q.limit));
         }
     }
     out.push_str(&format!("    => {}: {}\n", verdict_words(r.verdict), r.reason));

@@ -33,7 +33,13 @@ fn main() -> ExitCode {
                 rt.block_on(async {
                     let client = regcred::explain_cli::client(args.kubeconfig.as_deref()).await?;
                     match &args.what {
-                        regcred::cli::ExplainWhat::Pod { pod } => regcred::explain_cli::pod(&client, pod, json).await,
+                        regcred::cli::ExplainWhat::Pod { pod } => {
+                            let access = regcred::explain_cli::RegistryAccess {
+                                check: args.check_registry,
+                                plain_http: args.plain_http,
+                            };
+                            regcred::explain_cli::pod(&client, pod, json, &access).await
+                        }
                     }
                 })
             });

@@ -351,9 +351,63 @@ pub async fn verify(auth: &RegistryAuth, plan: impl Into<VerifyPlan>) -> Result<
 
     let session = login(&ctx, auth, &v2, opts.plain_http).await?;
     for repository in &repositories {
-        check_repository(&ctx, auth, &v2, &session, repository, opts.plain_http).await?;
+        check_repository(&ctx, auth, &v2, &session, repository, "latest", opts.plain_http).await?;
     }
     Ok(())
+}
+
+/// A registry's pull quota, as Docker Hub reports it on manifest requests
+/// (docs.docker.com/docker-hub/usage/pulls/, "View pull rate and limit":
+/// `ratelimit-limit: 100;w=21600` and `ratelimit-remaining: 76;w=21600`,
+/// the window in seconds). Registries that do not limit pulls send neither.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PullQuota {
+    pub limit: u64,
+    pub remaining: u64,
+    /// The window the limit applies to, in seconds, when given.
+    pub window_seconds: Option<u64>,
+}
+
+/// Reads [`PullQuota`] from a manifest response's headers: both headers,
+/// each `N` or `N;w=SECONDS`, or nothing.
+pub fn pull_quota(headers: &header::HeaderMap) -> Option<PullQuota> {
+    let parse = |name: &str| -> Option<(u64, Option<u64>)> {
+        let value = headers.get(name)?.to_str().ok()?;
+        let mut parts = value.split(';').map(str::trim);
+        let count = parts.next()?.parse().ok()?;
+        let window = parts.find_map(|p| p.strip_prefix("w=")).and_then(|w| w.parse().ok());
+        Some((count, window))
+    };
+    let (limit, window) = parse("ratelimit-limit")?;
+    let (remaining, remaining_window) = parse("ratelimit-remaining")?;
+    Some(PullQuota { limit, remaining, window_seconds: window.or(remaining_window) })
+}
+
+/// What the registry answered for an image's manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestAnswer {
+    /// The manifest exists (2xx); `false` is a 404.
+    pub found: bool,
+    pub quota: Option<PullQuota>,
+}
+
+/// Logs in to `auth.registry` as [`verify`] does and asks for the manifest
+/// `reference` (a tag or digest) of `repository` with `HEAD`, as a pull
+/// starts, so that a registry counting pulls counts nothing (Docker Hub
+/// counts manifest `GET`s, not `HEAD`s). A refusal is the same
+/// [`VerifyError::RepositoryDenied`] verification reports.
+pub async fn check_manifest(
+    auth: &RegistryAuth,
+    repository: &str,
+    reference: &str,
+    opts: &VerifyOptions,
+) -> Result<ManifestAnswer, VerifyError> {
+    let v2 = v2_url(&auth.registry, opts.plain_http)?;
+    let client = build_client(opts)?;
+    let ctx = Ctx { client: &client, timeout: opts.timeout };
+    let session = login(&ctx, auth, &v2, opts.plain_http).await?;
+    check_repository(&ctx, auth, &v2, &session, repository, reference, opts.plain_http).await
 }
 
 /// How the login at `/v2/` succeeded, which decides how a repository is
@@ -409,7 +463,8 @@ const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, applicat
      application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
 
 /// Reads `repository` as a pull starts: a token for `repository:NAME:pull`
-/// where the registry uses tokens, then `HEAD /v2/NAME/manifests/latest`.
+/// where the registry uses tokens, then `HEAD /v2/NAME/manifests/REFERENCE`
+/// (`latest` for verification).
 /// HEAD first, so that a registry counting pulls (Docker Hub's limits
 /// count manifest GETs) counts nothing; a refusal is read again with `GET`
 /// for the registry's reason. A registry that answered `/v2/` anonymously
@@ -420,10 +475,11 @@ async fn check_repository(
     v2: &Url,
     session: &Session,
     repository: &str,
+    reference: &str,
     plain_http: bool,
-) -> Result<(), VerifyError> {
+) -> Result<ManifestAnswer, VerifyError> {
     let url = v2
-        .join(&format!("{repository}/manifests/latest"))
+        .join(&format!("{repository}/manifests/{reference}"))
         .map_err(|e| VerifyError::InvalidRepository { repository: repository.to_string(), detail: e.to_string() })?;
     let scope = format!("repository:{repository}:pull");
     let mut credentials = match session {
@@ -455,7 +511,7 @@ async fn check_repository(
     }
     let status = response.status();
     if status.is_success() || status == StatusCode::NOT_FOUND {
-        return Ok(());
+        return Ok(ManifestAnswer { found: status.is_success(), quota: pull_quota(response.headers()) });
     }
     if !matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
         return Err(unexpected(step, &url, status));
@@ -1314,6 +1370,21 @@ mod tests {
         {
             assert!(token_url(realm, None, None, true).is_err(), "{realm}");
         }
+    }
+
+    #[test]
+    fn pull_quota_is_read_from_docker_hubs_headers() {
+        let mut h = header::HeaderMap::new();
+        assert_eq!(pull_quota(&h), None, "registries that do not limit send nothing");
+        h.insert("ratelimit-limit", "100;w=21600".parse().unwrap());
+        assert_eq!(pull_quota(&h), None, "both headers or none");
+        h.insert("ratelimit-remaining", "76;w=21600".parse().unwrap());
+        assert_eq!(pull_quota(&h), Some(PullQuota { limit: 100, remaining: 76, window_seconds: Some(21600) }));
+        h.insert("ratelimit-limit", "200".parse().unwrap());
+        h.insert("ratelimit-remaining", "0".parse().unwrap());
+        assert_eq!(pull_quota(&h), Some(PullQuota { limit: 200, remaining: 0, window_seconds: None }));
+        h.insert("ratelimit-remaining", "lots".parse().unwrap());
+        assert_eq!(pull_quota(&h), None);
     }
 
     #[test]

@@ -7,11 +7,15 @@
 mod common;
 
 use std::process::{Command, Output};
+use std::sync::Arc;
 
 use common::*;
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kube::Client;
 use kube::api::{Api, PostParams};
+use regcred_testenv::operator::record_secret;
+use regcred_testenv::registry::skopeo_inspect;
+use regcred_testenv::tokenauth::{FrontKind, RegistryFront, TokenService, start_token_registry};
 use serde_json::{Value, json};
 
 const REGISTRY: &str = "registry.explain.example";
@@ -34,7 +38,11 @@ fn explain_json(pod: &str) -> (i32, Value) {
 }
 
 async fn create_pod(client: &Client, ns: &str, name: &str, sa: Option<&str>, own: &[&str]) {
-    let mut spec = json!({"containers": [{"name": "app", "image": format!("{REGISTRY}/team/app:1")}],
+    create_pod_with(client, ns, name, &format!("{REGISTRY}/team/app:1"), sa, own).await
+}
+
+async fn create_pod_with(client: &Client, ns: &str, name: &str, image: &str, sa: Option<&str>, own: &[&str]) {
+    let mut spec = json!({"containers": [{"name": "app", "image": image}],
         "automountServiceAccountToken": false});
     if let Some(sa) = sa {
         spec["serviceAccountName"] = json!(sa);
@@ -152,4 +160,73 @@ async fn explain_pod_names_what_lets_a_pod_pull_and_each_cause_that_stops_it() {
     let out = explain(&["pod", "ex-a/nope"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("Pod ex-a/nope not found"));
+}
+
+/// `--check-registry`: logs in with the Secret the kubelet would use and
+/// asks for the image's manifest, on a registry that reports a pull quota
+/// as Docker Hub does; the check spends none of it (HEAD), a real pull
+/// does.
+#[tokio::test]
+async fn check_registry_reads_the_manifest_and_the_pull_quota_without_spending_it() {
+    const USER: (&str, &str) = ("hub-user", "explain-hub-password");
+    let client = setup().await;
+    record_secret(USER.1);
+    let tokens = TokenService::start(Arc::new(|u: &str, p: &str| u == USER.0 && p == USER.1)).unwrap();
+    let registry = start_token_registry(control_plane().process_group(), &tokens, USER.0, USER.1).unwrap();
+    let front = RegistryFront::start(FrontKind::DockerHub { limit: 100, window: 21600 }, &tokens, &registry).unwrap();
+    let host = front.host();
+    put_login(&client, CLUSTER_NS, "hub-login", USER.0, USER.1).await;
+    create_namespace(&client, "ex-hub", &[("explain-hub", "yes")]).await;
+    let mut spec = basic_spec(&host, "hub-login", "hub-pull");
+    spec["namespaceSelector"] = json!({"matchLabels": {"explain-hub": "yes"}});
+    apply_crcred(&client, "ex-hub", spec).await;
+    wait_for_pull_secret(&client, "ex-hub", "default", "hub-pull", true).await;
+    create_pod_with(&client, "ex-hub", "pulls", &format!("{host}/regcred/test:v1"), None, &[]).await;
+    create_pod_with(&client, "ex-hub", "missing", &format!("{host}/regcred/missing:v1"), None, &[]).await;
+    let check = |pod: &str| {
+        let out = explain(&["pod", pod, "-o", "json", "--check-registry", "--plain-http"]);
+        let report: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.code().unwrap(), report)
+    };
+
+    let (code, report) = check("ex-hub/pulls");
+    assert_eq!(code, 0, "{report:#}");
+    let registry_check = &report["images"][0]["registryCheck"];
+    assert_eq!(registry_check["accepted"], true, "{report:#}");
+    assert_eq!(registry_check["answer"], "manifest regcred/test:v1 found");
+    assert_eq!(registry_check["quota"], json!({"limit": 100, "remaining": 100, "windowSeconds": 21600}));
+    assert_eq!(front.pulls(), 0, "the check counted as a pull");
+
+    // A pull (skopeo reads the manifest with GET) spends one.
+    let authfile = control_plane().dir().join("hub-auth.json");
+    let auth = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, format!("{}:{}", USER.0, USER.1));
+    std::fs::write(&authfile, json!({"auths": {host.clone(): {"auth": auth}}}).to_string()).unwrap();
+    let inspected = skopeo_inspect(&authfile, &format!("{host}/regcred/test:v1")).unwrap();
+    assert!(inspected.status.success(), "{}", String::from_utf8_lossy(&inspected.stderr));
+    assert_eq!(front.pulls(), 1);
+    let (_, report) = check("ex-hub/pulls");
+    assert_eq!(report["images"][0]["registryCheck"]["quota"]["remaining"], 99);
+    let out = explain(&["pod", "ex-hub/pulls", "--check-registry", "--plain-http"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("pull quota: 99 of 100 left per 21600 s"));
+
+    // The image does not exist: the login works, the manifest is missing.
+    let (code, report) = check("ex-hub/missing");
+    assert_eq!(code, 1, "{report:#}");
+    assert!(reason(&report).contains("accepted hub-pull's login but has no such image"), "{report:#}");
+
+    // The login goes bad: the registry refuses it, and explain says so
+    // although the credential is Ready (regcred does not verify here).
+    put_login(&client, CLUSTER_NS, "hub-login", USER.0, "explain-hub-wrong-password").await;
+    wait_for("the Secret to hold the new password", WAIT, || async {
+        let s = get_secret(&client, "ex-hub", "hub-pull").await?;
+        (login_in(&s, &host)?.1 == "explain-hub-wrong-password").then_some(())
+    })
+    .await;
+    let (code, report) = check("ex-hub/pulls");
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(report["images"][0]["registryCheck"]["accepted"], false);
+    assert!(reason(&report).contains("the registry refused hub-pull's login"), "{report:#}");
+    let text = report.to_string();
+    assert!(!text.contains("explain-hub-wrong-password") && !text.contains(USER.1), "a password in the report");
 }

@@ -639,6 +639,20 @@ pub enum FrontKind {
         /// The location the denial names, e.g. `europe`.
         location: String,
     },
+    /// Docker Hub's pull limit: requests pass through with the client's own
+    /// `Authorization` (the registry's Bearer token protocol, as
+    /// registry-1.docker.io and auth.docker.io), and every manifest answer
+    /// carries `ratelimit-limit: LIMIT;w=WINDOW` and `ratelimit-remaining:
+    /// N;w=WINDOW`. Only manifest `GET`s count as pulls; `HEAD`s do not
+    /// (docs.docker.com/docker-hub/usage/pulls/: a pull is a manifest
+    /// `GET`, and "view pull rate and limit" uses `HEAD`). Past the limit a
+    /// manifest `GET` is answered `429` `TOOMANYREQUESTS` ("You have reached
+    /// your pull rate limit...").
+    DockerHub {
+        limit: u64,
+        /// The window, in seconds (Docker Hub: 21600).
+        window: u64,
+    },
 }
 
 /// A registry front on `127.0.0.1` that answers as another registry
@@ -661,6 +675,8 @@ struct FrontState {
     tokens: Arc<State>,
     upstream: String,
     refused: AtomicUsize,
+    /// Manifest `GET`s counted as pulls ([`FrontKind::DockerHub`]).
+    pulls: AtomicUsize,
 }
 
 impl RegistryFront {
@@ -672,6 +688,7 @@ impl RegistryFront {
             tokens: tokens.state.clone(),
             upstream: registry.host.clone(),
             refused: AtomicUsize::new(0),
+            pulls: AtomicUsize::new(0),
         });
         let server = {
             let state = state.clone();
@@ -698,6 +715,11 @@ impl RegistryFront {
     /// Requests refused because the login may not pull the repository.
     pub fn refused(&self) -> usize {
         self.state.refused.load(Ordering::SeqCst)
+    }
+
+    /// Manifest `GET`s counted against the pull limit.
+    pub fn pulls(&self) -> usize {
+        self.state.pulls.load(Ordering::SeqCst)
     }
 }
 
@@ -732,7 +754,40 @@ fn front_handle(state: &FrontState, req: &Request) -> Response {
     match &state.kind {
         FrontKind::Ecr { principal } => front_ecr(state, req, &host, &path, &target, principal),
         FrontKind::ArtifactRegistry { location } => front_ar(state, req, &host, &path, &target, location),
+        FrontKind::DockerHub { limit, window } => front_docker_hub(state, req, &path, &target, *limit, *window),
     }
+}
+
+fn front_docker_hub(state: &FrontState, req: &Request, path: &str, target: &str, limit: u64, window: u64) -> Response {
+    let manifest = path.starts_with("/v2/") && path.contains("/manifests/");
+    let counted = manifest && req.method == "GET";
+    if counted && state.pulls.load(Ordering::SeqCst) as u64 >= limit {
+        let mut r = front_error(
+            req,
+            429,
+            "TOOMANYREQUESTS",
+            "You have reached your pull rate limit. You may increase the limit by authenticating and upgrading: \
+             https://www.docker.com/increase-rate-limit",
+        );
+        r.headers.push(("ratelimit-limit", format!("{limit};w={window}")));
+        r.headers.push(("ratelimit-remaining", format!("0;w={window}")));
+        return r;
+    }
+    let answer = match forward(&state.upstream, req, target, req.header("authorization")) {
+        Ok(answer) => answer,
+        Err(e) => return Response::text(502, &format!("registry unreachable: {e:#}")),
+    };
+    let ok = (200..300).contains(&answer.status);
+    if counted && ok {
+        state.pulls.fetch_add(1, Ordering::SeqCst);
+    }
+    let mut response = answer.into_response();
+    if manifest {
+        let remaining = limit.saturating_sub(state.pulls.load(Ordering::SeqCst) as u64);
+        response.headers.push(("ratelimit-limit", format!("{limit};w={window}")));
+        response.headers.push(("ratelimit-remaining", format!("{remaining};w={window}")));
+    }
+    response
 }
 
 fn front_ecr(state: &FrontState, req: &Request, host: &str, path: &str, target: &str, principal: &str) -> Response {
