@@ -110,8 +110,14 @@ pub async fn run(opts: CheckOptions<'_>) -> Result<()> {
             let plan = VerifyPlan::from_policy(&policy);
             let repositories = plan.repositories_for(&auth.registry).unwrap_or_default();
             match verify(auth, &plan).await {
-                Ok(()) if repositories.is_empty() => println!("  verify:   ok (logged in to the registry)"),
-                Ok(()) => println!("  verify:   ok (logged in; may pull {})", repositories.join(", ")),
+                Ok(_) if repositories.is_empty() => println!("  verify:   ok (logged in to the registry)"),
+                Ok(verified) => {
+                    println!("  verify:   ok (logged in; may pull {})", repositories.join(", "));
+                    if let Some(q) = verified.quota {
+                        let window = q.window_seconds.map(|w| format!(" per {w} s")).unwrap_or_default();
+                        println!("  pull quota: {} of {} left{window}", q.remaining, q.limit);
+                    }
+                }
                 Err(e) => {
                     println!("  verify:   FAILED: {e}");
                     failed = true;

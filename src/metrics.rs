@@ -38,6 +38,15 @@ pub struct RefreshLabels {
     pub result: String,
 }
 
+/// Labels of the pull quota gauges: the credential and the registry.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QuotaLabels {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub registry: String,
+}
+
 /// Labels naming a provider.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProviderLabels {
@@ -71,6 +80,11 @@ pub struct Metrics {
     pub pods_recovered: Family<CredentialLabels, Counter>,
     /// 1 while this replica holds the leader Lease (or runs without election).
     pub leader: Gauge,
+    /// Pulls left in the registry's window, as it last reported to
+    /// verification (`ratelimit-remaining`; Docker Hub).
+    pub pull_quota_remaining: Family<QuotaLabels, Gauge>,
+    /// The registry's pull limit for the window (`ratelimit-limit`).
+    pub pull_quota_limit: Family<QuotaLabels, Gauge>,
     ready: AtomicBool,
 }
 
@@ -132,6 +146,18 @@ impl Default for Metrics {
         );
         let leader = Gauge::default();
         registry.register("leader", "Whether this replica is the leader (1) or a standby (0)", leader.clone());
+        let pull_quota_remaining = Family::<QuotaLabels, Gauge>::default();
+        registry.register(
+            "registry_pull_quota_remaining",
+            "Pulls left in the registry's window as it reported when a new credential was verified (Docker Hub's ratelimit-remaining)",
+            pull_quota_remaining.clone(),
+        );
+        let pull_quota_limit = Family::<QuotaLabels, Gauge>::default();
+        registry.register(
+            "registry_pull_quota_limit",
+            "The registry's pull limit per window as it reported when a new credential was verified (ratelimit-limit)",
+            pull_quota_limit.clone(),
+        );
         Metrics {
             leader,
             registry,
@@ -145,6 +171,8 @@ impl Default for Metrics {
             refreshes,
             provider_duration,
             pods_recovered,
+            pull_quota_remaining,
+            pull_quota_limit,
             ready: AtomicBool::new(false),
         }
     }

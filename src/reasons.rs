@@ -50,6 +50,11 @@ pub const ADMISSION_POLICY_UNSUPPORTED: &str = "AdmissionPolicyUnsupported";
 /// passes credentials to it, is not installed, so nothing is injected.
 pub const ADMISSION_POLICY_MISSING: &str = "AdmissionPolicyMissing";
 
+/// Event reason: a registry reported at most a tenth of its pull quota
+/// left while regcred verified a new credential (Docker Hub's
+/// `ratelimit-remaining`).
+pub const PULL_QUOTA_LOW: &str = "PullQuotaLow";
+
 /// Event reason: regcred deleted a Pod that missed the pull Secret, so
 /// that its controller recreates it with it.
 pub const POD_RECOVERED: &str = "PodRecovered";
@@ -77,4 +82,5 @@ pub const ALL: &[&str] = &[
     ADMISSION_POLICY_UNSUPPORTED,
     ADMISSION_POLICY_MISSING,
     POD_RECOVERED,
+    PULL_QUOTA_LOW,
 ];

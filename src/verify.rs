@@ -341,7 +341,7 @@ impl VerifyError {
 /// reads each of the plan's repositories on that registry
 /// ([`VerifyPlan::repositories_for`]). `plan` is a [`VerifyPlan`], or
 /// `&VerifyOptions` for the login only.
-pub async fn verify(auth: &RegistryAuth, plan: impl Into<VerifyPlan>) -> Result<(), VerifyError> {
+pub async fn verify(auth: &RegistryAuth, plan: impl Into<VerifyPlan>) -> Result<Verified, VerifyError> {
     let plan = plan.into();
     let opts = &plan.options;
     let v2 = v2_url(&auth.registry, opts.plain_http)?;
@@ -350,10 +350,31 @@ pub async fn verify(auth: &RegistryAuth, plan: impl Into<VerifyPlan>) -> Result<
     let ctx = Ctx { client: &client, timeout: opts.timeout };
 
     let session = login(&ctx, auth, &v2, opts.plain_http).await?;
+    let mut verified = Verified::default();
     for repository in &repositories {
-        check_repository(&ctx, auth, &v2, &session, repository, "latest", opts.plain_http).await?;
+        let answer = check_repository(&ctx, auth, &v2, &session, repository, "latest", opts.plain_http).await?;
+        if let Some(q) = answer.quota
+            && verified.quota.as_ref().is_none_or(|seen| q.remaining < seen.remaining)
+        {
+            verified.quota = Some(q);
+        }
     }
-    Ok(())
+    Ok(verified)
+}
+
+/// What [`verify`] learned besides that the login works.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Verified {
+    /// The pull quota the registry reported while the repositories were
+    /// read (the lowest remaining), if it reports one.
+    pub quota: Option<PullQuota>,
+}
+
+impl PullQuota {
+    /// At most a tenth of the limit left.
+    pub fn is_low(&self) -> bool {
+        self.limit > 0 && self.remaining.saturating_mul(10) <= self.limit
+    }
 }
 
 /// A registry's pull quota, as Docker Hub reports it on manifest requests

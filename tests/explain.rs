@@ -230,3 +230,58 @@ async fn check_registry_reads_the_manifest_and_the_pull_quota_without_spending_i
     let text = report.to_string();
     assert!(!text.contains("explain-hub-wrong-password") && !text.contains(USER.1), "a password in the report");
 }
+
+/// regcred's own verification reads the pull quota where the registry
+/// reports one: exported per credential and registry, and a Warning Event
+/// when at most a tenth is left. Verification spends none of it.
+#[tokio::test]
+async fn verification_exports_the_pull_quota_and_warns_when_it_runs_low() {
+    const USER: (&str, &str) = ("quota-user", "explain-quota-password");
+    let client = setup().await;
+    record_secret(USER.1);
+    let tokens = TokenService::start(Arc::new(|u: &str, p: &str| u == USER.0 && p == USER.1)).unwrap();
+    let registry = start_token_registry(control_plane().process_group(), &tokens, USER.0, USER.1).unwrap();
+    let front = RegistryFront::start(FrontKind::DockerHub { limit: 10, window: 21600 }, &tokens, &registry).unwrap();
+    let host = front.host();
+    put_login(&client, CLUSTER_NS, "quota-login", USER.0, USER.1).await;
+    create_namespace(&client, "ex-quota", &[("explain-quota", "yes")]).await;
+    let mut spec = basic_spec(&host, "quota-login", "quota-pull");
+    spec["namespaceSelector"] = json!({"matchLabels": {"explain-quota": "yes"}});
+    spec["verify"] = json!({"enabled": true, "plainHTTP": true, "repositories": ["regcred/test"]});
+    apply_crcred(&client, "ex-quota", spec.clone()).await;
+    let crcreds: Api<regcred::api::ClusterRegistryCredential> = Api::all(client.clone());
+    wait_for_reason(&crcreds, "ex-quota", "Synced").await;
+    let gauge = |metrics: &str, name: &str| -> Option<i64> {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with(name) && l.contains("name=\"ex-quota\"") && l.contains(&format!("registry=\"{host}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    let metrics = operator().metrics().unwrap();
+    assert_eq!(gauge(&metrics, "regcred_registry_pull_quota_remaining"), Some(10), "{metrics}");
+    assert_eq!(gauge(&metrics, "regcred_registry_pull_quota_limit"), Some(10));
+    assert_eq!(front.pulls(), 0, "verification counted as a pull");
+
+    // Nine pulls later, a new mint (the spec changed) reads 1 left of 10.
+    let authfile = control_plane().dir().join("quota-auth.json");
+    let auth = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, format!("{}:{}", USER.0, USER.1));
+    std::fs::write(&authfile, json!({"auths": {host.clone(): {"auth": auth}}}).to_string()).unwrap();
+    while front.pulls() < 9 {
+        let out = skopeo_inspect(&authfile, &format!("{host}/regcred/test:v1")).unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    spec["secret"]["labels"] = json!({"remint": "yes"});
+    apply_crcred(&client, "ex-quota", spec).await;
+    wait_for("a PullQuotaLow Warning", WAIT, || async {
+        let events = events_for(&client, "default", "ex-quota").await;
+        events.into_iter().find(|(t, r, _)| t == "Warning" && r == "PullQuotaLow").map(|(_, _, note)| note)
+    })
+    .await;
+    let note =
+        events_for(&client, "default", "ex-quota").await.into_iter().find(|(_, r, _)| r == "PullQuotaLow").unwrap().2;
+    assert!(note.contains(&format!("{host} reports 1 of 10 pulls left per 21600 s")), "{note}");
+    assert_eq!(gauge(&operator().metrics().unwrap(), "regcred_registry_pull_quota_remaining"), Some(1));
+    assert_eq!(front.pulls(), 9, "verification counted as a pull");
+}

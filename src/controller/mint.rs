@@ -15,7 +15,7 @@ use crate::metrics::{ProviderLabels, RefreshLabels};
 use crate::provider::{Minted, ProviderError, Sources};
 use crate::reasons;
 use crate::schedule;
-use crate::verify::{VerifyPlan, verify};
+use crate::verify::{PullQuota, VerifyPlan, verify};
 
 /// Why there is no credential to publish. The provider's own failures carry
 /// their reason; the others are the controller's.
@@ -70,6 +70,9 @@ pub struct Credential {
     pub refresh_at: Timestamp,
     /// Minted by this reconcile (not reused from memory).
     pub fresh: bool,
+    /// Pull quotas the registries reported to the verification of this
+    /// mint, by registry (empty when reused or not verified).
+    pub quotas: Vec<(String, PullQuota)>,
 }
 
 /// What regcred remembers about each credential between reconciles: the
@@ -128,6 +131,7 @@ impl Memory {
             minted_at: entry.minted_at,
             refresh_at,
             fresh: false,
+            quotas: Vec::new(),
         })
     }
 
@@ -233,7 +237,7 @@ async fn mint_once<K: CredentialKind>(
         .refreshes
         .get_or_create(&RefreshLabels { provider: provider_name.into(), result: outcome.into() })
         .inc();
-    let minted = result?;
+    let (minted, quotas) = result?;
     let entry = MintedEntry {
         generation,
         fingerprint: sources.fingerprint(),
@@ -243,13 +247,16 @@ async fn mint_once<K: CredentialKind>(
     };
     let refresh_at = entry.refresh_at(spec);
     ctx.memory.remember(key, entry);
-    Ok(Credential { minted, minted_at: now, refresh_at, fresh: true })
+    Ok(Credential { minted, minted_at: now, refresh_at, fresh: true, quotas })
 }
 
 /// With `verify.enabled`, logs in to every registry with the new credential;
 /// a credential the registry refuses is not published.
-async fn verify_before_publishing(spec: &CredentialSpec, minted: Minted) -> Result<Minted, MintError> {
-    let Some(policy) = spec.verify.as_ref().filter(|v| v.enabled) else { return Ok(minted) };
+async fn verify_before_publishing(
+    spec: &CredentialSpec,
+    minted: Minted,
+) -> Result<(Minted, Vec<(String, PullQuota)>), MintError> {
+    let Some(policy) = spec.verify.as_ref().filter(|v| v.enabled) else { return Ok((minted, Vec::new())) };
     let plan = VerifyPlan::from_policy(policy);
     let registries: Vec<&str> = minted.auths.iter().map(|a| a.registry.as_str()).collect();
     if let Some(entry) = plan.unmatched(&registries).first() {
@@ -261,12 +268,16 @@ async fn verify_before_publishing(spec: &CredentialSpec, minted: Minted) -> Resu
             ),
         });
     }
+    let mut quotas = Vec::new();
     for auth in &minted.auths {
-        if let Err(e) = verify(auth, &plan).await {
-            return Err(MintError::Verification { registry: auth.registry.clone(), message: e.to_string() });
+        match verify(auth, &plan).await {
+            Ok(verified) => quotas.extend(verified.quota.map(|q| (auth.registry.clone(), q))),
+            Err(e) => {
+                return Err(MintError::Verification { registry: auth.registry.clone(), message: e.to_string() });
+            }
         }
     }
-    Ok(minted)
+    Ok((minted, quotas))
 }
 
 /// The gate through which a provider reads this credential's sources.

@@ -182,5 +182,17 @@ async fn cleanup<K: CredentialKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Ac
     ctx.memory.forget(&owner);
     ctx.metrics.managed_secrets.remove(&credential_labels(&*obj));
     ctx.metrics.expiry.remove(&credential_labels(&*obj));
+    // The quota gauges, one per registry the credential logged in to.
+    let labels = credential_labels(&*obj);
+    for registry in obj.status().map(|s| s.registries.clone()).unwrap_or_default() {
+        let q = crate::metrics::QuotaLabels {
+            kind: labels.kind.clone(),
+            namespace: labels.namespace.clone(),
+            name: labels.name.clone(),
+            registry,
+        };
+        ctx.metrics.pull_quota_remaining.remove(&q);
+        ctx.metrics.pull_quota_limit.remove(&q);
+    }
     Ok(Action::await_change())
 }

@@ -17,7 +17,8 @@ use super::status::{self, MintOutcome};
 use super::{Context, CredentialKind, FIELD_MANAGER};
 use crate::admission::Injection;
 use crate::api::CredentialStatus;
-use crate::metrics::CredentialLabels;
+use crate::metrics::{CredentialLabels, QuotaLabels};
+use crate::verify::PullQuota;
 use crate::{Result, reasons};
 
 /// How a reconcile ended, for the controller and for the one place that
@@ -91,6 +92,11 @@ pub async fn report<K: CredentialKind>(
         ctx.memory.status_written(&key, patched.meta().resource_version.as_deref(), new_status.clone());
     }
     let labels = credential_labels(obj);
+    if let Ok(c) = minted {
+        for (registry, quota) in &c.quotas {
+            report_quota(obj, ctx, &labels, registry, quota).await;
+        }
+    }
     ctx.metrics.managed_secrets.get_or_create(&labels).set(done.synced.len() as i64);
     match new_status.expires_at.as_ref() {
         Some(t) => {
@@ -104,6 +110,44 @@ pub async fn report<K: CredentialKind>(
     let action = Action::requeue(look_again_in(refresh_at, failed, retry_in, Timestamp::now()));
     let not_ready = status::ready_reason(Some(&new_status)).filter(|r| *r != reasons::SYNCED).map(ready_reason);
     Ok(Reconciled { action, verdict: Verdict { not_ready, failed } })
+}
+
+/// A registry's pull quota, as verification read it: the gauges, and a
+/// Warning Event when at most a tenth is left.
+async fn report_quota<K: CredentialKind>(
+    obj: &K,
+    ctx: &Context,
+    labels: &CredentialLabels,
+    registry: &str,
+    quota: &PullQuota,
+) {
+    let quota_labels = QuotaLabels {
+        kind: labels.kind.clone(),
+        namespace: labels.namespace.clone(),
+        name: labels.name.clone(),
+        registry: registry.to_string(),
+    };
+    ctx.metrics.pull_quota_remaining.get_or_create(&quota_labels).set(quota.remaining as i64);
+    ctx.metrics.pull_quota_limit.get_or_create(&quota_labels).set(quota.limit as i64);
+    if !quota.is_low() {
+        return;
+    }
+    let window = quota.window_seconds.map(|w| format!(" per {w} s")).unwrap_or_default();
+    let note = format!(
+        "{registry} reports {} of {} pulls left{window}: Pods pulling with this credential will be refused \
+         (429 Too Many Requests) once it runs out",
+        quota.remaining, quota.limit
+    );
+    let event = KubeEvent {
+        type_: EventType::Warning,
+        reason: reasons::PULL_QUOTA_LOW.into(),
+        note: Some(note),
+        action: "Verify".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+        tracing::warn!(error = %e, "publishing an Event failed");
+    }
 }
 
 /// When to reconcile again: after the backoff while minting fails, soon

@@ -207,6 +207,13 @@ pub(crate) fn read_request(conn: &mut impl Read, max: usize) -> Result<Request> 
             bail!("connection closed before the request head ended");
         }
         buf.extend_from_slice(&chunk[..n]);
+        // A TLS handshake record (0x16) on a plain HTTP port, as clients
+        // that try HTTPS first send (skopeo with --tls-verify=false): answer
+        // at once, so that they fall back to HTTP instead of waiting for a
+        // head that never comes.
+        if buf.first() == Some(&0x16) {
+            bail!("a TLS handshake on a plain HTTP port");
+        }
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
     let mut lines = head.split("\r\n");
