@@ -4,7 +4,8 @@
 #   openssl (test CAs); for the real node: runc,
 #   containernetworking-plugins (bridge, host-local, loopback) and busybox-static
 #   (the test images and the pause image are made from it); faketime (libfaketime,
-#   the node clock that lies in tests/hostile.rs);
+#   the node clock that lies in tests/hostile.rs); prometheus (promtool and the
+#   server tests/alerts.rs runs on 127.0.0.1; the package's own service is kept off);
 # - moto[server] from PyPI (the AWS stand-in);
 # - the control-plane and node binaries (hack/envtest-assets.sh) and containerd 2
 #   (hack/containerd-assets.sh), built from their Go modules and cached under
@@ -24,6 +25,7 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 [[ -x /usr/lib/cni/bridge ]] || need+=(containernetworking-plugins)
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "ok installed" || need+=(busybox-static)
 [[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ]] || need+=(faketime)
+{ command -v promtool && command -v prometheus; } >/dev/null 2>&1 || need+=(prometheus)
 if [[ ${#need[@]} -gt 0 ]]; then
   if ! command -v apt-get >/dev/null 2>&1; then
     echo "install-test-deps: missing ${need[*]} and no apt-get; install them with your package manager" >&2
@@ -33,7 +35,29 @@ if [[ ${#need[@]} -gt 0 ]]; then
   [[ $(id -u) == 0 ]] || sudo="sudo"
   echo "install-test-deps: installing ${need[*]}" >&2
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  # Debian's prometheus package enables and starts its own server (maintainer
+  # scripts go through invoke-rc.d, which asks policy-rc.d): refuse every
+  # service start for this install, unless the machine already has a policy.
+  policy=""
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    policy=/usr/sbin/policy-rc.d
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+    $sudo chmod 755 "$policy"
+  fi
+  installed=0
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null || installed=$?
+  [[ -z $policy ]] || $sudo rm -f "$policy"
+  [[ $installed == 0 ]] || exit "$installed"
+  if [[ " ${need[*]} " == *" prometheus "* ]]; then
+    # The tests start their own server; the package's must not run or start at boot.
+    if [[ -d /run/systemd/system ]]; then
+      $sudo systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+    else
+      $sudo systemctl disable prometheus.service >/dev/null 2>&1 || true
+      $sudo update-rc.d prometheus disable >/dev/null 2>&1 || true
+      [[ ! -x /etc/init.d/prometheus ]] || $sudo /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+    fi
+  fi
 fi
 
 # moto (AWS stand-in) from PyPI.

@@ -401,7 +401,9 @@ fn lint_and_kubeconform_default_values() {
 fn lint_and_kubeconform_with_every_option_on() {
     let objs = lint_and_validate("all-options", Some(&all_options_values()));
     let kinds: BTreeSet<&str> = objs.iter().filter_map(|o| o["kind"].as_str()).collect();
-    for kind in ["ServiceMonitor", "PodDisruptionBudget", "NetworkPolicy", "Role", "RoleBinding"] {
+    for kind in
+        ["ServiceMonitor", "PrometheusRule", "ConfigMap", "PodDisruptionBudget", "NetworkPolicy", "Role", "RoleBinding"]
+    {
         assert!(kinds.contains(kind), "{kind} not rendered with every option on: {kinds:?}");
     }
     let c = &object(&objs, "Deployment")["spec"]["template"]["spec"]["containers"][0];
@@ -429,6 +431,10 @@ fn lint_and_kubeconform_with_every_option_on() {
     bad["spec"]["template"]["spec"]["containers"][0]["securityContex"] = json!({});
     let (summary, text) = kubeconform_check("bad-deployment", &serde_yaml::to_string(&bad).unwrap());
     assert_eq!(summary.invalid, 1, "an unknown container field passed:\n{text}");
+    let mut bad = object(&objs, "PrometheusRule").clone();
+    bad["spec"]["groups"][0]["rules"][0]["fo"] = json!("5m");
+    let (summary, text) = kubeconform_check("bad-prometheusrule", &serde_yaml::to_string(&bad).unwrap());
+    assert_eq!(summary.invalid, 1, "an unknown rule field passed:\n{text}");
     let credential = |spec: Value| {
         serde_yaml::to_string(&json!({"apiVersion": "regcred.dev/v1beta1", "kind": "ClusterRegistryCredential",
             "metadata": {"name": "ghcr"}, "spec": spec}))
@@ -459,6 +465,10 @@ fn values_schema_rejects_bad_values() {
         ("resources: 128Mi", "/resources"),
         ("leaderElection:\n  enabled: yes-please", "/leaderElection/enabled"),
         ("crds:\n  keep: \"false\"", "/crds/keep"),
+        ("prometheusRule:\n  enabled: true\n  alerts:\n    RegcredTypo: {for: 5m}", "RegcredTypo"),
+        ("prometheusRule:\n  enabled: true\n  alerts:\n    RegcredNotReady: {threshold: 1}", "threshold"),
+        ("prometheusRule:\n  enabled: true\n  alerts:\n    RegcredRefreshesFailing: {for: soon}", "/for"),
+        ("grafanaDashboard:\n  enabled: true\n  label: {}", "label"),
     ];
     let chart = chart_dir().display().to_string();
     for (i, (values, mentions)) in cases.iter().enumerate() {
@@ -532,6 +542,58 @@ fn rendered_admission_policies_are_the_tested_files() {
     let objs =
         objects(&template(&["--set", "admissionPolicies.install=false", "--set", "admissionPolicies.apiVersion=v1"]));
     assert!(!objs.iter().any(|o| is_admission(&o)));
+}
+
+/// The PrometheusRule carries `files/alerts/regcred.rules.yaml` (the rules
+/// tests/alerts.rs unit-tests and evaluates) and the dashboard ConfigMap
+/// `files/dashboards/regcred.json`, exactly; per-alert values change only
+/// what they name; neither is rendered by default.
+#[test]
+fn rendered_alerts_and_dashboard_are_the_files() {
+    let rules: Value =
+        serde_yaml::from_str(&fs::read_to_string(chart_dir().join("files/alerts/regcred.rules.yaml")).unwrap())
+            .unwrap();
+    let dashboard = fs::read_to_string(chart_dir().join("files/dashboards/regcred.json")).unwrap();
+    let objs = objects(&template(&["--set", "prometheusRule.enabled=true", "--set", "grafanaDashboard.enabled=true"]));
+    let rule = object(&objs, "PrometheusRule");
+    assert_eq!(rule["metadata"]["namespace"], NS);
+    assert_eq!(rule["metadata"]["labels"]["app.kubernetes.io/instance"], RELEASE);
+    assert_eq!(normalized(&rule["spec"]), normalized(&rules), "the PrometheusRule is the rules file");
+    let map = object(&objs, "ConfigMap");
+    assert_eq!(map["metadata"]["labels"]["grafana_dashboard"], "1", "the Grafana sidecar's label");
+    assert_eq!(map["data"]["regcred.json"].as_str(), Some(dashboard.as_str()), "the ConfigMap is the dashboard file");
+
+    // Per-alert overrides, from the all-options values.
+    let objs = objects(&template(&["--values", &all_options_values().display().to_string()]));
+    let rule = object(&objs, "PrometheusRule");
+    assert_eq!(rule["metadata"]["namespace"], "monitoring");
+    assert_eq!(rule["metadata"]["labels"]["release"], "prometheus");
+    let mut want = rules.clone();
+    let want_rules = want["groups"][0]["rules"].as_array_mut().unwrap();
+    want_rules.retain(|r| r["alert"] != "RegcredPullQuotaLow");
+    for r in want_rules.iter_mut() {
+        match r["alert"].as_str().unwrap() {
+            "RegcredCredentialExpiringSoon" => {
+                let expr = r["expr"].as_str().unwrap().trim().to_string();
+                assert!(expr.ends_with("< 900"), "{expr}");
+                r["expr"] = json!(expr.replace("< 900", "< 1800"));
+                r["for"] = json!("5m");
+            }
+            "RegcredRefreshesFailing" => {
+                r["expr"] = json!(r["expr"].as_str().unwrap().replace("[10m]", "[20m]"));
+                r["labels"]["severity"] = json!("critical");
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(normalized(&rule["spec"]), normalized(&want), "only the overridden fields change");
+    let map = object(&objs, "ConfigMap");
+    assert_eq!(map["metadata"]["namespace"], "monitoring");
+    assert_eq!(map["metadata"]["annotations"]["grafana_folder"], "Platform");
+    assert_eq!(map["data"]["regcred.json"].as_str(), Some(dashboard.as_str()));
+
+    let objs = objects(&template(&[]));
+    assert!(!objs.iter().any(|o| o["kind"] == "PrometheusRule" || o["kind"] == "ConfigMap"), "off by default");
 }
 
 /// The chart's guardrails are the files the test environment installs

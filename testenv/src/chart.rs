@@ -6,7 +6,8 @@
 //! - [`write_kubeconform_schemas`]: kubeconform normally downloads the
 //!   Kubernetes JSON schemas; here they are generated from the running
 //!   control plane's `/openapi/v2` (every built-in kind), from the repository's
-//!   CRDs (their `openAPIV3Schema`), plus a hand-written ServiceMonitor schema.
+//!   CRDs (their `openAPIV3Schema`), plus hand-written ServiceMonitor and
+//!   PrometheusRule schemas.
 //!   Files are named as kubeconform looks them up
 //!   (`{{ .ResourceKind }}{{ .KindSuffix }}.json`: `deployment-apps-v1.json`,
 //!   `service-v1.json`, `registrycredential-regcred-v1alpha1.json`), are
@@ -75,8 +76,8 @@ pub fn schema_file_name(group: &str, version: &str, kind: &str) -> String {
 
 /// Writes strict, standalone JSON schemas into `out`: one per kind served by
 /// the control plane (from `/openapi/v2`), one per version of each CRD in
-/// `crd_dir`, and `servicemonitor-monitoring-v1.json`. Returns the file
-/// names written.
+/// `crd_dir`, `servicemonitor-monitoring-v1.json` and
+/// `prometheusrule-monitoring-v1.json`. Returns the file names written.
 pub async fn write_kubeconform_schemas(cp: &ControlPlane, crd_dir: &Path, out: &Path) -> Result<Vec<String>> {
     let client = cp.client().await?;
     let req = http::Request::get("/openapi/v2").header("Accept", "application/json").body(Vec::new())?;
@@ -148,6 +149,8 @@ pub async fn write_kubeconform_schemas(cp: &ControlPlane, crd_dir: &Path, out: &
 
     let service_monitor = converter.standalone(service_monitor_schema(), &[])?;
     written.insert(schema_file_name("monitoring.coreos.com", "v1", "ServiceMonitor"), service_monitor);
+    let prometheus_rule = converter.standalone(prometheus_rule_schema(), &[])?;
+    written.insert(schema_file_name("monitoring.coreos.com", "v1", "PrometheusRule"), prometheus_rule);
 
     for (file, schema) in &written {
         fs::write(out.join(file), serde_json::to_vec(schema)?)?;
@@ -377,6 +380,60 @@ fn service_monitor_schema() -> Value {
                     "labelValueLengthLimit": {"type": "integer", "minimum": 0},
                     "attachMetadata": {"type": "object"}
                 }
+            }
+        }
+    })
+}
+
+/// A hand-written, strict schema for the Prometheus Operator's
+/// `monitoring.coreos.com/v1` PrometheusRule (its CRD is not installed in
+/// the test control plane either), after the CRD's `spec.groups[]` and
+/// `rules[]` (prometheus-operator `pkg/apis/monitoring/v1/prometheusrule_types.go`):
+/// a rule group has a `name` and `rules`, a rule an `expr` and either
+/// `alert` or `record`; durations use the operator's pattern.
+fn prometheus_rule_schema() -> Value {
+    let duration = json!({"type": "string", "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"});
+    let strings = json!({"type": "object", "additionalProperties": {"type": "string"}});
+    let rule = json!({
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["expr"],
+        "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
+        "properties": {
+            "alert": {"type": "string", "minLength": 1},
+            "record": {"type": "string", "minLength": 1},
+            "expr": {"oneOf": [{"type": "string", "minLength": 1}, {"type": "integer"}]},
+            "for": duration,
+            "keep_firing_for": duration,
+            "labels": strings,
+            "annotations": strings
+        }
+    });
+    let group = json!({
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["name"],
+        "properties": {
+            "name": {"type": "string", "minLength": 1},
+            "interval": duration,
+            "query_offset": duration,
+            "limit": {"type": "integer"},
+            "partial_response_strategy": {"type": "string", "enum": ["", "abort", "warn", "Abort", "Warn"]},
+            "rules": {"type": "array", "items": rule}
+        }
+    });
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"type": "string", "enum": ["monitoring.coreos.com/v1"]},
+            "kind": {"type": "string", "enum": ["PrometheusRule"]},
+            "metadata": {"$ref": "#/definitions/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"},
+            "spec": {
+                "type": "object",
+                "additionalProperties": false,
+                "properties": {"groups": {"type": "array", "items": group}}
             }
         }
     })

@@ -37,6 +37,7 @@ pub mod node;
 pub mod oidc;
 pub mod operator;
 pub mod pod_identity;
+pub mod prometheus;
 pub mod registry;
 pub mod release;
 mod standin_http;
