@@ -69,6 +69,14 @@ pub enum ExplainWhat {
         /// NAMESPACE/NAME.
         pod: String,
     },
+    /// A credential: NAME (ClusterRegistryCredential) or NAMESPACE/NAME
+    /// (RegistryCredential): its targets, the namespaces missing the Secret
+    /// and why, conflicts, the ServiceAccounts patched, the next refresh.
+    /// Exit code 0 when every target is complete, 1 when not.
+    Credential {
+        /// NAME or NAMESPACE/NAME.
+        credential: String,
+    },
 }
 
 /// Options of `regcred kubelet-credential-provider`.

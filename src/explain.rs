@@ -630,6 +630,133 @@ pub fn apply_registry_check(report: &mut ImageReport, check: RegistryCheck, not_
     report.registry_check = Some(check);
 }
 
+/// A target namespace as `explain credential` sees it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetReport {
+    pub namespace: String,
+    /// `ok`, `missing`, or what stands in the way.
+    pub secret: String,
+    /// Selected ServiceAccounts that list the Secret.
+    pub service_accounts_patched: Vec<String>,
+    /// Selected ServiceAccounts that do not list it (yet).
+    pub service_accounts_missing: Vec<String>,
+    /// What the credential's status says went wrong there, if anything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+}
+
+/// The answer for a credential.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialReport {
+    pub credential: String,
+    pub secret: String,
+    pub ready: Option<String>,
+    pub ready_message: Option<String>,
+    pub registries: Vec<String>,
+    pub expires_at: Option<String>,
+    pub next_refresh: Option<String>,
+    pub targets: Vec<TargetReport>,
+    /// Every target holds the Secret and every selected ServiceAccount
+    /// lists it.
+    pub complete: bool,
+    pub summary: String,
+}
+
+/// What the cluster holds for one credential's targets.
+pub struct CredentialFacts<'a> {
+    /// `ClusterRegistryCredential/NAME` or `RegistryCredential/NS/NAME`.
+    pub key: String,
+    pub spec: &'a CredentialSpec,
+    pub status: Option<&'a CredentialStatus>,
+    /// The namespaces it selects now.
+    pub targets: Vec<String>,
+    /// The Secret of the credential's `secret.name`, by namespace.
+    pub secrets: &'a BTreeMap<String, Secret>,
+    /// The ServiceAccounts of each target namespace.
+    pub service_accounts: &'a BTreeMap<String, Vec<ServiceAccount>>,
+}
+
+/// Explains a credential: for each target, the Secret and the
+/// ServiceAccounts, and what the status says went wrong.
+pub fn explain_credential(f: &CredentialFacts<'_>) -> CredentialReport {
+    let secret_name = &f.spec.secret.name;
+    let failures: BTreeMap<&str, String> = f
+        .status
+        .and_then(|s| s.targets.as_ref())
+        .map(|t| {
+            t.failed
+                .iter()
+                .map(|x| (x.namespace.as_str(), format!("{}: {}", x.reason, x.message.as_deref().unwrap_or(""))))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut targets = Vec::new();
+    for ns in &f.targets {
+        let secret = match f.secrets.get(ns) {
+            None => "missing".to_string(),
+            Some(s) if !is_managed(s) => "conflict: a Secret of that name exists and is not regcred's".to_string(),
+            Some(s) => {
+                let owner = s.metadata.annotations.as_ref().and_then(|a| a.get(OWNER_ANNOTATION));
+                match owner {
+                    Some(o) if *o == f.key => "ok".to_string(),
+                    Some(o) => format!("conflict: written by {o}"),
+                    None => "ok".to_string(),
+                }
+            }
+        };
+        let (mut patched, mut missing) = (Vec::new(), Vec::new());
+        for sa in f.service_accounts.get(ns).into_iter().flatten() {
+            let name = sa.metadata.name.clone().unwrap_or_default();
+            let labels = sa.metadata.labels.clone().unwrap_or_default();
+            if !service_account_selected(f.spec.service_accounts.as_ref(), &name, &labels) {
+                continue;
+            }
+            let lists = sa.image_pull_secrets.iter().flatten().any(|r| &r.name == secret_name);
+            if lists { patched.push(name) } else { missing.push(name) }
+        }
+        targets.push(TargetReport {
+            namespace: ns.clone(),
+            secret,
+            service_accounts_patched: patched,
+            service_accounts_missing: missing,
+            failure: failures.get(ns.as_str()).cloned(),
+        });
+    }
+    let bad: Vec<&TargetReport> =
+        targets.iter().filter(|t| t.secret != "ok" || !t.service_accounts_missing.is_empty()).collect();
+    let ready = f.status.and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
+    let summary = match bad.first() {
+        None => format!("{}: {} of {} target namespace(s) hold {secret_name}", f.key, targets.len(), targets.len()),
+        Some(t) => format!(
+            "{}: {} of {} target namespace(s) are missing something; first: {}: Secret {}{}",
+            f.key,
+            bad.len(),
+            targets.len(),
+            t.namespace,
+            t.secret,
+            if t.service_accounts_missing.is_empty() {
+                String::new()
+            } else {
+                format!(", ServiceAccounts without it: {}", t.service_accounts_missing.join(", "))
+            }
+        ),
+    };
+    CredentialReport {
+        credential: f.key.clone(),
+        secret: secret_name.clone(),
+        ready: ready.map(|r| format!("{} {}", r.status, r.reason)),
+        ready_message: ready.map(|r| r.message.clone()).filter(|m| !m.is_empty()),
+        registries: f.status.map(|s| s.registries.clone()).unwrap_or_default(),
+        expires_at: f.status.and_then(|s| s.expires_at.as_ref()).map(|t| t.0.to_string()),
+        next_refresh: f.status.and_then(|s| s.next_refresh_time.as_ref()).map(|t| t.0.to_string()),
+        complete: bad.is_empty(),
+        targets,
+        summary,
+    }
+}
+
 /// `ClusterRegistryCredential/x` → `clusterregistrycredential x`;
 /// `RegistryCredential/ns/x` → `registrycredential x -n ns`.
 fn kind_and_name(key: &str) -> String {
@@ -867,5 +994,41 @@ mod tests {
         assert_eq!(r.verdict, Verdict::WouldNotPull, "the init container's registry has no Secret");
         assert!(r.summary.contains("ghcr.io/x/y"), "{}", r.summary);
         assert_eq!(Verdict::WouldNotPull.exit_code(), 1);
+    }
+
+    #[test]
+    fn a_credential_names_each_target_missing_something() {
+        let fleet =
+            fleet(json!({"serviceAccounts": {"names": ["default", "builder"]}}), "True", "2099-01-01T00:00:00Z");
+        let secrets: BTreeMap<String, Secret> = [
+            ("a".to_string(), secret("team-pull", &[REG], Some("ClusterRegistryCredential/fleet"))),
+            ("b".to_string(), secret("team-pull", &[REG], None)),
+            ("d".to_string(), secret("team-pull", &[REG], Some("ClusterRegistryCredential/other"))),
+        ]
+        .into();
+        let sas: BTreeMap<String, Vec<ServiceAccount>> = [
+            ("a".to_string(), vec![account("default", &["team-pull"]), account("builder", &[]), account("other", &[])]),
+            ("b".to_string(), vec![account("default", &[])]),
+        ]
+        .into();
+        let facts = CredentialFacts {
+            key: "ClusterRegistryCredential/fleet".into(),
+            spec: &fleet.spec.credential,
+            status: fleet.status.as_ref(),
+            targets: vec!["a".into(), "b".into(), "c".into(), "d".into()],
+            secrets: &secrets,
+            service_accounts: &sas,
+        };
+        let r = explain_credential(&facts);
+        let by_ns: BTreeMap<&str, &TargetReport> = r.targets.iter().map(|t| (t.namespace.as_str(), t)).collect();
+        assert_eq!(by_ns["a"].secret, "ok");
+        assert_eq!(by_ns["a"].service_accounts_patched, ["default"]);
+        assert_eq!(by_ns["a"].service_accounts_missing, ["builder"], "`other` is not selected");
+        assert!(by_ns["b"].secret.starts_with("conflict: a Secret of that name exists and is not regcred's"));
+        assert_eq!(by_ns["c"].secret, "missing");
+        assert_eq!(by_ns["d"].secret, "conflict: written by ClusterRegistryCredential/other");
+        assert!(!r.complete);
+        assert!(r.summary.contains("4 of 4 target namespace(s) are missing something; first: a"), "{}", r.summary);
+        assert_eq!(r.ready.as_deref(), Some("True Synced"));
     }
 }

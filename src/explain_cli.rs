@@ -13,8 +13,8 @@ use kube::{Client, ResourceExt};
 
 use crate::api::{ClusterRegistryCredential, RegistryCredential};
 use crate::explain::{
-    Cluster, ImageReport, PodReport, RegistryCheck, Verdict, apply_registry_check, explain_pod,
-    repository_and_reference,
+    Cluster, CredentialFacts, CredentialReport, ImageReport, PodReport, RegistryCheck, Verdict, apply_registry_check,
+    explain_credential, explain_pod, repository_and_reference,
 };
 use crate::verify::{VerifyOptions, check_manifest};
 
@@ -215,5 +215,120 @@ pub fn text(r: &PodReport) -> String {
         r.summary,
         r.fix.as_deref().map(|f| format!(". Fix: {f}")).unwrap_or_default()
     ));
+    out
+}
+
+/// Reads a credential (`NAME` for a ClusterRegistryCredential,
+/// `NAMESPACE/NAME` for a RegistryCredential), its target namespaces, its
+/// Secret there and their ServiceAccounts, explains and prints it. The
+/// verdict is "would pull" when every target is complete.
+pub async fn credential(client: &Client, target: &str, json: bool) -> Result<Verdict> {
+    let (key, spec, status, targets, secrets_api, sa_api) = match target.split_once('/') {
+        Some((ns, name)) => {
+            let c = Api::<RegistryCredential>::namespaced(client.clone(), ns)
+                .get_opt(name)
+                .await
+                .with_context(|| format!("reading RegistryCredential {target}"))?
+                .with_context(|| format!("RegistryCredential {target} not found"))?;
+            (
+                format!("RegistryCredential/{ns}/{name}"),
+                c.spec.credential,
+                c.status,
+                vec![ns.to_string()],
+                Api::<Secret>::namespaced(client.clone(), ns),
+                Api::<ServiceAccount>::namespaced(client.clone(), ns),
+            )
+        }
+        None => {
+            let c = Api::<ClusterRegistryCredential>::all(client.clone())
+                .get_opt(target)
+                .await
+                .with_context(|| format!("reading ClusterRegistryCredential {target}"))?
+                .with_context(|| format!("ClusterRegistryCredential {target} not found"))?;
+            let namespaces = Api::<Namespace>::all(client.clone()).list(&ListParams::default()).await?.items;
+            let infos: Vec<(String, BTreeMap<String, String>, bool)> = namespaces
+                .iter()
+                .map(|n| (n.name_any(), n.labels().clone(), n.metadata.deletion_timestamp.is_some()))
+                .collect();
+            let targets = crate::targets::cluster_target_set(
+                &c.spec,
+                infos.iter().map(|(name, labels, terminating)| crate::targets::NamespaceInfo {
+                    name,
+                    labels,
+                    terminating: *terminating,
+                }),
+            );
+            (
+                format!("ClusterRegistryCredential/{target}"),
+                c.spec.credential,
+                c.status,
+                targets.into_iter().collect(),
+                Api::<Secret>::all(client.clone()),
+                Api::<ServiceAccount>::all(client.clone()),
+            )
+        }
+    };
+    let by_name = ListParams::default().fields(&format!("metadata.name={}", spec.secret.name));
+    let secrets: BTreeMap<String, Secret> = secrets_api
+        .list(&by_name)
+        .await
+        .context("listing the credential's Secrets")?
+        .items
+        .into_iter()
+        .map(|s| (s.namespace().unwrap_or_default(), s))
+        .collect();
+    let mut service_accounts: BTreeMap<String, Vec<ServiceAccount>> = BTreeMap::new();
+    for sa in sa_api.list(&ListParams::default()).await.context("listing ServiceAccounts")?.items {
+        service_accounts.entry(sa.namespace().unwrap_or_default()).or_default().push(sa);
+    }
+    let report = explain_credential(&CredentialFacts {
+        key,
+        spec: &spec,
+        status: status.as_ref(),
+        targets,
+        secrets: &secrets,
+        service_accounts: &service_accounts,
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", credential_text(&report));
+    }
+    Ok(if report.complete { Verdict::WouldPull } else { Verdict::WouldNotPull })
+}
+
+/// The credential report as text.
+pub fn credential_text(r: &CredentialReport) -> String {
+    let mut out = format!(
+        "{} (Secret {}): Ready {}{}\n",
+        r.credential,
+        r.secret,
+        r.ready.as_deref().unwrap_or("not reported"),
+        r.ready_message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default()
+    );
+    out.push_str(&format!(
+        "  registries {:?}; expires {}; next refresh {}\n",
+        r.registries,
+        r.expires_at.as_deref().unwrap_or("never"),
+        r.next_refresh.as_deref().unwrap_or("not scheduled")
+    ));
+    for t in &r.targets {
+        let patched = if t.service_accounts_patched.is_empty() {
+            "none".to_string()
+        } else {
+            t.service_accounts_patched.join(", ")
+        };
+        let missing = if t.service_accounts_missing.is_empty() {
+            String::new()
+        } else {
+            format!("; not yet: {}", t.service_accounts_missing.join(", "))
+        };
+        let failure = t.failure.as_deref().map(|f| format!("; status: {f}")).unwrap_or_default();
+        out.push_str(&format!(
+            "  {}: Secret {}; ServiceAccounts listing it: {patched}{missing}{failure}\n",
+            t.namespace, t.secret
+        ));
+    }
+    out.push_str(&format!("Verdict: {}\n", r.summary));
     out
 }

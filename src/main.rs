@@ -40,6 +40,9 @@ fn main() -> ExitCode {
                             };
                             regcred::explain_cli::pod(&client, pod, json, &access).await
                         }
+                        regcred::cli::ExplainWhat::Credential { credential } => {
+                            regcred::explain_cli::credential(&client, credential, json).await
+                        }
                     }
                 })
             });

@@ -147,6 +147,36 @@ async fn explain_pod_names_what_lets_a_pod_pull_and_each_cause_that_stops_it() {
     assert!(reason(&report).contains("created before regcred added ex-pull to ServiceAccount default"), "{report:#}");
     assert!(report["fix"].as_str().unwrap().contains("recovery.enabled"), "{report:#}");
 
+    // The credential: every target holds the Secret and the default
+    // ServiceAccount lists it.
+    let out = explain(&["credential", "ex-fleet", "-o", "json"]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{report:#}");
+    let namespaces: Vec<&str> =
+        report["targets"].as_array().unwrap().iter().map(|t| t["namespace"].as_str().unwrap()).collect();
+    assert!(namespaces.contains(&"ex-a") && namespaces.contains(&"ex-b"), "{report:#}");
+    assert!(report["targets"].as_array().unwrap().iter().all(|t| t["secret"] == "ok"));
+    // A namespace with someone else's Secret of that name: a conflict, with
+    // the status's reason.
+    create_namespace(&client, "ex-c", &[]).await;
+    let theirs: k8s_openapi::api::core::v1::Secret =
+        serde_json::from_value(json!({"metadata": {"name": "ex-pull"}, "stringData": {"k": "v"}})).unwrap();
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), "ex-c")
+        .create(&PostParams::default(), &theirs)
+        .await
+        .unwrap();
+    label_namespace(&client, "ex-c", json!({"explain": "yes"})).await;
+    let crcreds: Api<regcred::api::ClusterRegistryCredential> = Api::all(client.clone());
+    wait_for_reason(&crcreds, "ex-fleet", "SecretConflict").await;
+    let out = explain(&["credential", "ex-fleet", "-o", "json"]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{report:#}");
+    let c = report["targets"].as_array().unwrap().iter().find(|t| t["namespace"] == "ex-c").unwrap();
+    assert!(c["secret"].as_str().unwrap().starts_with("conflict"), "{c:#}");
+    assert!(c["failure"].as_str().unwrap().starts_with("SecretConflict"), "{c:#}");
+    let text = String::from_utf8_lossy(&explain(&["credential", "ex-fleet"]).stdout).into_owned();
+    assert!(text.lines().last().unwrap().contains("first: ex-c: Secret conflict"), "{text}");
+
     // A registry no credential serves and no Secret: cannot tell.
     let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "public"},
         "spec": {"containers": [{"name": "app", "image": "quay.io/public/app:1"}], "automountServiceAccountToken": false,
