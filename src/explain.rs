@@ -331,6 +331,23 @@ fn images(pod: &Pod) -> Vec<(String, String)> {
     out
 }
 
+/// The containers (as [`images`] names them) whose image the kubelet has
+/// pulled: their status carries an `imageID`.
+fn pulled_containers(pod: &Pod) -> Vec<String> {
+    let Some(status) = pod.status.as_ref() else { return Vec::new() };
+    let mut out = Vec::new();
+    for (kind, statuses) in [
+        ("initContainers", &status.init_container_statuses),
+        ("containers", &status.container_statuses),
+        ("ephemeralContainers", &status.ephemeral_container_statuses),
+    ] {
+        for s in statuses.iter().flatten().filter(|s| !s.image_id.is_empty()) {
+            out.push(format!("{kind}/{}", s.name));
+        }
+    }
+    out
+}
+
 /// Explains every image of the Pod.
 pub fn explain_pod(cluster: &Cluster<'_>) -> PodReport {
     let pod = cluster.pod;
@@ -347,9 +364,11 @@ pub fn explain_pod(cluster: &Cluster<'_>) -> PodReport {
         .into_iter()
         .map(|r| r.name)
         .collect();
+    let pulled = pulled_containers(pod);
     let mut reports = Vec::new();
     for (container, image) in images(pod) {
-        reports.push(explain_image(cluster, &sa_name, &pod_secrets, &sa_secrets, container, image));
+        let was_pulled = pulled.contains(&container);
+        reports.push(explain_image(cluster, &sa_name, &pod_secrets, &sa_secrets, container, image, was_pulled));
     }
     let mut report = PodReport {
         pod: format!("{ns}/{}", pod.metadata.name.clone().unwrap_or_default()),
@@ -390,6 +409,7 @@ fn explain_image(
     sa_secrets: &[String],
     container: String,
     image: String,
+    pulled: bool,
 ) -> ImageReport {
     let registry = registry_of(&image);
     let mut checks = Vec::new();
@@ -463,6 +483,18 @@ fn explain_image(
                 None,
             ),
         },
+        // The kubelet pulled it with no Secret that serves it: a credential
+        // provider plugin on the node answered, or the registry let it pull
+        // anonymously; neither is visible through the API.
+        None if pulled => (
+            Verdict::CannotTell,
+            format!(
+                "the kubelet pulled {image} without a pull Secret for {registry}: a kubelet credential provider \
+                 plugin on the node (--image-credential-provider-config) or an anonymous pull; which one is not \
+                 visible through the API, and another node may not have it"
+            ),
+            None,
+        ),
         None => no_usable_secret(cluster, sa_name, pod_secrets, sa_secrets, &image, &registry, &checks),
     };
     ImageReport {
@@ -1030,5 +1062,23 @@ mod tests {
         assert!(!r.complete);
         assert!(r.summary.contains("4 of 4 target namespace(s) are missing something; first: a"), "{}", r.summary);
         assert_eq!(r.ready.as_deref(), Some("True Synced"));
+    }
+
+    #[test]
+    fn an_image_pulled_without_a_secret_was_pulled_by_a_plugin_or_anonymously() {
+        let mut p = pod(None, &[]);
+        p.status = Some(
+            serde_json::from_value(json!({"containerStatuses": [{"name": "app", "image": "x", "imageID": "sha256:00",
+                "ready": true, "restartCount": 0}]}))
+            .unwrap(),
+        );
+        let mut c = Case::new(p, account("default", &[]));
+        c.labels.clear();
+        let r = c.run();
+        assert_verdict(&r, Verdict::CannotTell, "kubelet credential provider plugin");
+        // Not pulled yet: the Secret analysis stands.
+        let mut c = Case::new(pod(None, &[]), account("default", &[]));
+        c.labels.clear();
+        assert_verdict(&c.run(), Verdict::WouldNotPull, "lacks label pull=yes");
     }
 }

@@ -623,6 +623,18 @@ print(json.dumps({"image": json.loads(os.environ["REQ"])["image"], "keys": keys}
             ),
         };
         assert!(pods[0].spec.as_ref().unwrap().image_pull_secrets.is_none(), "no Secret involved");
+        // `regcred explain pod` sees no Secret, and that the kubelet pulled
+        // anyway: a plugin (or an anonymous pull), which it cannot tell apart.
+        let name = pods[0].metadata.name.clone().unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_regcred"))
+            .args(["explain", "pod", &format!("plugin-node/{name}"), "-o", "json"])
+            .env("KUBECONFIG", control_plane().kubeconfig_path())
+            .output()
+            .unwrap();
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(out.status.code(), Some(2), "{app}: {report:#}");
+        let reason = report["images"][0]["reason"].as_str().unwrap();
+        assert!(reason.contains("without a pull Secret") && reason.contains("credential provider plugin"), "{reason}");
     }
     // Every answer the kubelet got was keyed by the image's own registry.
     let noted = std::fs::read_to_string(&keys_log).unwrap_or_default();
