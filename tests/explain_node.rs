@@ -95,9 +95,16 @@ async fn wait_pull_failed(client: &Client, ns: &str, name: &str) {
     }
 }
 
+/// The Deployment's Pod (waits for the ReplicaSet to create it; one being
+/// deleted does not count).
 async fn pod_of(client: &Client, ns: &str, app: &str) -> String {
     let lp = ListParams::default().labels(&format!("app={app}"));
-    Api::<Pod>::namespaced(client.clone(), ns).list(&lp).await.unwrap().items[0].name_any()
+    let api = Api::<Pod>::namespaced(client.clone(), ns);
+    wait_for(&format!("a Pod of {ns}/{app}"), WAIT, || async {
+        let pods = api.list(&lp).await.ok()?.items;
+        pods.into_iter().find(|p| p.metadata.deletion_timestamp.is_none()).map(|p| p.name_any())
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
