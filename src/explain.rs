@@ -62,8 +62,8 @@ pub struct Cluster<'a> {
     pub namespace_labels: &'a BTreeMap<String, String>,
     /// The Pod's ServiceAccount, if it exists.
     pub service_account: Option<&'a ServiceAccount>,
-    /// Secrets of the Pod's namespace, by name (at least the ones the Pod
-    /// and its ServiceAccount name, and the ones regcred manages).
+    /// Secrets of the Pod's namespace, by name: at least the ones the Pod
+    /// and its ServiceAccount name, and the ones the credentials write.
     pub secrets: &'a BTreeMap<String, Secret>,
     pub cluster_credentials: &'a [ClusterRegistryCredential],
     /// RegistryCredentials of the Pod's namespace.

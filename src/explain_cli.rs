@@ -68,27 +68,27 @@ pub async fn pod(client: &Client, target: &str, json: bool, access: &RegistryAcc
     let labels = namespace.labels().clone();
     let sa_name = pod.spec.as_ref().and_then(|s| s.service_account_name.clone()).unwrap_or_else(|| "default".into());
     let service_account = Api::<ServiceAccount>::namespaced(client.clone(), ns).get_opt(&sa_name).await?;
-    // The Secrets the Pod and its ServiceAccount name, and the ones regcred
-    // manages there: listed if allowed, else read one by one.
-    let secrets_api = Api::<Secret>::namespaced(client.clone(), ns);
-    let mut secrets: BTreeMap<String, Secret> = BTreeMap::new();
-    match secrets_api.list(&ListParams::default()).await {
-        Ok(list) => secrets.extend(list.items.into_iter().map(|s| (s.name_any(), s))),
-        Err(_) => {
-            let pod_names = pod.spec.iter().flat_map(|s| s.image_pull_secrets.iter().flatten()).map(|r| r.name.clone());
-            let sa_names =
-                service_account.iter().flat_map(|sa| sa.image_pull_secrets.iter().flatten()).map(|r| r.name.clone());
-            for n in pod_names.chain(sa_names) {
-                if let Some(s) = secrets_api.get_opt(&n).await.with_context(|| format!("reading Secret {ns}/{n}"))? {
-                    secrets.insert(n, s);
-                }
-            }
-        }
-    }
     let cluster_credentials =
         list_or_empty(Api::<ClusterRegistryCredential>::all(client.clone()), "ClusterRegistryCredentials").await;
     let credentials =
         list_or_empty(Api::<RegistryCredential>::namespaced(client.clone(), ns), "RegistryCredentials").await;
+    // Only the Secrets that matter, by name (no Secret data is read beyond
+    // them): the ones the Pod and its ServiceAccount name, and the ones the
+    // credentials write.
+    let pod_names = pod.spec.iter().flat_map(|s| s.image_pull_secrets.iter().flatten()).map(|r| r.name.clone());
+    let sa_names = service_account.iter().flat_map(|sa| sa.image_pull_secrets.iter().flatten()).map(|r| r.name.clone());
+    let written = cluster_credentials
+        .iter()
+        .map(|c| c.spec.credential.secret.name.clone())
+        .chain(credentials.iter().map(|c| c.spec.credential.secret.name.clone()));
+    let names: std::collections::BTreeSet<String> = pod_names.chain(sa_names).chain(written).collect();
+    let secrets_api = Api::<Secret>::namespaced(client.clone(), ns);
+    let mut secrets: BTreeMap<String, Secret> = BTreeMap::new();
+    for n in names {
+        if let Some(s) = secrets_api.get_opt(&n).await.with_context(|| format!("reading Secret {ns}/{n}"))? {
+            secrets.insert(n, s);
+        }
+    }
     let mut report = explain_pod(&Cluster {
         pod: &pod,
         namespace_labels: &labels,

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::Arc;
 
 use common::*;
@@ -19,23 +19,6 @@ use regcred_testenv::tokenauth::{FrontKind, RegistryFront, TokenService, start_t
 use serde_json::{Value, json};
 
 const REGISTRY: &str = "registry.explain.example";
-
-fn explain(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_regcred"))
-        .arg("explain")
-        .args(args)
-        .env("KUBECONFIG", control_plane().kubeconfig_path())
-        .output()
-        .unwrap()
-}
-
-/// Runs `explain pod NS/NAME -o json`: (exit code, report).
-fn explain_json(pod: &str) -> (i32, Value) {
-    let out = explain(&["pod", pod, "-o", "json"]);
-    let report: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("explain {pod}: {e}: {}", String::from_utf8_lossy(&out.stderr)));
-    (out.status.code().unwrap(), report)
-}
 
 async fn create_pod(client: &Client, ns: &str, name: &str, sa: Option<&str>, own: &[&str]) {
     create_pod_with(client, ns, name, &format!("{REGISTRY}/team/app:1"), sa, own).await
@@ -79,7 +62,7 @@ async fn explain_pod_names_what_lets_a_pod_pull_and_each_cause_that_stops_it() {
 
     // Created after the patch: pulls with the credential's Secret.
     create_pod(&client, "ex-a", "good", None, &[]).await;
-    let (code, report) = explain_json("ex-a/good");
+    let (code, report) = explain_pod_json("ex-a/good");
     assert_eq!((code, report["verdict"].as_str()), (0, Some("wouldPull")), "{report:#}");
     let secret = &report["images"][0]["secrets"][0];
     assert_eq!(secret["name"], "ex-pull");
@@ -88,7 +71,7 @@ async fn explain_pod_names_what_lets_a_pod_pull_and_each_cause_that_stops_it() {
     assert!(secret["credential"]["ready"].as_str().unwrap().starts_with("True"), "{secret:#}");
 
     // The text form ends with the verdict line.
-    let out = explain(&["pod", "ex-a/good"]);
+    let out = regcred_explain(&["pod", "ex-a/good"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.lines().last().unwrap().starts_with("Verdict: ex-a/good would pull all 1 image(s)"), "{text}");
 
@@ -114,7 +97,7 @@ async fn explain_pod_names_what_lets_a_pod_pull_and_each_cause_that_stops_it() {
 
     // The Pod lists its own pull Secrets: the ServiceAccount's were not added.
     create_pod(&client, "ex-a", "own", None, &["mine"]).await;
-    let (code, report) = explain_json("ex-a/own");
+    let (code, report) = explain_pod_json("ex-a/own");
     assert_eq!(code, 1, "{report:#}");
     assert_eq!(report["images"][0]["secrets"][0]["problem"], "Secret mine does not exist");
     assert!(reason(&report).contains("lists its own imagePullSecrets"), "{report:#}");
@@ -123,7 +106,7 @@ async fn explain_pod_names_what_lets_a_pod_pull_and_each_cause_that_stops_it() {
     let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "builder"}})).unwrap();
     Api::<ServiceAccount>::namespaced(client.clone(), "ex-a").create(&PostParams::default(), &sa).await.unwrap();
     create_pod(&client, "ex-a", "builder", Some("builder"), &[]).await;
-    let (code, report) = explain_json("ex-a/builder");
+    let (code, report) = explain_pod_json("ex-a/builder");
     assert_eq!(code, 1);
     assert!(
         reason(&report).contains("ServiceAccount builder is not selected by ClusterRegistryCredential/ex-fleet"),
@@ -133,7 +116,7 @@ async fn explain_pod_names_what_lets_a_pod_pull_and_each_cause_that_stops_it() {
     // A namespace the credential does not select: the label it lacks.
     create_namespace(&client, "ex-b", &[]).await;
     create_pod(&client, "ex-b", "outside", None, &[]).await;
-    let (code, report) = explain_json("ex-b/outside");
+    let (code, report) = explain_pod_json("ex-b/outside");
     assert_eq!(code, 1);
     assert!(reason(&report).contains("namespace ex-b lacks label explain=yes"), "{report:#}");
     assert!(report["fix"].as_str().unwrap().contains("label the namespace"), "{report:#}");
@@ -142,14 +125,14 @@ async fn explain_pod_names_what_lets_a_pod_pull_and_each_cause_that_stops_it() {
     // labelled after the Pod exists.
     label_namespace(&client, "ex-b", json!({"explain": "yes"})).await;
     wait_for_pull_secret(&client, "ex-b", "default", "ex-pull", true).await;
-    let (code, report) = explain_json("ex-b/outside");
+    let (code, report) = explain_pod_json("ex-b/outside");
     assert_eq!(code, 1);
     assert!(reason(&report).contains("created before regcred added ex-pull to ServiceAccount default"), "{report:#}");
     assert!(report["fix"].as_str().unwrap().contains("recovery.enabled"), "{report:#}");
 
     // The credential: every target holds the Secret and the default
     // ServiceAccount lists it.
-    let out = explain(&["credential", "ex-fleet", "-o", "json"]);
+    let out = regcred_explain(&["credential", "ex-fleet", "-o", "json"]);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(out.status.code(), Some(0), "{report:#}");
     let namespaces: Vec<&str> =
@@ -168,13 +151,13 @@ async fn explain_pod_names_what_lets_a_pod_pull_and_each_cause_that_stops_it() {
     label_namespace(&client, "ex-c", json!({"explain": "yes"})).await;
     let crcreds: Api<regcred::api::ClusterRegistryCredential> = Api::all(client.clone());
     wait_for_reason(&crcreds, "ex-fleet", "SecretConflict").await;
-    let out = explain(&["credential", "ex-fleet", "-o", "json"]);
+    let out = regcred_explain(&["credential", "ex-fleet", "-o", "json"]);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(out.status.code(), Some(1), "{report:#}");
     let c = report["targets"].as_array().unwrap().iter().find(|t| t["namespace"] == "ex-c").unwrap();
     assert!(c["secret"].as_str().unwrap().starts_with("conflict"), "{c:#}");
     assert!(c["failure"].as_str().unwrap().starts_with("SecretConflict"), "{c:#}");
-    let text = String::from_utf8_lossy(&explain(&["credential", "ex-fleet"]).stdout).into_owned();
+    let text = String::from_utf8_lossy(&regcred_explain(&["credential", "ex-fleet"]).stdout).into_owned();
     assert!(text.lines().last().unwrap().contains("first: ex-c: Secret conflict"), "{text}");
 
     // A registry no credential serves and no Secret: cannot tell.
@@ -183,11 +166,11 @@ async fn explain_pod_names_what_lets_a_pod_pull_and_each_cause_that_stops_it() {
                  "serviceAccountName": "builder"}}))
     .unwrap();
     Api::<Pod>::namespaced(client.clone(), "ex-a").create(&PostParams::default(), &pod).await.unwrap();
-    let (code, report) = explain_json("ex-a/public");
+    let (code, report) = explain_pod_json("ex-a/public");
     assert_eq!((code, report["verdict"].as_str()), (2, Some("cannotTell")), "{report:#}");
 
     // No such Pod: cannot tell, with the reason on stderr.
-    let out = explain(&["pod", "ex-a/nope"]);
+    let out = regcred_explain(&["pod", "ex-a/nope"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("Pod ex-a/nope not found"));
 }
@@ -214,7 +197,7 @@ async fn check_registry_reads_the_manifest_and_the_pull_quota_without_spending_i
     create_pod_with(&client, "ex-hub", "pulls", &format!("{host}/regcred/test:v1"), None, &[]).await;
     create_pod_with(&client, "ex-hub", "missing", &format!("{host}/regcred/missing:v1"), None, &[]).await;
     let check = |pod: &str| {
-        let out = explain(&["pod", pod, "-o", "json", "--check-registry", "--plain-http"]);
+        let out = regcred_explain(&["pod", pod, "-o", "json", "--check-registry", "--plain-http"]);
         let report: Value = serde_json::from_slice(&out.stdout)
             .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
         (out.status.code().unwrap(), report)
@@ -237,7 +220,7 @@ async fn check_registry_reads_the_manifest_and_the_pull_quota_without_spending_i
     assert_eq!(front.pulls(), 1);
     let (_, report) = check("ex-hub/pulls");
     assert_eq!(report["images"][0]["registryCheck"]["quota"]["remaining"], 99);
-    let out = explain(&["pod", "ex-hub/pulls", "--check-registry", "--plain-http"]);
+    let out = regcred_explain(&["pod", "ex-hub/pulls", "--check-registry", "--plain-http"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("pull quota: 99 of 100 left per 21600 s"));
 
     // The image does not exist: the login works, the manifest is missing.

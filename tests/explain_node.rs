@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -38,18 +37,6 @@ async fn setup_node() -> Client {
     });
     node::shared().add_registry(HOST, &Endpoint::Http(registry.host.clone())).unwrap();
     client
-}
-
-/// `explain pod NS/NAME -o json`: (exit code, report).
-fn explain(pod: &str) -> (i32, Value) {
-    let out = Command::new(env!("CARGO_BIN_EXE_regcred"))
-        .args(["explain", "pod", pod, "-o", "json"])
-        .env("KUBECONFIG", control_plane().kubeconfig_path())
-        .output()
-        .unwrap();
-    let report: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("explain {pod}: {e}: {}", String::from_utf8_lossy(&out.stderr)));
-    (out.status.code().unwrap(), report)
 }
 
 fn reason(report: &Value) -> &str {
@@ -121,7 +108,7 @@ async fn explain_pod_matches_what_the_kubelet_did() {
     apply_deployment(&client, "exn-ok", "app", &image(), "Always", 1).await.unwrap();
     wait_running(&client, "exn-ok", "app", 1, START).await.unwrap_or_else(|e| panic!("{e:#}"));
     let pod = pod_of(&client, "exn-ok", "app").await;
-    let (code, report) = explain(&format!("exn-ok/{pod}"));
+    let (code, report) = explain_pod_json(&format!("exn-ok/{pod}"));
     assert_eq!((code, report["verdict"].as_str()), (0, Some("wouldPull")), "{report:#}");
     assert_eq!(report["images"][0]["uses"], "exn-pull");
 
@@ -130,7 +117,7 @@ async fn explain_pod_matches_what_the_kubelet_did() {
     apply_deployment(&client, "exn-out", "app", &image(), "Always", 1).await.unwrap();
     let stuck = pod_of(&client, "exn-out", "app").await;
     wait_pull_failed(&client, "exn-out", &stuck).await;
-    let (code, report) = explain(&format!("exn-out/{stuck}"));
+    let (code, report) = explain_pod_json(&format!("exn-out/{stuck}"));
     assert_eq!(code, 1, "{report:#}");
     assert!(reason(&report).contains("namespace exn-out lacks label explain-node=yes"), "{report:#}");
 
@@ -138,7 +125,7 @@ async fn explain_pod_matches_what_the_kubelet_did() {
     // before regcred patched the ServiceAccount.
     label_namespace(&client, "exn-out", json!({"explain-node": "yes"})).await;
     wait_for_pull_secret(&client, "exn-out", "default", "exn-pull", true).await;
-    let (code, report) = explain(&format!("exn-out/{stuck}"));
+    let (code, report) = explain_pod_json(&format!("exn-out/{stuck}"));
     assert_eq!(code, 1, "{report:#}");
     assert!(reason(&report).contains("created before regcred added exn-pull to ServiceAccount default"), "{report:#}");
     assert!(report["fix"].as_str().unwrap().contains("delete the Pod"), "{report:#}");
@@ -146,13 +133,13 @@ async fn explain_pod_matches_what_the_kubelet_did() {
     Api::<Pod>::namespaced(client.clone(), "exn-out").delete(&stuck, &Default::default()).await.unwrap();
     wait_running(&client, "exn-out", "app", 1, START).await.unwrap_or_else(|e| panic!("{e:#}"));
     let replaced = pod_of(&client, "exn-out", "app").await;
-    assert_eq!(explain(&format!("exn-out/{replaced}")).0, 0);
+    assert_eq!(explain_pod_json(&format!("exn-out/{replaced}")).0, 0);
 
     // Stuck: the Pod lists its own (missing) pull Secret, so the
     // ServiceAccount's was not added.
     create_pod(&client, "exn-ok", "own", "default", &["mine"]).await;
     wait_pull_failed(&client, "exn-ok", "own").await;
-    let (code, report) = explain("exn-ok/own");
+    let (code, report) = explain_pod_json("exn-ok/own");
     assert_eq!(code, 1, "{report:#}");
     assert!(reason(&report).contains("lists its own imagePullSecrets"), "{report:#}");
     assert_eq!(report["images"][0]["secrets"][0]["exists"], false);
@@ -162,7 +149,7 @@ async fn explain_pod_matches_what_the_kubelet_did() {
     Api::<ServiceAccount>::namespaced(client.clone(), "exn-ok").create(&PostParams::default(), &sa).await.unwrap();
     create_pod(&client, "exn-ok", "builder", "builder", &[]).await;
     wait_pull_failed(&client, "exn-ok", "builder").await;
-    let (code, report) = explain("exn-ok/builder");
+    let (code, report) = explain_pod_json("exn-ok/builder");
     assert_eq!(code, 1, "{report:#}");
     assert!(
         reason(&report).contains("ServiceAccount builder is not selected by ClusterRegistryCredential/exn"),

@@ -299,6 +299,22 @@ fn collect_refs(node: &Value, refs: &mut BTreeSet<String>) {
 /// `monitoring.coreos.com/v1` ServiceMonitor (its CRD is not installed in
 /// the test control plane): the fields of `spec` and of an endpoint that
 /// the chart can render, strictly, plus the other common endpoint fields.
+/// A strict schema for a `monitoring.coreos.com/v1` object of `kind` whose
+/// `spec` follows `spec`.
+fn monitoring_object(kind: &str, spec: Value) -> Value {
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"type": "string", "enum": ["monitoring.coreos.com/v1"]},
+            "kind": {"type": "string", "enum": [kind]},
+            "metadata": {"$ref": "#/definitions/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"},
+            "spec": spec
+        }
+    })
+}
+
 fn service_monitor_schema() -> Value {
     let duration = json!({"type": "string", "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"});
     let relabel = json!({
@@ -346,43 +362,36 @@ fn service_monitor_schema() -> Value {
             "metricRelabelings": {"type": "array", "items": relabel}
         }
     });
-    json!({
-        "type": "object",
-        "additionalProperties": false,
-        "required": ["apiVersion", "kind", "metadata", "spec"],
-        "properties": {
-            "apiVersion": {"type": "string", "enum": ["monitoring.coreos.com/v1"]},
-            "kind": {"type": "string", "enum": ["ServiceMonitor"]},
-            "metadata": {"$ref": "#/definitions/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"},
-            "spec": {
-                "type": "object",
-                "additionalProperties": false,
-                "required": ["selector"],
-                "properties": {
-                    "selector": {"$ref": "#/definitions/io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelector"},
-                    "namespaceSelector": {
-                        "type": "object",
-                        "additionalProperties": false,
-                        "properties": {
-                            "any": {"type": "boolean"},
-                            "matchNames": {"type": "array", "items": {"type": "string"}}
-                        }
-                    },
-                    "endpoints": {"type": "array", "items": endpoint},
-                    "jobLabel": {"type": "string"},
-                    "targetLabels": {"type": "array", "items": {"type": "string"}},
-                    "podTargetLabels": {"type": "array", "items": {"type": "string"}},
-                    "sampleLimit": {"type": "integer", "minimum": 0},
-                    "targetLimit": {"type": "integer", "minimum": 0},
-                    "scrapeProtocols": {"type": "array", "items": {"type": "string"}},
-                    "labelLimit": {"type": "integer", "minimum": 0},
-                    "labelNameLengthLimit": {"type": "integer", "minimum": 0},
-                    "labelValueLengthLimit": {"type": "integer", "minimum": 0},
-                    "attachMetadata": {"type": "object"}
-                }
+    monitoring_object(
+        "ServiceMonitor",
+        json!({
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["selector"],
+            "properties": {
+                "selector": {"$ref": "#/definitions/io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelector"},
+                "namespaceSelector": {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "properties": {
+                        "any": {"type": "boolean"},
+                        "matchNames": {"type": "array", "items": {"type": "string"}}
+                    }
+                },
+                "endpoints": {"type": "array", "items": endpoint},
+                "jobLabel": {"type": "string"},
+                "targetLabels": {"type": "array", "items": {"type": "string"}},
+                "podTargetLabels": {"type": "array", "items": {"type": "string"}},
+                "sampleLimit": {"type": "integer", "minimum": 0},
+                "targetLimit": {"type": "integer", "minimum": 0},
+                "scrapeProtocols": {"type": "array", "items": {"type": "string"}},
+                "labelLimit": {"type": "integer", "minimum": 0},
+                "labelNameLengthLimit": {"type": "integer", "minimum": 0},
+                "labelValueLengthLimit": {"type": "integer", "minimum": 0},
+                "attachMetadata": {"type": "object"}
             }
-        }
-    })
+        }),
+    )
 }
 
 /// A hand-written, strict schema for the Prometheus Operator's
@@ -422,21 +431,14 @@ fn prometheus_rule_schema() -> Value {
             "rules": {"type": "array", "items": rule}
         }
     });
-    json!({
-        "type": "object",
-        "additionalProperties": false,
-        "required": ["apiVersion", "kind", "metadata", "spec"],
-        "properties": {
-            "apiVersion": {"type": "string", "enum": ["monitoring.coreos.com/v1"]},
-            "kind": {"type": "string", "enum": ["PrometheusRule"]},
-            "metadata": {"$ref": "#/definitions/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"},
-            "spec": {
-                "type": "object",
-                "additionalProperties": false,
-                "properties": {"groups": {"type": "array", "items": group}}
-            }
-        }
-    })
+    monitoring_object(
+        "PrometheusRule",
+        json!({
+            "type": "object",
+            "additionalProperties": false,
+            "properties": {"groups": {"type": "array", "items": group}}
+        }),
+    )
 }
 
 #[cfg(test)]

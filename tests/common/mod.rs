@@ -336,3 +336,22 @@ where
     })
     .await
 }
+
+/// Runs `regcred explain ARGS` against the shared control plane, as a user
+/// with a kubeconfig does.
+pub fn regcred_explain(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_regcred"))
+        .arg("explain")
+        .args(args)
+        .env("KUBECONFIG", control_plane().kubeconfig_path())
+        .output()
+        .unwrap()
+}
+
+/// `regcred explain pod NS/NAME -o json`: (exit code, report).
+pub fn explain_pod_json(pod: &str) -> (i32, Value) {
+    let out = regcred_explain(&["pod", pod, "-o", "json"]);
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("explain {pod}: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code().unwrap(), report)
+}
