@@ -124,6 +124,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub pacing: PacingArgs,
     #[command(flatten)]
+    pub fleet: FleetArgs,
+    #[command(flatten)]
     pub leader: LeaderArgs,
     #[command(flatten)]
     pub log: LogArgs,
@@ -164,6 +166,28 @@ impl PacingArgs {
             max_throttle_wait: max_backoff,
         }
     }
+}
+
+/// The fleet: other clusters a ClusterRegistryCredential writes to
+/// (docs/fleet.md).
+#[derive(Debug, clap::Args)]
+pub struct FleetArgs {
+    /// Serve the clusters registered as kubeconfig Secrets in the cluster
+    /// resource namespace. On by default; nothing is written anywhere until
+    /// a ClusterRegistryCredential selects clusters.
+    #[arg(long, env = "REGCRED_FLEET", default_value_t = true, action = clap::ArgAction::Set)]
+    pub fleet: bool,
+    /// Shards the clusters are spread over. With --leader-elect each
+    /// replica serves the shards whose Lease it holds; keep it at least the
+    /// number of replicas.
+    #[arg(long, env = "REGCRED_FLEET_SHARDS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub fleet_shards: u32,
+    /// Seconds the finalizer of a deleted credential waits for unreachable
+    /// clusters to remove its Secrets before it lets the deletion finish
+    /// (with a FleetCleanupIncomplete Event); they are removed when the
+    /// clusters come back.
+    #[arg(long, env = "REGCRED_FLEET_CLEANUP_TIMEOUT_SECONDS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(0..=86400))]
+    pub fleet_cleanup_timeout_seconds: u64,
 }
 
 /// Leader election: with several replicas, only the holder of a Lease writes.

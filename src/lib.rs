@@ -23,6 +23,7 @@ pub mod admission;
 pub mod api;
 pub mod check;
 pub mod cli;
+pub mod clusters;
 pub mod controller;
 pub mod crdgen;
 pub mod explain;

@@ -3,9 +3,10 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser;
+use futures::FutureExt;
 use regcred::cli::{Cli, Command, RunArgs};
 use regcred::controller::{self, Settings};
-use regcred::metrics::{Metrics, RequestCounter};
+use regcred::metrics::Metrics;
 
 fn main() -> ExitCode {
     // `docker-credential-regcred VERB` is `regcred credential-helper VERB`.
@@ -136,15 +137,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         None => kube::Config::infer().await.context("no Kubernetes configuration found")?,
     };
     let metrics = Arc::new(Metrics::default());
-    // kube's own retry layer sits below any layer added here; regcred puts
-    // the same policy above its counter, so 429s are counted as they come.
-    let mut config = config;
-    config.default_retry = false;
-    let client = kube::client::ClientBuilder::try_from(config)?
-        .with_layer(&RequestCounter::new(&metrics))
-        .with_layer(&tower::buffer::BufferLayer::<http::Request<kube::client::Body>>::new(1024))
-        .with_layer(&tower::retry::RetryLayer::new(regcred::metrics::kube_client_retry()))
-        .build();
+    let client = regcred::metrics::counted_client(config, &metrics)?;
     let cluster_resource_namespace =
         args.cluster_resource_namespace.or_else(|| std::env::var("POD_NAMESPACE").ok()).filter(|s| !s.is_empty());
     if cluster_resource_namespace.is_none() {
@@ -157,8 +150,27 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         concurrency: args.concurrency,
         write_concurrency: args.write_concurrency,
         allow_namespaced_ambient_identity: args.allow_namespaced_ambient_identity,
+        fleet_cleanup_timeout: std::time::Duration::from_secs(args.fleet.fleet_cleanup_timeout_seconds),
     };
     let server = tokio::spawn(regcred::metrics::serve(args.metrics_addr, metrics.clone()));
+    let identity = std::env::var("POD_NAME")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| format!("regcred-{}-{}", std::process::id(), rand::random::<u32>()));
+    // Every replica serves its shards of the fleet; only the leader mints.
+    let fleet = match (&settings.cluster_resource_namespace, args.fleet.fleet) {
+        (Some(namespace), true) => {
+            let fleet = regcred::controller::fleet::FleetSettings {
+                namespace: namespace.clone(),
+                identity: identity.clone(),
+                shards: args.fleet.fleet_shards,
+                lease_seconds: args.leader.leader_elect.then_some(args.leader.lease_duration_seconds),
+                write_concurrency: args.write_concurrency,
+            };
+            regcred::controller::fleet::run(client.clone(), fleet, metrics.clone()).boxed()
+        }
+        _ => futures::future::pending().boxed(),
+    };
     let election = if args.leader.leader_elect {
         let namespace = args
             .leader
@@ -168,10 +180,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .context(
                 "--leader-elect needs a namespace for its Lease: set --leader-election-namespace or POD_NAMESPACE",
             )?;
-        let identity = std::env::var("POD_NAME")
-            .ok()
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| format!("regcred-{}-{}", std::process::id(), rand::random::<u32>()));
         Some(regcred::leader::Election {
             namespace,
             lease_name: args.leader.leader_election_lease_name,
@@ -191,6 +199,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     tokio::select! {
         r = work => r,
+        r = fleet => r,
         r = server => Err(anyhow::anyhow!("metrics server stopped: {:?}", r)),
     }
 }

@@ -61,6 +61,19 @@ pub struct CredentialLabels {
     pub name: String,
 }
 
+/// Labels naming a cluster of the fleet.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    pub cluster: String,
+}
+
+/// Labels of a cluster's failures: the cluster and the reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterReasonLabels {
+    pub cluster: String,
+    pub reason: String,
+}
+
 /// All of regcred's metrics.
 pub struct Metrics {
     pub registry: Registry,
@@ -85,6 +98,16 @@ pub struct Metrics {
     pub pull_quota_remaining: Family<QuotaLabels, Gauge>,
     /// The registry's pull limit for the window (`ratelimit-limit`).
     pub pull_quota_limit: Family<QuotaLabels, Gauge>,
+    /// 1 while a cluster of the fleet this replica serves answers and its
+    /// caches are filled, 0 otherwise.
+    pub cluster_up: Family<ClusterLabels, Gauge>,
+    /// Failures reaching or writing to a cluster of the fleet, by reason.
+    pub cluster_errors: Family<ClusterReasonLabels, Counter>,
+    /// Pull Secrets holding their credential's current content, per cluster
+    /// of the fleet.
+    pub cluster_secrets: Family<ClusterLabels, Gauge>,
+    /// Shards of the fleet this replica serves.
+    pub fleet_shards: Gauge,
     ready: AtomicBool,
 }
 
@@ -158,7 +181,31 @@ impl Default for Metrics {
             "The registry's pull limit per window as it reported when a new credential was verified (ratelimit-limit)",
             pull_quota_limit.clone(),
         );
+        let cluster_up = Family::<ClusterLabels, Gauge>::default();
+        registry.register(
+            "cluster_up",
+            "Whether a cluster of the fleet this replica serves answers and its caches are filled (1) or not (0)",
+            cluster_up.clone(),
+        );
+        let cluster_errors = Family::<ClusterReasonLabels, Counter>::default();
+        registry.register(
+            "cluster_errors",
+            "Failures reaching or writing to a cluster of the fleet, by cluster and reason",
+            cluster_errors.clone(),
+        );
+        let cluster_secrets = Family::<ClusterLabels, Gauge>::default();
+        registry.register(
+            "cluster_managed_secrets",
+            "Pull Secrets holding their credential's current content, per cluster of the fleet",
+            cluster_secrets.clone(),
+        );
+        let fleet_shards = Gauge::default();
+        registry.register("fleet_shards", "Shards of the fleet this replica serves", fleet_shards.clone());
         Metrics {
+            cluster_up,
+            cluster_errors,
+            cluster_secrets,
+            fleet_shards,
             leader,
             registry,
             kube_requests,
@@ -215,6 +262,19 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<(
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "serving metrics and probes");
     axum::serve(listener, app).await
+}
+
+/// A client for `config` that counts its requests into `metrics` and retries
+/// throttled ones (the layers every regcred client has).
+pub fn counted_client(mut config: kube::Config, metrics: &Metrics) -> Result<kube::Client, kube::Error> {
+    // kube's own retry layer sits below any layer added here; regcred puts
+    // the same policy above its counter, so 429s are counted as they come.
+    config.default_retry = false;
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&RequestCounter::new(metrics))
+        .with_layer(&tower::buffer::BufferLayer::<http::Request<kube::client::Body>>::new(1024))
+        .with_layer(&tower::retry::RetryLayer::new(kube_client_retry()))
+        .build())
 }
 
 /// A tower layer counting the requests a kube client sends, and the ones

@@ -59,6 +59,23 @@ pub const PULL_QUOTA_LOW: &str = "PullQuotaLow";
 /// that its controller recreates it with it.
 pub const POD_RECOVERED: &str = "PodRecovered";
 
+/// A cluster of the fleet (docs/fleet.md) cannot be reached.
+pub const CLUSTER_UNREACHABLE: &str = "ClusterUnreachable";
+/// A cluster of the fleet refuses the hub's identity (401).
+pub const CLUSTER_UNAUTHORIZED: &str = "ClusterUnauthorized";
+/// A cluster of the fleet does not let the hub's identity do what regcred
+/// does there (403).
+pub const CLUSTER_FORBIDDEN: &str = "ClusterForbidden";
+/// A cluster's kubeconfig Secret cannot be used.
+pub const KUBECONFIG_INVALID: &str = "KubeconfigInvalid";
+/// A cluster's caches are still being filled.
+pub const CLUSTER_CONNECTING: &str = "ClusterConnecting";
+/// Event reason: every selected cluster holds the current Secret again.
+pub const CLUSTER_SYNCED: &str = "ClusterSynced";
+/// Event reason: a credential was deleted while clusters that hold its
+/// Secrets could not be reached; the finalizer stopped waiting for them.
+pub const FLEET_CLEANUP_INCOMPLETE: &str = "FleetCleanupIncomplete";
+
 /// Every reason above: Event reasons and metric labels are only these.
 pub const ALL: &[&str] = &[
     SYNCED,
@@ -83,4 +100,11 @@ pub const ALL: &[&str] = &[
     ADMISSION_POLICY_MISSING,
     POD_RECOVERED,
     PULL_QUOTA_LOW,
+    CLUSTER_UNREACHABLE,
+    CLUSTER_UNAUTHORIZED,
+    CLUSTER_FORBIDDEN,
+    KUBECONFIG_INVALID,
+    CLUSTER_CONNECTING,
+    CLUSTER_SYNCED,
+    FLEET_CLEANUP_INCOMPLETE,
 ];

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::core::{Selector, SelectorExt};
 
-use crate::api::{ClusterRegistryCredentialSpec, ServiceAccountSelector};
+use crate::api::{ClusterRegistryCredentialSpec, ClusterSelector, ServiceAccountSelector};
 
 /// Whether `labels` match a Kubernetes label selector (kube's
 /// [`Selector`]). An empty selector matches everything; a selector kube
@@ -73,6 +73,27 @@ pub fn cluster_target_set<'a>(
         .filter(|ns| targets_with(spec, selector.as_ref(), ns))
         .map(|ns| ns.name.to_string())
         .collect()
+}
+
+/// Whether a ClusterRegistryCredential writes to the cluster regcred runs in.
+pub fn local_selected(clusters: Option<&ClusterSelector>) -> bool {
+    clusters.is_none_or(ClusterSelector::local)
+}
+
+/// Whether a ClusterRegistryCredential writes to the registered cluster
+/// `name`, whose kubeconfig Secret carries `labels`: named or matched by
+/// the selector, and not excluded. No `clusters` at all: none.
+pub fn cluster_selected(clusters: Option<&ClusterSelector>, name: &str, labels: &BTreeMap<String, String>) -> bool {
+    let Some(c) = clusters else { return false };
+    if c.exclude.iter().flatten().any(|n| n == name) {
+        return false;
+    }
+    c.names.iter().flatten().any(|n| n == name) || c.selector.as_ref().is_some_and(|s| selector_matches(s, labels))
+}
+
+/// Whether a ClusterRegistryCredential writes to any cluster but the local one.
+pub fn selects_spokes(clusters: Option<&ClusterSelector>) -> bool {
+    clusters.is_some_and(|c| c.selector.is_some() || c.names.as_ref().is_some_and(|n| !n.is_empty()))
 }
 
 /// Whether a ServiceAccount gets the pull Secret. No selector at all means
@@ -169,6 +190,30 @@ mod tests {
             ],
         );
         assert_eq!(set.into_iter().collect::<Vec<_>>(), ["a", "explicit"]);
+    }
+
+    #[test]
+    fn cluster_selection_defaults_to_this_cluster_only() {
+        let prod = labels(&[("env", "prod")]);
+        assert!(local_selected(None), "no clusters field: this cluster, as before");
+        assert!(!cluster_selected(None, "a", &prod), "no clusters field: no spoke");
+        assert!(!selects_spokes(None));
+        let c: ClusterSelector = serde_json::from_value(serde_json::json!({
+            "local": false,
+            "selector": {"matchLabels": {"env": "prod"}},
+            "names": ["named"],
+            "exclude": ["legacy"]
+        }))
+        .unwrap();
+        assert!(!local_selected(Some(&c)));
+        assert!(selects_spokes(Some(&c)));
+        assert!(cluster_selected(Some(&c), "eu", &prod), "by label");
+        assert!(cluster_selected(Some(&c), "named", &labels(&[])), "by name");
+        assert!(!cluster_selected(Some(&c), "dev", &labels(&[("env", "dev")])), "neither");
+        assert!(!cluster_selected(Some(&c), "legacy", &prod), "exclusion wins");
+        let only_local: ClusterSelector = serde_json::from_value(serde_json::json!({})).unwrap();
+        assert!(local_selected(Some(&only_local)) && !selects_spokes(Some(&only_local)));
+        assert!(!cluster_selected(Some(&only_local), "eu", &prod));
     }
 
     #[test]

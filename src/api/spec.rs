@@ -321,4 +321,41 @@ pub struct ClusterRegistryCredentialSpec {
         inner(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))
     )]
     pub exclude_namespaces: Option<Vec<String>>,
+    /// The clusters the pull Secret is written to (docs/fleet.md). Absent:
+    /// this cluster only. The namespace selection above applies inside each
+    /// selected cluster; the credential is minted once for all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clusters: Option<ClusterSelector>,
+}
+
+/// Which clusters a ClusterRegistryCredential writes to. Clusters are
+/// registered as kubeconfig Secrets in regcred's namespace: Cluster API's
+/// `<cluster>-kubeconfig` Secrets and Argo CD cluster Secrets. `names` and
+/// `selector` add up; `exclude` wins.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterSelector {
+    /// Write to the cluster regcred runs in. Defaults to true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<bool>,
+    /// Clusters whose kubeconfig Secret's labels match this selector. `{}`
+    /// matches every registered cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+    /// Clusters by name: the `cluster.x-k8s.io/cluster-name` label of a
+    /// Cluster API Secret, the `name` key of an Argo CD cluster Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024), inner(length(min = 1, max = 253)))]
+    pub names: Option<Vec<String>>,
+    /// Clusters never written to, even when selected above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024), inner(length(min = 1, max = 253)))]
+    pub exclude: Option<Vec<String>>,
+}
+
+impl ClusterSelector {
+    /// Whether the local cluster is written to.
+    pub fn local(&self) -> bool {
+        self.local.unwrap_or(true)
+    }
 }

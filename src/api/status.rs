@@ -38,6 +38,42 @@ pub struct CredentialStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form_object")]
     pub provider_state: Option<serde_json::Value>,
+    /// The clusters of a fleet other than this one (docs/fleet.md), by
+    /// shard: each shard is written by the replica serving it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clusters: Option<std::collections::BTreeMap<String, ShardStatus>>,
+}
+
+/// What the selected clusters of one shard hold.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardStatus {
+    /// Selected clusters in this shard.
+    pub desired: i32,
+    /// Clusters where every target namespace holds the current Secret.
+    pub synced: i32,
+    /// Namespaces holding the current Secret, over those clusters.
+    pub namespaces: i32,
+    /// Clusters that could not be synced, and why (at most 20 listed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<ClusterFailure>,
+    /// Clusters still holding Secrets of this credential while it is being
+    /// deleted (with `deletionPolicy: Delete`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleanup_pending: Option<i32>,
+}
+
+/// A cluster that could not be synced.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterFailure {
+    /// The cluster's name.
+    pub cluster: String,
+    /// Machine-readable reason, for example `ClusterUnreachable`.
+    pub reason: String,
+    /// Human-readable detail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {

@@ -20,8 +20,9 @@ use k8s_openapi::api::core::v1::{LocalObjectReference, ServiceAccount};
 use kube::api::{Api, Patch, PatchParams};
 use parking_lot::Mutex;
 
+use super::FIELD_MANAGER;
+use super::cluster::Cluster;
 use super::index::{AccountView, Claim};
-use super::{Context, FIELD_MANAGER};
 
 /// Patches tried per ServiceAccount before giving up until the next change.
 const ATTEMPTS: usize = 3;
@@ -201,9 +202,9 @@ fn desired_entries(view: &AccountView, claims: &[Claim], removing: &[String]) ->
 
 /// Runs the worker until the process stops. Call once, after the caches are
 /// filled.
-pub async fn run(ctx: Arc<Context>) {
+pub async fn run(ctx: Arc<Cluster>) {
     let Some(rx) = ctx.accounts.rx.lock().take() else { return };
-    let concurrency = ctx.settings.write_concurrency.max(1);
+    let concurrency = ctx.write_concurrency.max(1);
     rx.for_each_concurrent(concurrency, |namespace| {
         let ctx = ctx.clone();
         // A task per namespace, so the work spreads over every thread.
@@ -218,7 +219,7 @@ pub async fn run(ctx: Arc<Context>) {
             // reconcile waited for (a ServiceAccount changed) wakes them,
             // and their own pass brings them the message.
             if !ctx.accounts.finish(&namespace, result) && failed {
-                ctx.wake_all(ctx.index.credentials_targeting(&namespace));
+                ctx.wake(ctx.index.credentials_targeting(&namespace));
             }
         });
         async move {
@@ -232,7 +233,7 @@ pub async fn run(ctx: Arc<Context>) {
 
 /// Brings every ServiceAccount of `namespace` up to date; returns a failure
 /// message if a patch failed for a reason other than a race.
-async fn sync_namespace(ctx: &Context, namespace: &str, removing: &[String]) -> Option<String> {
+async fn sync_namespace(ctx: &Cluster, namespace: &str, removing: &[String]) -> Option<String> {
     let claims = ctx.index.claims(namespace);
     if claims.is_empty() && removing.is_empty() {
         return None;
@@ -247,7 +248,7 @@ async fn sync_namespace(ctx: &Context, namespace: &str, removing: &[String]) -> 
 }
 
 async fn sync_account(
-    ctx: &Context,
+    ctx: &Cluster,
     namespace: &str,
     mut view: AccountView,
     claims: &[Claim],
@@ -296,7 +297,7 @@ fn failure_message(namespace: &str, name: &str, e: &kube::Error) -> String {
 /// was computed from, so a concurrent change fails (409) instead of losing
 /// someone's entry.
 async fn patch_entries(
-    ctx: &Context,
+    ctx: &Cluster,
     namespace: &str,
     name: &str,
     resource_version: Option<&str>,

@@ -10,8 +10,9 @@ use futures::channel::oneshot;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 
+use super::cluster::Cluster;
 use super::plan::{DesiredSecret, Plan, Removal, WriteKind};
-use super::{Context, FIELD_MANAGER, accounts};
+use super::{FIELD_MANAGER, accounts};
 use crate::api::TargetFailure;
 use crate::reasons;
 
@@ -71,7 +72,7 @@ enum Outcome {
 }
 
 /// Carries out `plan` for `owner`; `desired` is what its writes write.
-pub async fn act(ctx: &Arc<Context>, owner: &str, desired: Option<Arc<DesiredSecret>>, plan: Plan) -> Report {
+pub async fn act(ctx: &Arc<Cluster>, owner: &str, desired: Option<Arc<DesiredSecret>>, plan: Plan) -> Report {
     let mut report = Report::default();
     report.synced.extend(plan.in_place);
     for (namespace, message) in plan.conflicts {
@@ -118,7 +119,7 @@ type Pass = oneshot::Receiver<accounts::PassResult>;
 /// Writes the Secret wherever the plan says. A created Secret asks for a
 /// pass over its namespace's ServiceAccounts at once.
 async fn write_secrets(
-    ctx: &Arc<Context>,
+    ctx: &Arc<Cluster>,
     owner: &str,
     desired: &Arc<DesiredSecret>,
     writes: Vec<super::plan::SecretWrite>,
@@ -138,7 +139,7 @@ async fn write_secrets(
             });
             async move { task.await.expect("a Secret write does not panic") }
         })
-        .buffer_unordered(ctx.settings.write_concurrency.max(1))
+        .buffer_unordered(ctx.write_concurrency.max(1))
         .collect()
         .await
 }
@@ -149,7 +150,7 @@ async fn write_secrets(
 /// server-side apply when the metadata drifted, so fields another manager
 /// changed are taken back and labels regcred no longer sets go.
 async fn write_secret(
-    ctx: &Context,
+    ctx: &Cluster,
     owner: &str,
     desired: &DesiredSecret,
     namespace: &str,
@@ -195,18 +196,18 @@ async fn write_secret(
 }
 
 /// Removes the Secrets the plan says are no longer wanted.
-pub async fn remove_secrets(ctx: &Arc<Context>, removals: Vec<Removal>) -> Vec<(String, Result<(), String>)> {
+pub async fn remove_secrets(ctx: &Arc<Cluster>, removals: Vec<Removal>) -> Vec<(String, Result<(), String>)> {
     futures::stream::iter(removals)
         .map(|removal| async move {
             let namespace = removal.namespace.clone();
             (namespace, remove_secret(ctx, removal).await)
         })
-        .buffer_unordered(ctx.settings.write_concurrency.max(1))
+        .buffer_unordered(ctx.write_concurrency.max(1))
         .collect()
         .await
 }
 
-async fn remove_secret(ctx: &Context, removal: Removal) -> Result<(), String> {
+async fn remove_secret(ctx: &Cluster, removal: Removal) -> Result<(), String> {
     let Removal { namespace: ns, name, uid, accounts } = removal;
     // First the ServiceAccount entries, through the writer, so no
     // ServiceAccount points at a missing Secret.

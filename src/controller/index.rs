@@ -10,6 +10,7 @@
 //! watch events and asserting the outcome.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use kube::api::PartialObjectMeta;
@@ -21,8 +22,10 @@ use parking_lot::Mutex;
 use super::cache::{ByNamespace, Cache, Pairs};
 use super::kinds::CredentialKind;
 use super::{MANAGED_BY, MANAGED_BY_LABEL, OWNER_ANNOTATION};
-use crate::api::{ClusterRegistryCredential, CredentialSpec, RegistryCredential, ServiceAccountSelector};
-use crate::targets::service_account_selected;
+use crate::api::{
+    ClusterRegistryCredential, ClusterSelector, CredentialSpec, RegistryCredential, ServiceAccountSelector,
+};
+use crate::targets::{cluster_selected, local_selected, service_account_selected};
 
 /// `(namespace, name)` of a namespaced object.
 pub type Key = (String, String);
@@ -261,13 +264,30 @@ pub struct Routed {
 }
 
 /// The stores of both credential kinds.
+#[derive(Clone)]
 pub struct Credentials {
     pub namespaced: Store<RegistryCredential>,
     pub cluster: Store<ClusterRegistryCredential>,
 }
 
+/// The cluster an index sees: the one regcred runs in, or a spoke of its
+/// fleet, whose name and kubeconfig Secret labels decide which
+/// ClusterRegistryCredentials write there.
+pub enum Scope {
+    Local,
+    Spoke(Arc<SpokeIdentity>),
+}
+
+/// A spoke's name and the labels of its kubeconfig Secret (which can change
+/// while it runs).
+pub struct SpokeIdentity {
+    pub name: String,
+    pub labels: parking_lot::RwLock<BTreeMap<String, String>>,
+}
+
 /// See the module documentation.
 pub struct Index {
+    pub scope: Scope,
     pub namespaces: Cache<NamespaceEntry>,
     pub service_accounts: Cache<AccountEntry>,
     /// Secrets labelled as managed by regcred.
@@ -312,6 +332,7 @@ pub fn secret_related<K: Resource>(s: &K) -> Related {
 impl Index {
     pub fn new(credentials: Credentials, cluster_resource_namespace: Option<String>) -> Self {
         Index {
+            scope: Scope::Local,
             namespaces: Cache::default(),
             service_accounts: Cache::default(),
             managed: Cache::default(),
@@ -319,6 +340,27 @@ impl Index {
             ledger: Ledger::default(),
             credentials,
             cluster_resource_namespace,
+        }
+    }
+
+    /// The index of a spoke: credentials are routed and planned only if
+    /// they select it.
+    pub fn spoke(credentials: Credentials, identity: Arc<SpokeIdentity>) -> Self {
+        Index { scope: Scope::Spoke(identity), ..Index::new(credentials, None) }
+    }
+
+    /// Whether this is the cluster regcred runs in (where RegistryCredentials
+    /// write).
+    pub fn is_local(&self) -> bool {
+        matches!(self.scope, Scope::Local)
+    }
+
+    /// Whether a ClusterRegistryCredential with this cluster selection writes
+    /// to this cluster.
+    pub fn selected_by(&self, clusters: Option<&ClusterSelector>) -> bool {
+        match &self.scope {
+            Scope::Local => local_selected(clusters),
+            Scope::Spoke(id) => cluster_selected(clusters, &id.name, &id.labels.read()),
         }
     }
 

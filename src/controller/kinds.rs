@@ -36,6 +36,11 @@ pub trait CredentialKind:
     fn allows_ambient(&self, settings: &Settings) -> bool;
     /// The chart's MutatingAdmissionPolicy for this kind.
     fn policy_name() -> &'static str;
+    /// The ClusterRegistryCredential, which alone can write to other
+    /// clusters of a fleet.
+    fn as_cluster(&self) -> Option<&ClusterRegistryCredential> {
+        None
+    }
 
     /// The value of the owner annotation on written Secrets.
     fn owner_key(&self) -> String {
@@ -63,13 +68,20 @@ impl CredentialKind for RegistryCredential {
         Ok(self.namespace().unwrap_or_default())
     }
 
+    /// Only in the cluster regcred runs in.
     fn target_namespaces(&self, index: &Index) -> BTreeSet<String> {
         let ns = self.namespace().unwrap_or_default();
-        if index.live_namespace_labels(&ns).is_some() { BTreeSet::from([ns]) } else { BTreeSet::new() }
+        if index.is_local() && index.live_namespace_labels(&ns).is_some() {
+            BTreeSet::from([ns])
+        } else {
+            BTreeSet::new()
+        }
     }
 
     fn targets_namespace(&self, index: &Index, namespace: &str) -> bool {
-        self.namespace().as_deref() == Some(namespace) && index.live_namespace_labels(namespace).is_some()
+        index.is_local()
+            && self.namespace().as_deref() == Some(namespace)
+            && index.live_namespace_labels(namespace).is_some()
     }
 
     /// A tenant gets its own ServiceAccount's cloud permissions, never the
@@ -101,6 +113,9 @@ impl CredentialKind for ClusterRegistryCredential {
     }
 
     fn target_namespaces(&self, index: &Index) -> BTreeSet<String> {
+        if !index.selected_by(self.spec.clusters.as_ref()) {
+            return BTreeSet::new();
+        }
         index.namespaces.with_all(|all| {
             cluster_target_set(
                 &self.spec,
@@ -110,6 +125,9 @@ impl CredentialKind for ClusterRegistryCredential {
     }
 
     fn targets_namespace(&self, index: &Index, namespace: &str) -> bool {
+        if !index.selected_by(self.spec.clusters.as_ref()) {
+            return false;
+        }
         match index.live_namespace_labels(namespace) {
             Some(labels) => {
                 cluster_targets(&self.spec, &NamespaceInfo { name: namespace, labels: &labels, terminating: false })
@@ -120,6 +138,10 @@ impl CredentialKind for ClusterRegistryCredential {
 
     fn allows_ambient(&self, _: &Settings) -> bool {
         true
+    }
+
+    fn as_cluster(&self) -> Option<&ClusterRegistryCredential> {
+        Some(self)
     }
 
     fn policy_name() -> &'static str {

@@ -17,6 +17,8 @@ mod accounts;
 mod act;
 mod admission;
 mod cache;
+mod cluster;
+pub mod fleet;
 mod index;
 mod kinds;
 mod mint;
@@ -72,6 +74,9 @@ pub struct Settings {
     pub write_concurrency: usize,
     /// Let RegistryCredentials use the operator's own cloud identity.
     pub allow_namespaced_ambient_identity: bool,
+    /// How long the finalizer of a deleted credential waits for the fleet's
+    /// clusters to remove its Secrets.
+    pub fleet_cleanup_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -81,9 +86,13 @@ impl Default for Settings {
             concurrency: 4,
             write_concurrency: 32,
             allow_namespaced_ambient_identity: false,
+            fleet_cleanup_timeout: Duration::from_secs(120),
         }
     }
 }
+
+/// Told of every event or error of a cluster's watches (a spoke's health).
+type Observer = Arc<dyn Fn(Result<(), &watcher::Error>) + Send + Sync>;
 
 /// Requests a reconcile of a credential.
 struct Wake {
@@ -103,8 +112,8 @@ pub struct Context {
     /// Minted logins and failure counts, between reconciles.
     memory: mint::Memory,
     wake: Wake,
-    /// The ServiceAccount writer's queue.
-    accounts: accounts::Accounts,
+    /// The cluster regcred runs in, as plan and act see it (the same index).
+    local: Arc<cluster::Cluster>,
     /// The MutatingAdmissionPolicy API: what the cluster serves, and the
     /// bindings and policies in place.
     admission: admission::Admission,
@@ -153,7 +162,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
     let credentials = Credentials { namespaced: rcreds.store(), cluster: crcreds.store() };
     let index = Arc::new(Index::new(credentials, settings.cluster_resource_namespace.clone()));
 
-    let related = related_watches(&client, &index);
+    let related = related_watches(&client, &index, None);
     let admission = admission::discover(&client).await;
     let admission_watches = admission::watches(&client, &admission);
 
@@ -163,10 +172,15 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
         settings: settings.clone(),
         metrics: metrics.clone(),
         recorder: Recorder::new(client.clone(), reporter),
+        local: Arc::new(cluster::Cluster::new(
+            client.clone(),
+            index.clone(),
+            settings.write_concurrency,
+            waker(rtx.clone(), ctx_tx.clone()),
+        )),
         index,
         memory: mint::Memory::default(),
         wake: Wake { namespaced: rtx, cluster: ctx_tx },
-        accounts: accounts::Accounts::default(),
         admission,
         recovery: recovery::Recovery::default(),
     });
@@ -180,10 +194,10 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
         ctx.admission.bindings.wait_until_ready().await;
         ctx.admission.policies.wait_until_ready().await;
     }
-    list_contents(&ctx).await?;
+    list_contents(&ctx.client, &ctx.index).await?;
     metrics.set_ready();
     tracing::info!("caches filled; reconciling");
-    tokio::spawn(accounts::run(ctx.clone()));
+    tokio::spawn(accounts::run(ctx.local.clone()));
 
     let rcreds = rcreds
         .shutdown_on_signal()
@@ -199,18 +213,35 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
 }
 
 /// The watches that feed the index, each turned into the changes it routes.
-fn related_watches(client: &Client, index: &Arc<Index>) -> Vec<BoxStream<'static, (Related, bool)>> {
+fn related_watches(
+    client: &Client,
+    index: &Arc<Index>,
+    observe: Option<Observer>,
+) -> Vec<BoxStream<'static, (Related, bool)>> {
+    // Each watch, with what it sees told to `observe` first.
+    fn observed<K: Send + 'static>(
+        stream: impl Stream<Item = Result<Event<K>, watcher::Error>> + Send + 'static,
+        observe: &Option<Observer>,
+    ) -> BoxStream<'static, Result<Event<K>, watcher::Error>> {
+        match observe.clone() {
+            Some(o) => stream.inspect(move |r| o(r.as_ref().map(drop))).boxed(),
+            None => stream.boxed(),
+        }
+    }
     let managed_cfg = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
     let others_cfg = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}!={MANAGED_BY}"));
     let namespaces = related_stream(
-        watcher::watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watcher::Config::default()),
+        observed(
+            watcher::watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watcher::Config::default()),
+            &observe,
+        ),
         index.clone(),
         Index::apply_namespace,
         "namespaces",
         |_| Related::Namespace,
     );
     let service_accounts = related_stream(
-        watcher::watcher(Api::<ServiceAccount>::all(client.clone()), watcher::Config::default()),
+        observed(watcher::watcher(Api::<ServiceAccount>::all(client.clone()), watcher::Config::default()), &observe),
         index.clone(),
         Index::apply_account,
         "serviceaccounts",
@@ -220,14 +251,14 @@ fn related_watches(client: &Client, index: &Arc<Index>) -> Vec<BoxStream<'static
         },
     );
     let managed = related_stream(
-        watcher::watcher(Api::<PartialObjectMeta<Secret>>::all(client.clone()), managed_cfg),
+        observed(watcher::watcher(Api::<PartialObjectMeta<Secret>>::all(client.clone()), managed_cfg), &observe),
         index.clone(),
         Index::apply_managed,
         "managed secrets",
         secret_related,
     );
     let all_secrets = related_stream(
-        watcher::watcher(Api::<PartialObjectMeta<Secret>>::all(client.clone()), others_cfg),
+        observed(watcher::watcher(Api::<PartialObjectMeta<Secret>>::all(client.clone()), others_cfg), &observe),
         index.clone(),
         Index::apply_other,
         "secrets",
@@ -250,7 +281,7 @@ fn route_changes(
         tokio::spawn(related.for_each(move |(change, deleted)| {
             let routed = ctx.index.route(&change, deleted);
             if let Some(namespace) = routed.accounts {
-                ctx.accounts.enqueue(&namespace);
+                ctx.local.accounts.enqueue(&namespace);
             }
             ctx.wake_all(routed.credentials);
             futures::future::ready(())
@@ -285,14 +316,31 @@ async fn log_result<K: Resource, E: std::fmt::Display>(r: Result<(ObjectRef<K>, 
     }
 }
 
+/// Sends credentials to the reconcile queues of their kind.
+fn send_all(
+    namespaced: &UnboundedSender<ObjectRef<RegistryCredential>>,
+    cluster: &UnboundedSender<ObjectRef<ClusterRegistryCredential>>,
+    credentials: Vec<CredentialRef>,
+) {
+    for c in credentials {
+        let _ = match c {
+            CredentialRef::Namespaced(r) => namespaced.unbounded_send(r).map_err(drop),
+            CredentialRef::Cluster(r) => cluster.unbounded_send(r).map_err(drop),
+        };
+    }
+}
+
+/// A [`cluster::Waker`] over the reconcile queues.
+fn waker(
+    namespaced: UnboundedSender<ObjectRef<RegistryCredential>>,
+    cluster: UnboundedSender<ObjectRef<ClusterRegistryCredential>>,
+) -> cluster::Waker {
+    Box::new(move |credentials| send_all(&namespaced, &cluster, credentials))
+}
+
 impl Context {
     fn wake_all(&self, credentials: Vec<CredentialRef>) {
-        for c in credentials {
-            let _ = match c {
-                CredentialRef::Namespaced(r) => self.wake.namespaced.unbounded_send(r).map_err(drop),
-                CredentialRef::Cluster(r) => self.wake.cluster.unbounded_send(r).map_err(drop),
-            };
-        }
+        send_all(&self.wake.namespaced, &self.wake.cluster, credentials);
     }
 
     /// A policy or binding changed: credentials with injection report it.
@@ -303,8 +351,8 @@ impl Context {
 
 /// Lists the managed Secrets once, in pages, to learn what they hold
 /// (kept as digests), before anything is reconciled.
-async fn list_contents(ctx: &Context) -> anyhow::Result<()> {
-    let api: Api<Secret> = Api::all(ctx.client.clone());
+async fn list_contents(client: &Client, index: &Index) -> anyhow::Result<()> {
+    let api: Api<Secret> = Api::all(client.clone());
     let mut params = ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")).limit(500);
     loop {
         let page = list_with_retries(&api, &params).await?;
@@ -313,7 +361,7 @@ async fn list_contents(ctx: &Context) -> anyhow::Result<()> {
             let data = secret.data.as_ref().and_then(|d| d.get(plan::DATA_KEY));
             if let Some(data) = data.filter(|_| secret.type_.as_deref() == Some(plan::SECRET_TYPE)) {
                 let rv = secret.metadata.resource_version.as_deref();
-                ctx.index.ledger.secret_listed(key, rv, plan::data_digest(&data.0));
+                index.ledger.secret_listed(key, rv, plan::data_digest(&data.0));
             }
         }
         match page.metadata.continue_.filter(|c| !c.is_empty()) {

@@ -39,11 +39,17 @@ pub struct DesiredSecret {
 
 impl DesiredSecret {
     pub fn new(spec: &CredentialSpec, owner: &str, minted: &Minted) -> Self {
+        Self::with_data(spec, owner, dockerconfigjson(&minted.auths), &[])
+    }
+
+    /// The Secret holding `data` (a rendered `.dockerconfigjson`), with
+    /// `extra` annotations besides the spec's and the owner.
+    pub fn with_data(spec: &CredentialSpec, owner: &str, data: Vec<u8>, extra: &[(&str, &str)]) -> Self {
         let mut labels = spec.secret.labels.clone().unwrap_or_default();
         labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
         let mut annotations = spec.secret.annotations.clone().unwrap_or_default();
         annotations.insert(OWNER_ANNOTATION.into(), owner.into());
-        let data = dockerconfigjson(&minted.auths);
+        annotations.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let mut h = Sha256::new();
         h.update(&data);
         for (k, v) in labels.iter().chain(annotations.iter()) {
@@ -63,6 +69,11 @@ impl DesiredSecret {
         let subset =
             |want: &BTreeMap<String, String>, have: &Pairs| want.iter().all(|(k, v)| have.get(k) == Some(v.as_str()));
         subset(&self.labels, &s.labels) && subset(&self.annotations, &s.annotations)
+    }
+
+    /// The rendered `.dockerconfigjson`.
+    pub fn data(&self) -> &[u8] {
+        &self.data
     }
 
     /// The JSON merge patch of a [`WriteKind::Data`] write: the data only.
@@ -191,6 +202,18 @@ pub fn plan_deletion<K: CredentialKind>(index: &Index, obj: &K) -> Plan {
         DeletionPolicy::Delete => Plan { removals: removals(index, &obj.owner_key(), |_, _| false), ..Plan::default() },
         DeletionPolicy::Orphan => Plan::default(),
     }
+}
+
+/// Secrets `owner` wrote in a spoke, now that its credential is gone, that
+/// were written with `deletionPolicy: Delete` (the annotation `annotation`
+/// says so); those written with `Orphan` stay.
+pub fn orphan_removals(index: &Index, owner: &str, annotation: &str) -> Vec<Removal> {
+    let orphaned: std::collections::HashSet<(String, String)> = index.managed.with_all(|all| {
+        all.filter(|(_, _, s)| s.owner() == Some(owner) && s.annotations.get(annotation) != Some("Delete"))
+            .map(|(ns, name, _)| (ns.to_string(), name.to_string()))
+            .collect()
+    });
+    removals(index, owner, |ns, name| orphaned.contains(&(ns.to_string(), name.to_string())))
 }
 
 fn secret_step(index: &Index, owner: &str, desired: &DesiredSecret, namespace: &str) -> Step {

@@ -15,12 +15,18 @@ use super::admission;
 use super::mint::{self, Credential, backoff};
 use super::plan::{self, DesiredSecret};
 use super::report::{self, Reconciled, Verdict, credential_labels};
-use super::{Context, CredentialKind, FINALIZER, act, recovery};
+use super::{Context, CredentialKind, FINALIZER, act, fleet, recovery};
 use crate::admission::Injection;
+use crate::api::ClusterRegistryCredential;
 use crate::api::DeletionPolicy;
 use crate::metrics::ReasonLabels;
 use crate::schedule;
+use crate::targets::selects_spokes;
 use crate::{Error, Result, reasons};
+use k8s_openapi::jiff::SignedDuration;
+use kube::Resource;
+use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::runtime::reflector::ObjectRef;
 
 /// Reconciles a credential (both kinds), behind the cleanup finalizer, and
 /// counts how it ended: the one place failures are counted.
@@ -119,7 +125,11 @@ async fn apply<K: CredentialKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Reco
     // Act: the writes, a bounded number at once; then recovery of Pods
     // that missed the Secret (which leaves alone Pods that admission-time
     // injection serves).
-    let done = act::act(&ctx, &owner, desired, plan).await;
+    let done = act::act(&ctx.local, &owner, desired.clone(), plan).await;
+    // The fleet's clusters get what was minted through the carrier Secret.
+    if let (Some(c), Some(ns)) = (obj.as_cluster(), ctx.settings.cluster_resource_namespace.as_deref()) {
+        fleet::publish_carrier(&ctx.client, &ctx.index, ns, c, desired.as_deref()).await?;
+    }
     let injection = admission::state(&*obj, &ctx);
     if let (true, Ok(c)) = (spec.recovery_enabled(), &minted) {
         start_recovery(&*obj, &ctx, c, &done.created_in, &injection);
@@ -153,15 +163,70 @@ fn start_recovery<K: CredentialKind>(
     }
 }
 
+/// Waits, at most `fleet_cleanup_timeout` after the deletion, until every
+/// shard of the fleet reports that its clusters hold no Secret of the
+/// credential (`deletionPolicy: Delete`); past that, tells in an Event which
+/// clusters still do (they are cleaned up when they come back) and lets the
+/// deletion go on.
+async fn wait_for_fleet(obj: &ClusterRegistryCredential, ctx: &Context) {
+    if !selects_spokes(obj.spec.clusters.as_ref()) || obj.spec.credential.deletion_policy != DeletionPolicy::Delete {
+        return;
+    }
+    let deleted_at = obj.metadata.deletion_timestamp.as_ref().map(|t| t.0).unwrap_or_else(Timestamp::now);
+    let timeout =
+        SignedDuration::try_from(ctx.settings.fleet_cleanup_timeout).unwrap_or(SignedDuration::from_secs(120));
+    let deadline = deleted_at.checked_add(timeout).unwrap_or(deleted_at);
+    let reference = ObjectRef::from_obj(obj);
+    loop {
+        let Some(current) = ctx.index.credentials.cluster.get(&reference) else { return };
+        let shards = current.status.as_ref().and_then(|s| s.clusters.clone()).unwrap_or_default();
+        if shards.values().all(|s| s.cleanup_pending == Some(0)) {
+            return;
+        }
+        if Timestamp::now() >= deadline {
+            let pending: i32 = shards.values().map(|s| s.cleanup_pending.unwrap_or(s.desired)).sum();
+            let mut named: Vec<String> = shards
+                .values()
+                .flat_map(|s| s.failed.iter().map(|f| format!("{} ({})", f.cluster, f.reason)))
+                .collect();
+            named.sort();
+            let note = format!(
+                "stopped waiting after {}s for {pending} clusters to remove this credential's Secrets: {}; they are removed when those clusters are served again",
+                ctx.settings.fleet_cleanup_timeout.as_secs(),
+                if named.is_empty() { "no shard reported them".to_string() } else { named.join(", ") }
+            );
+            tracing::warn!("{note}");
+            let event = KubeEvent {
+                type_: EventType::Warning,
+                reason: reasons::FLEET_CLEANUP_INCOMPLETE.into(),
+                note: Some(note.chars().take(1000).collect()),
+                action: "Cleanup".into(),
+                secondary: None,
+            };
+            if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+                tracing::warn!(error = %e, "publishing an Event failed");
+            }
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
 /// The finalizer's path: with `deletionPolicy: Delete` the written
 /// Secrets (and their ServiceAccount entries) and what the provider created
 /// outside the cluster go. (Injection needs nothing removed: the chart's
 /// binding passes only existing credentials to the policy.)
 async fn cleanup<K: CredentialKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action> {
     let owner = obj.owner_key();
+    if let Some(c) = obj.as_cluster() {
+        wait_for_fleet(c, &ctx).await;
+        if let Some(ns) = ctx.settings.cluster_resource_namespace.as_deref() {
+            fleet::publish_carrier(&ctx.client, &ctx.index, ns, c, None).await?;
+        }
+    }
     let plan = plan::plan_deletion(&ctx.index, &*obj);
     if obj.credential().deletion_policy == DeletionPolicy::Delete {
-        let removed = act::remove_secrets(&ctx, plan.removals).await;
+        let removed = act::remove_secrets(&ctx.local, plan.removals).await;
         if let Some((_, Err(message))) = removed.iter().find(|(_, r)| r.is_err()) {
             return Err(Error::Cleanup { reason: reasons::WRITE_FAILED, message: message.clone() });
         }

@@ -84,7 +84,10 @@ pub async fn report<K: CredentialKind>(
             tracing::warn!(error = %e, "publishing an Event failed");
         }
     }
-    if previous != Some(&new_status) {
+    // `clusters` belongs to the fleet's shards: it is neither compared nor
+    // written here (a merge patch leaves what it does not name).
+    let unchanged = previous.is_some_and(|p| CredentialStatus { clusters: None, ..p.clone() } == new_status);
+    if !unchanged {
         let api = obj.api(ctx.client.clone());
         let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
         let patched =

@@ -97,6 +97,8 @@ pub fn build(
             summary: Some(format!("{synced}/{desired}")),
             failed,
         }),
+        // Written by the fleet's shards, each its own entry; never here.
+        clusters: None,
     }
 }
 
