@@ -12,106 +12,35 @@ use std::time::Duration;
 
 use common::*;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::config::Kubeconfig;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use regcred::api::ClusterRegistryCredential;
-use regcred_testenv::{ControlPlane, Options};
+use regcred_testenv::ControlPlane;
+use regcred_testenv::fleet::{self, HUB_SA, SPOKE_NS};
 use serde_json::{Value, json};
 
 const REGISTRY: &str = "fleet.registry.example";
-const SPOKE_NS: &str = "regcred-spoke";
-const HUB_SA: &str = "regcred-hub";
 const CREDENTIAL: &str = "fleet";
 const PULL: &str = "fleet-pull";
 /// How long the finalizer waits for unreachable clusters (the operator's
 /// env below).
 const CLEANUP_TIMEOUT_SECONDS: u64 = 15;
 
-/// A spoke control plane, without regcred's CRDs (spokes need none).
 fn start_spoke() -> ControlPlane {
-    ControlPlane::start(Options { crd_dir: None, ..Options::default() }).unwrap_or_else(|e| panic!("{e:#}"))
+    fleet::start_spoke().unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-/// The hub's identity in a spoke: a ServiceAccount with only what regcred
-/// does there. Returns a kubeconfig for it.
 async fn hub_identity(spoke: &ControlPlane) -> String {
-    let client = spoke.client().await.unwrap();
-    create_or_keep(
-        &Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone()),
-        json!({"metadata": {"name": SPOKE_NS}}),
-    )
-    .await;
-    create_or_keep(&Api::<ServiceAccount>::namespaced(client.clone(), SPOKE_NS), json!({"metadata": {"name": HUB_SA}}))
-        .await;
-    create_or_keep(
-        &Api::<ClusterRole>::all(client.clone()),
-        json!({"metadata": {"name": "regcred-spoke"}, "rules": [
-            {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
-            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["list", "watch", "create", "patch", "delete"]},
-            {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get", "list", "watch", "patch"]}
-        ]}),
-    )
-    .await;
-    create_or_keep(
-        &Api::<ClusterRoleBinding>::all(client.clone()),
-        json!({"metadata": {"name": "regcred-spoke"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "regcred-spoke"},
-            "subjects": [{"kind": "ServiceAccount", "name": HUB_SA, "namespace": SPOKE_NS}]}),
-    )
-    .await;
-    let kubeconfig = spoke.service_account_kubeconfig(SPOKE_NS, HUB_SA).await.unwrap();
-    let token = Kubeconfig::from_yaml(&kubeconfig).unwrap().auth_infos[0].auth_info.as_ref().unwrap().token.clone();
-    use secrecy::ExposeSecret;
-    regcred_testenv::operator::record_secret(token.unwrap().expose_secret());
-    kubeconfig
+    fleet::hub_identity(spoke).await.unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-async fn create_or_keep<K>(api: &Api<K>, obj: Value)
-where
-    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + serde::Serialize,
-{
-    let obj: K = serde_json::from_value(obj).unwrap();
-    match api.create(&PostParams::default(), &obj).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 409 => {}
-        Err(e) => panic!("creating {}: {e}", obj.name_any()),
-    }
-}
-
-/// Cluster API's format: `<cluster>-kubeconfig`, key `value`.
 async fn register_capi(hub: &Client, cluster: &str, kubeconfig: &str, labels: Value) {
-    let mut all = json!({"cluster.x-k8s.io/cluster-name": cluster});
-    all.as_object_mut().unwrap().extend(labels.as_object().unwrap().clone());
-    let s = json!({"metadata": {"name": format!("{cluster}-kubeconfig"), "namespace": CLUSTER_NS, "labels": all},
-        "type": "cluster.x-k8s.io/secret", "stringData": {"value": kubeconfig}});
-    apply_secret(hub, s).await;
+    fleet::apply_secret(hub, &fleet::capi_secret(CLUSTER_NS, cluster, kubeconfig, &labels)).await.unwrap();
 }
 
-/// Argo CD's format: keys name, server, config (bearerToken, caData).
 async fn register_argo(hub: &Client, cluster: &str, kubeconfig: &str, labels: Value) {
-    let kc = Kubeconfig::from_yaml(kubeconfig).unwrap();
-    let c = kc.clusters[0].cluster.as_ref().unwrap();
-    use secrecy::ExposeSecret;
-    let token = kc.auth_infos[0].auth_info.as_ref().unwrap().token.as_ref().unwrap().expose_secret().to_string();
-    let config =
-        json!({"bearerToken": token, "tlsClientConfig": {"insecure": false, "caData": c.certificate_authority_data}});
-    let mut all = json!({"argocd.argoproj.io/secret-type": "cluster"});
-    all.as_object_mut().unwrap().extend(labels.as_object().unwrap().clone());
-    let s = json!({"metadata": {"name": format!("cluster-{cluster}"), "namespace": CLUSTER_NS, "labels": all},
-        "stringData": {"name": cluster, "server": c.server, "config": config.to_string()}});
-    apply_secret(hub, s).await;
-}
-
-async fn apply_secret(hub: &Client, mut s: Value) {
-    s["apiVersion"] = json!("v1");
-    s["kind"] = json!("Secret");
-    let name = s["metadata"]["name"].as_str().unwrap().to_string();
-    Api::<Secret>::namespaced(hub.clone(), CLUSTER_NS)
-        .patch(&name, &PatchParams::apply("regcred-test").force(), &Patch::Apply(&s))
-        .await
-        .expect("write kubeconfig Secret");
+    let secret = fleet::argo_secret(CLUSTER_NS, cluster, kubeconfig, &labels).unwrap();
+    fleet::apply_secret(hub, &secret).await.unwrap();
 }
 
 async fn label_secret(hub: &Client, name: &str, labels: Value) {

@@ -29,6 +29,7 @@
 pub mod acr_standin;
 pub mod aws;
 pub mod chart;
+pub mod fleet;
 pub mod google_standin;
 pub mod guardrails;
 pub mod harbor_standin;
