@@ -26,6 +26,11 @@ pub const REGISTRY_CREDENTIAL_POLICY: &str = "inject-pull-secret.registrycredent
 /// The chart's policy for ClusterRegistryCredentials.
 pub const CLUSTER_REGISTRY_CREDENTIAL_POLICY: &str = "inject-pull-secret.clusterregistrycredentials.regcred.dev";
 /// Plural of the binding resource.
+/// The policy (and its binding) the chart installs in a spoke of a fleet,
+/// whose parameters are ConfigMaps the hub writes.
+pub const FLEET_POLICY: &str = "inject-pull-secret.fleet.regcred.dev";
+/// Label of those ConfigMaps (value `true`).
+pub const FLEET_PARAMS_LABEL: &str = "regcred.dev/injection";
 pub const BINDINGS: &str = "mutatingadmissionpolicybindings";
 /// Plural of the policy resource.
 pub const POLICIES: &str = "mutatingadmissionpolicies";

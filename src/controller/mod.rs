@@ -117,8 +117,8 @@ pub struct Context {
     /// The MutatingAdmissionPolicy API: what the cluster serves, and the
     /// bindings and policies in place.
     admission: admission::Admission,
-    /// The rate limit of Pod recovery.
-    recovery: recovery::Recovery,
+    /// Pod recovery in the local cluster.
+    recovery: Arc<recovery::Site>,
 }
 
 /// Runs a watch into the index and turns its events into [`Related`] changes.
@@ -163,6 +163,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
     let index = Arc::new(Index::new(credentials, settings.cluster_resource_namespace.clone()));
 
     let related = related_watches(&client, &index, None);
+    let local_index = index.clone();
     let admission = admission::discover(&client).await;
     let admission_watches = admission::watches(&client, &admission);
 
@@ -171,7 +172,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
         client: client.clone(),
         settings: settings.clone(),
         metrics: metrics.clone(),
-        recorder: Recorder::new(client.clone(), reporter),
+        recorder: Recorder::new(client.clone(), reporter.clone()),
         local: Arc::new(cluster::Cluster::new(
             client.clone(),
             index.clone(),
@@ -182,7 +183,14 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
         memory: mint::Memory::default(),
         wake: Wake { namespaced: rtx, cluster: ctx_tx },
         admission,
-        recovery: recovery::Recovery::default(),
+        recovery: Arc::new(recovery::Site {
+            client: client.clone(),
+            index: local_index,
+            limits: recovery::Recovery::default(),
+            metrics: metrics.clone(),
+            pod_events: Recorder::new(client.clone(), reporter.clone()),
+            credential_events: Recorder::new(client.clone(), reporter),
+        }),
     });
     route_changes(&ctx, related, admission_watches);
 

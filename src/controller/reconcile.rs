@@ -159,7 +159,7 @@ fn start_recovery<K: CredentialKind>(
             registries: credential.minted.auths.iter().map(|a| a.registry.clone()).collect(),
             injection: matches!(injection, Injection::Active { .. }),
         };
-        recovery::start(ctx.clone(), job);
+        recovery::start(ctx.recovery.clone(), job);
     }
 }
 

@@ -19,9 +19,12 @@ use kube::api::{Api, DeleteParams, ListParams, Preconditions};
 use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::{Resource, ResourceExt};
 
-use super::Context;
+use kube::Client;
+use kube::runtime::events::Recorder;
+
+use super::index::Index;
 use crate::api::ServiceAccountSelector;
-use crate::metrics::CredentialLabels;
+use crate::metrics::{CredentialLabels, Metrics};
 use crate::reasons;
 use crate::recovery::{Bucket, Credential, PodFacts, Verdict, decide};
 
@@ -64,6 +67,19 @@ impl Recovery {
     }
 }
 
+/// Where recovery runs: the cluster holding the Pods (the local one or a
+/// spoke of the fleet), its index and limits, and where Events go.
+pub struct Site {
+    pub client: Client,
+    pub index: Arc<Index>,
+    pub limits: Recovery,
+    pub metrics: Arc<Metrics>,
+    /// Events about a Pod, in the Pod's cluster.
+    pub pod_events: Recorder,
+    /// Events about the credential, in the cluster regcred runs in.
+    pub credential_events: Recorder,
+}
+
 /// One namespace to look at for one credential.
 pub struct Job {
     pub reference: ObjectReference,
@@ -77,11 +93,11 @@ pub struct Job {
 }
 
 /// Looks at the namespace's Pods in the background.
-pub fn start(ctx: Arc<Context>, job: Job) {
+pub fn start(ctx: Arc<Site>, job: Job) {
     tokio::spawn(async move {
         tokio::time::sleep(FIRST_LOOK).await;
         let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &job.namespace);
-        let permit = ctx.recovery.readers.acquire().await.expect("never closed");
+        let permit = ctx.limits.readers.acquire().await.expect("never closed");
         let listed = api.list(&ListParams::default()).await;
         drop(permit);
         let pods = match listed {
@@ -114,7 +130,7 @@ pub fn start(ctx: Arc<Context>, job: Job) {
 
 /// Decides about each Pod, recovers those to recover, and returns the
 /// names of those to look at again.
-async fn handle(ctx: &Context, job: &Job, api: &Api<Pod>, pods: Vec<Pod>) -> Vec<String> {
+async fn handle(ctx: &Site, job: &Job, api: &Api<Pod>, pods: Vec<Pod>) -> Vec<String> {
     let mut undecided = Vec::new();
     for pod in pods {
         let facts = PodFacts::of(&pod);
@@ -142,8 +158,8 @@ async fn handle(ctx: &Context, job: &Job, api: &Api<Pod>, pods: Vec<Pod>) -> Vec
     undecided
 }
 
-async fn recover(ctx: &Context, job: &Job, api: &Api<Pod>, pod: &Pod, image: &str) {
-    ctx.recovery.wait_turn().await;
+async fn recover(ctx: &Site, job: &Job, api: &Api<Pod>, pod: &Pod, image: &str) {
+    ctx.limits.wait_turn().await;
     let name = pod.name_any();
     let owner =
         pod.owner_references().iter().find(|o| o.controller == Some(true)).map(|o| format!("{} {}", o.kind, o.name));
@@ -175,7 +191,11 @@ async fn recover(ctx: &Context, job: &Job, api: &Api<Pod>, pod: &Pod, image: &st
         "Pod {}/{name} missed Secret {secret} and could not pull {image}; deleted so that {owner} recreates it",
         job.namespace
     );
-    for (note, reference) in [(on_pod, pod.object_ref(&())), (on_credential, job.reference.clone())] {
+    let targets = [
+        (on_pod, pod.object_ref(&()), &ctx.pod_events),
+        (on_credential, job.reference.clone(), &ctx.credential_events),
+    ];
+    for (note, reference, recorder) in targets {
         let event = KubeEvent {
             type_: EventType::Normal,
             reason: reasons::POD_RECOVERED.into(),
@@ -183,7 +203,7 @@ async fn recover(ctx: &Context, job: &Job, api: &Api<Pod>, pod: &Pod, image: &st
             action: "Recover".into(),
             secondary: None,
         };
-        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+        if let Err(e) = recorder.publish(&event, &reference).await {
             tracing::warn!(error = %e, "publishing an Event failed");
         }
     }

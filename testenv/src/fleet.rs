@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result, anyhow};
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::config::Kubeconfig;
 use kube::{Client, ResourceExt};
@@ -28,8 +28,48 @@ pub fn spoke_rules() -> Value {
     json!([
         {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["list", "watch", "create", "patch", "delete"]},
-        {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get", "list", "watch", "patch"]}
+        {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get", "list", "watch", "patch"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "delete"]},
+        {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+        {"apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingadmissionpolicybindings"],
+         "resourceNames": ["inject-pull-secret.fleet.regcred.dev"], "verbs": ["get"]}
     ])
+}
+
+/// The rules of the hub's Role in the spoke's regcred namespace: the
+/// injection parameters (ConfigMaps) it writes there.
+pub fn spoke_namespace_rules() -> Value {
+    json!([{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "patch", "delete"]}])
+}
+
+/// Installs the spoke's injection policy and its binding (the chart's
+/// spoke mode installs the same files), with parameters in [`SPOKE_NS`].
+pub async fn install_injection(spoke: &ControlPlane) -> Result<()> {
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+    use serde::Deserialize as _;
+    let version = crate::version::k8s()
+        .admission_api()
+        .ok_or_else(|| anyhow!("this Kubernetes release serves no MutatingAdmissionPolicy API"))?;
+    let client = spoke.client().await?;
+    let dir = crate::repo_root().join("charts/regcred/files/fleet-injection");
+    for file in ["policy.yaml", "binding.yaml"] {
+        let text = std::fs::read_to_string(dir.join(file))?.replace("REGCRED_NAMESPACE", SPOKE_NS);
+        let value = serde_yaml::Value::deserialize(serde_yaml::Deserializer::from_str(&text))?;
+        let mut obj: DynamicObject = serde_yaml::from_value(value)?;
+        let types = obj.types.as_mut().ok_or_else(|| anyhow!("{file}: no kind"))?;
+        types.api_version = format!("admissionregistration.k8s.io/{version}");
+        let plural = match types.kind.as_str() {
+            "MutatingAdmissionPolicy" => "mutatingadmissionpolicies",
+            _ => "mutatingadmissionpolicybindings",
+        };
+        let gvk = GroupVersionKind::gvk("admissionregistration.k8s.io", version, &types.kind);
+        let api = Api::<DynamicObject>::all_with(client.clone(), &ApiResource::from_gvk_with_plural(&gvk, plural));
+        let name = obj.metadata.name.clone().unwrap_or_default();
+        api.patch(&name, &PatchParams::apply("regcred-test").force(), &Patch::Apply(&obj))
+            .await
+            .with_context(|| format!("applying {file}"))?;
+    }
+    Ok(())
 }
 
 /// Creates (or keeps) the hub's ServiceAccount, ClusterRole and binding in
@@ -48,6 +88,18 @@ pub async fn hub_identity(spoke: &ControlPlane) -> Result<String> {
         &Api::<ClusterRoleBinding>::all(client.clone()),
         json!({"metadata": {"name": "regcred-spoke"},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "regcred-spoke"},
+            "subjects": [{"kind": "ServiceAccount", "name": HUB_SA, "namespace": SPOKE_NS}]}),
+    )
+    .await?;
+    create_or_keep(
+        &Api::<Role>::namespaced(client.clone(), SPOKE_NS),
+        json!({"metadata": {"name": "regcred-spoke"}, "rules": spoke_namespace_rules()}),
+    )
+    .await?;
+    create_or_keep(
+        &Api::<RoleBinding>::namespaced(client.clone(), SPOKE_NS),
+        json!({"metadata": {"name": "regcred-spoke"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "regcred-spoke"},
             "subjects": [{"kind": "ServiceAccount", "name": HUB_SA, "namespace": SPOKE_NS}]}),
     )
     .await?;

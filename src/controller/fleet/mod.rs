@@ -82,6 +82,17 @@ pub fn carrier_name(credential: &str) -> String {
     format!("{}-{hash}", &name[..253 - 17])
 }
 
+/// The injection parameters (a ConfigMap in a spoke) of a credential:
+/// `regcred-inject-<name>`, shortened with a hash when too long.
+pub fn params_name(credential: &str) -> String {
+    let name = format!("regcred-inject-{credential}");
+    if name.len() <= 253 {
+        return name;
+    }
+    let hash: String = Sha256::digest(credential.as_bytes())[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}-{hash}", &name[..253 - 17])
+}
+
 /// The shard of a cluster: a stable hash of its name.
 pub fn shard_of(cluster: &str, shards: u32) -> u32 {
     let d = Sha256::digest(cluster.as_bytes());

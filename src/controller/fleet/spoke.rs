@@ -16,11 +16,18 @@ use tokio::task::AbortHandle;
 use super::super::cluster::{Cluster, Waker};
 use super::super::index::{CredentialRef, Index, SpokeIdentity};
 use super::super::plan::{self, DesiredSecret};
-use super::super::{Observer, accounts, act, list_contents, related_watches};
+use super::super::{
+    FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL, OWNER_ANNOTATION, Observer, accounts, act, list_contents, recovery,
+    related_watches,
+};
 use super::{DELETION_POLICY_ANNOTATION, Fleet, policy_name};
-use crate::api::DeletionPolicy;
-use crate::metrics::{ClusterLabels, ClusterReasonLabels};
+use crate::api::{ClusterRegistryCredential, DeletionPolicy};
+use crate::metrics::{ClusterLabels, ClusterReasonLabels, CredentialLabels};
 use crate::reasons;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::{Resource, ResourceExt};
 
 const OWNER_PREFIX: &str = "ClusterRegistryCredential/";
 
@@ -60,6 +67,14 @@ pub(super) struct Spoke {
     jobs: UnboundedSender<Job>,
     jobs_rx: Mutex<Option<UnboundedReceiver<Job>>>,
     cluster: Mutex<Option<Arc<Cluster>>>,
+    /// Pod recovery in this cluster.
+    recovery: Mutex<Option<Arc<recovery::Site>>>,
+    /// Where the cluster's injection binding takes its parameters (`None`:
+    /// no binding, or no MutatingAdmissionPolicy API), and when that was
+    /// last looked up.
+    injection: tokio::sync::Mutex<(Option<String>, Option<std::time::Instant>)>,
+    /// Digests of the injection parameters written, by credential.
+    injected: Mutex<HashMap<String, [u8; 32]>>,
     health: Mutex<Health>,
     outcomes: Mutex<HashMap<String, Outcome>>,
     retries: Mutex<HashMap<String, u32>>,
@@ -85,6 +100,9 @@ impl Spoke {
             jobs,
             jobs_rx: Mutex::new(Some(jobs_rx)),
             cluster: Mutex::default(),
+            recovery: Mutex::default(),
+            injection: tokio::sync::Mutex::new((None, None)),
+            injected: Mutex::default(),
             health: Mutex::default(),
             outcomes: Mutex::default(),
             retries: Mutex::default(),
@@ -217,6 +235,15 @@ impl Spoke {
         let cluster =
             Arc::new(Cluster::new(client.clone(), index.clone(), self.fleet.settings.write_concurrency, wake));
         *self.cluster.lock() = Some(cluster.clone());
+        let reporter = Reporter { controller: "regcred".into(), instance: Some(self.fleet.settings.identity.clone()) };
+        *self.recovery.lock() = Some(Arc::new(recovery::Site {
+            client: client.clone(),
+            index: index.clone(),
+            limits: recovery::Recovery::default(),
+            metrics: self.fleet.metrics.clone(),
+            pod_events: Recorder::new(client.clone(), reporter),
+            credential_events: self.fleet.recorder.clone(),
+        }));
         let me = Arc::downgrade(&self);
         let observe: Observer = Arc::new(move |seen| {
             if let Some(s) = me.upgrade() {
@@ -300,6 +327,7 @@ impl Spoke {
         let outcome = match self.fleet.credential(name) {
             // Gone (deleted while this cluster was away, or just now).
             None => {
+                self.sync_injection(cluster, name, None).await;
                 let removals = plan::orphan_removals(&cluster.index, &owner, DELETION_POLICY_ANNOTATION);
                 let failed = self.remove(cluster, name, removals).await;
                 failed.map(|m| Outcome {
@@ -313,6 +341,7 @@ impl Spoke {
                 let policy = obj.spec.credential.deletion_policy;
                 if deleting || !cluster.index.selected_by(obj.spec.clusters.as_ref()) {
                     // Deleted, or this cluster left the selection.
+                    self.sync_injection(cluster, name, None).await;
                     let mut failed = None;
                     if policy == DeletionPolicy::Delete {
                         let removals = plan::plan_deletion(&cluster.index, &*obj).removals;
@@ -331,7 +360,12 @@ impl Spoke {
                     let plan = plan::plan(&cluster.index, &*obj, desired.as_deref());
                     let targets = plan.targets.len();
                     let published = desired.is_some();
+                    let registries = desired.as_ref().map(|d| registries_in(d.data())).unwrap_or_default();
                     let report = act::act(cluster, &owner, desired, plan).await;
+                    let injecting = self.sync_injection(cluster, name, Some((&obj, &report.synced))).await;
+                    if obj.spec.credential.recovery_enabled() && published {
+                        self.start_recovery(&obj, &report.created_in, registries, injecting);
+                    }
                     if report.retry {
                         self.retry_later(name);
                     } else {
@@ -351,6 +385,141 @@ impl Spoke {
             Some(o) => outcomes.insert(name.to_string(), o),
             None => outcomes.remove(name),
         };
+    }
+
+    /// Hands the namespaces where the Secret was just created to Pod
+    /// recovery in this cluster.
+    fn start_recovery(
+        &self,
+        obj: &ClusterRegistryCredential,
+        namespaces: &[String],
+        registries: Vec<String>,
+        injection: bool,
+    ) {
+        let Some(site) = self.recovery.lock().clone() else { return };
+        for namespace in namespaces {
+            let job = recovery::Job {
+                reference: obj.object_ref(&()),
+                labels: CredentialLabels {
+                    kind: "ClusterRegistryCredential".into(),
+                    namespace: String::new(),
+                    name: obj.name_any(),
+                },
+                namespace: namespace.clone(),
+                secret: obj.spec.credential.secret.name.clone(),
+                service_accounts: obj.spec.credential.service_accounts.clone(),
+                registries: registries.clone(),
+                injection,
+            };
+            recovery::start(site.clone(), job);
+        }
+    }
+
+    /// The namespace of the cluster's injection binding, looked up again
+    /// at most once a minute (the chart may be installed later).
+    async fn injection_namespace(&self, client: &kube::Client) -> Option<String> {
+        let mut cached = self.injection.lock().await;
+        if cached.1.is_some_and(|at| at.elapsed() < Duration::from_secs(60)) {
+            return cached.0.clone();
+        }
+        let mut found = None;
+        for version in crate::admission::VERSIONS {
+            let gvk =
+                GroupVersionKind::gvk(crate::admission::ADMISSION_GROUP, version, "MutatingAdmissionPolicyBinding");
+            let resource = ApiResource::from_gvk_with_plural(&gvk, crate::admission::BINDINGS);
+            let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
+            if let Ok(Some(binding)) = api.get_opt(crate::admission::FLEET_POLICY).await {
+                found = binding.data["spec"]["paramRef"]["namespace"].as_str().map(String::from);
+                break;
+            }
+        }
+        if found != cached.0 {
+            tracing::info!(cluster = %self.name, namespace = ?found, "the cluster's injection binding");
+        }
+        *cached = (found.clone(), Some(std::time::Instant::now()));
+        found
+    }
+
+    /// Writes, or removes, the injection parameters of a credential in this
+    /// cluster: `want` is the credential and the namespaces holding its
+    /// Secret, `None` when it injects nothing here. Returns whether
+    /// injection is in effect for it.
+    async fn sync_injection(
+        &self,
+        cluster: &Arc<Cluster>,
+        credential: &str,
+        want: Option<(&ClusterRegistryCredential, &BTreeSet<String>)>,
+    ) -> bool {
+        let want = want.filter(|(obj, _)| obj.spec.credential.injection_enabled());
+        let known = self.injected.lock().contains_key(credential);
+        if want.is_none() && !known && self.injection.lock().await.0.is_none() {
+            return false;
+        }
+        let Some(namespace) = self.injection_namespace(&cluster.client).await else { return false };
+        let data = want.map(|(obj, synced)| injection_params(obj, synced));
+        let digest = data.as_ref().map(digest_of).unwrap_or([0; 32]);
+        if self.injected.lock().get(credential) == Some(&digest) {
+            return data.is_some();
+        }
+        let api: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), &namespace);
+        let name = super::params_name(credential);
+        // Not written by this process yet: it may be in place already.
+        if !known {
+            match api.get_opt(&name).await {
+                Ok(current) => {
+                    let current = current.and_then(|c| c.data).map(|d| digest_of(&d)).unwrap_or([0; 32]);
+                    if current == digest {
+                        self.injected.lock().insert(credential.to_string(), digest);
+                        return data.is_some();
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(cluster = %self.name, error = %e, "reading injection parameters failed");
+                    return false;
+                }
+            }
+        }
+        let result = match &data {
+            Some(data) => {
+                let params = ConfigMap {
+                    metadata: kube::api::ObjectMeta {
+                        name: Some(name.clone()),
+                        namespace: Some(namespace.clone()),
+                        labels: Some(BTreeMap::from([
+                            (crate::admission::FLEET_PARAMS_LABEL.to_string(), "true".to_string()),
+                            (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
+                        ])),
+                        annotations: Some(BTreeMap::from([(
+                            OWNER_ANNOTATION.to_string(),
+                            format!("{OWNER_PREFIX}{credential}"),
+                        )])),
+                        ..Default::default()
+                    },
+                    data: Some(data.clone()),
+                    ..Default::default()
+                };
+                api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&params)).await.map(drop)
+            }
+            None => match api.delete(&name, &DeleteParams::default()).await {
+                Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+                other => other.map(drop),
+            },
+        };
+        match result {
+            Ok(()) => {
+                let mut injected = self.injected.lock();
+                if data.is_some() {
+                    injected.insert(credential.to_string(), digest);
+                } else {
+                    injected.remove(credential);
+                }
+                data.is_some()
+            }
+            Err(e) => {
+                tracing::warn!(cluster = %self.name, error = %e, "writing injection parameters failed");
+                false
+            }
+        }
     }
 
     /// Removes Secrets; on a failure, tries again later and says why.
@@ -401,6 +570,51 @@ impl Spoke {
     }
 }
 
+/// The parameters of the spoke's injection policy for a credential
+/// (charts/regcred/files/fleet-injection/policy.yaml): the Secret, the
+/// namespaces holding it, and the ServiceAccounts it is added for.
+/// ServiceAccounts selected only by labels are not covered, as in the
+/// local policy.
+pub(super) fn injection_params(obj: &ClusterRegistryCredential, synced: &BTreeSet<String>) -> BTreeMap<String, String> {
+    let spec = &obj.spec.credential;
+    let mut data = BTreeMap::from([("secret".to_string(), spec.secret.name.clone())]);
+    data.extend(synced.iter().map(|ns| (format!("ns.{ns}"), String::new())));
+    match &spec.service_accounts {
+        None => {
+            data.insert("sa.default".into(), String::new());
+        }
+        Some(sel) if sel.all == Some(true) => {
+            data.insert("all-service-accounts".into(), String::new());
+        }
+        Some(sel) => match &sel.names {
+            Some(names) => data.extend(names.iter().map(|n| (format!("sa.{n}"), String::new()))),
+            None if sel.selector.is_none() => {
+                data.insert("sa.default".into(), String::new());
+            }
+            None => {}
+        },
+    }
+    data
+}
+
+fn digest_of(data: &BTreeMap<String, String>) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for (k, v) in data {
+        h.update(k.as_bytes());
+        h.update([0]);
+        h.update(v.as_bytes());
+        h.update([0]);
+    }
+    h.finalize().into()
+}
+
+/// The registry hosts of a rendered `.dockerconfigjson`.
+fn registries_in(data: &[u8]) -> Vec<String> {
+    let parsed: serde_json::Value = serde_json::from_slice(data).unwrap_or_default();
+    parsed["auths"].as_object().map(|a| a.keys().cloned().collect()).unwrap_or_default()
+}
+
 fn holds(index: &Index, owner: &str) -> bool {
     index.managed.with_all(|all| {
         let mut matching = all.filter(|(_, _, s)| s.owner() == Some(owner));
@@ -429,4 +643,38 @@ fn classify(e: &watcher::Error) -> Option<(&'static str, String)> {
         None => reasons::CLUSTER_UNREACHABLE,
     };
     Some((reason, e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn credential(service_accounts: serde_json::Value) -> ClusterRegistryCredential {
+        let mut spec = serde_json::json!({
+            "provider": {"basic": {"registry": "r", "secretRef": {"name": "s"}}},
+            "secret": {"name": "pull"},
+            "namespaces": ["a"],
+            "injection": {"enabled": true}
+        });
+        if !service_accounts.is_null() {
+            spec["serviceAccounts"] = service_accounts;
+        }
+        ClusterRegistryCredential::new("c", serde_json::from_value(spec).unwrap())
+    }
+
+    #[test]
+    fn injection_parameters_name_the_secret_the_namespaces_holding_it_and_the_accounts() {
+        let synced = BTreeSet::from(["a".to_string(), "b".to_string()]);
+        let keys = |p: BTreeMap<String, String>| p.into_keys().collect::<Vec<_>>();
+        let p = injection_params(&credential(serde_json::Value::Null), &synced);
+        assert_eq!(p["secret"], "pull");
+        assert_eq!(keys(p), ["ns.a", "ns.b", "sa.default", "secret"]);
+        let all = injection_params(&credential(serde_json::json!({"all": true})), &synced);
+        assert!(all.contains_key("all-service-accounts") && !all.contains_key("sa.default"));
+        let named = injection_params(&credential(serde_json::json!({"names": ["builder"]})), &BTreeSet::new());
+        assert_eq!(keys(named), ["sa.builder", "secret"], "no namespace holds the Secret yet: none is injected");
+        let by_label =
+            injection_params(&credential(serde_json::json!({"selector": {"matchLabels": {"x": "y"}}})), &synced);
+        assert!(!by_label.keys().any(|k| k.starts_with("sa.")), "label-selected accounts are not covered");
+    }
 }
