@@ -690,10 +690,40 @@ pub struct CredentialReport {
     pub expires_at: Option<String>,
     pub next_refresh: Option<String>,
     pub targets: Vec<TargetReport>,
+    /// The other clusters of a fleet, as the shards report them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clusters: Option<ClustersReport>,
     /// Every target holds the Secret and every selected ServiceAccount
-    /// lists it.
+    /// lists it (in every selected cluster of a fleet).
     pub complete: bool,
     pub summary: String,
+}
+
+/// The fleet's clusters of a credential, summed over its shards.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClustersReport {
+    pub desired: i32,
+    pub synced: i32,
+    pub namespaces: i32,
+    /// `cluster: reason: message`, by cluster.
+    pub failed: Vec<String>,
+}
+
+/// The clusters report of a status, if the credential has fleet clusters.
+fn clusters_report(status: Option<&CredentialStatus>) -> Option<ClustersReport> {
+    let shards = status?.clusters.as_ref().filter(|s| !s.is_empty())?;
+    let mut r = ClustersReport::default();
+    for s in shards.values() {
+        r.desired += s.desired;
+        r.synced += s.synced;
+        r.namespaces += s.namespaces;
+        r.failed.extend(
+            s.failed.iter().map(|f| format!("{}: {}: {}", f.cluster, f.reason, f.message.as_deref().unwrap_or(""))),
+        );
+    }
+    r.failed.sort();
+    Some(r)
 }
 
 /// What the cluster holds for one credential's targets.
@@ -759,7 +789,18 @@ pub fn explain_credential(f: &CredentialFacts<'_>) -> CredentialReport {
     let bad: Vec<&TargetReport> =
         targets.iter().filter(|t| t.secret != "ok" || !t.service_accounts_missing.is_empty()).collect();
     let ready = f.status.and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
+    let clusters = clusters_report(f.status);
+    let clusters_behind = clusters.as_ref().filter(|c| c.synced < c.desired);
     let summary = match bad.first() {
+        None if let Some(c) = clusters_behind => format!(
+            "{}: {} of {} target namespace(s) here hold {secret_name}; {} of {} other cluster(s) do{}",
+            f.key,
+            targets.len(),
+            targets.len(),
+            c.synced,
+            c.desired,
+            c.failed.first().map(|x| format!("; first failing: {x}")).unwrap_or_default()
+        ),
         None => format!("{}: {} of {} target namespace(s) hold {secret_name}", f.key, targets.len(), targets.len()),
         Some(t) => format!(
             "{}: {} of {} target namespace(s) are missing something; first: {}: Secret {}{}",
@@ -783,8 +824,9 @@ pub fn explain_credential(f: &CredentialFacts<'_>) -> CredentialReport {
         registries: f.status.map(|s| s.registries.clone()).unwrap_or_default(),
         expires_at: f.status.and_then(|s| s.expires_at.as_ref()).map(|t| t.0.to_string()),
         next_refresh: f.status.and_then(|s| s.next_refresh_time.as_ref()).map(|t| t.0.to_string()),
-        complete: bad.is_empty(),
+        complete: bad.is_empty() && clusters_behind.is_none(),
         targets,
+        clusters,
         summary,
     }
 }
@@ -1062,6 +1104,50 @@ mod tests {
         assert!(!r.complete);
         assert!(r.summary.contains("4 of 4 target namespace(s) are missing something; first: a"), "{}", r.summary);
         assert_eq!(r.ready.as_deref(), Some("True Synced"));
+    }
+
+    #[test]
+    fn a_credential_says_which_clusters_of_the_fleet_lack_its_secret() {
+        let mut fleet = fleet(json!({}), "True", "2099-01-01T00:00:00Z");
+        let shard = |desired, synced, failed: serde_json::Value| {
+            serde_json::from_value::<crate::api::ShardStatus>(json!({
+                "desired": desired, "synced": synced, "namespaces": synced * 3, "failed": failed
+            }))
+            .unwrap()
+        };
+        fleet.status.as_mut().unwrap().clusters = Some(BTreeMap::from([
+            ("0".to_string(), shard(1, 1, json!([]))),
+            (
+                "5".to_string(),
+                shard(
+                    1,
+                    0,
+                    json!([{"cluster": "east", "reason": "ClusterUnreachable", "message": "connection refused"}]),
+                ),
+            ),
+        ]));
+        let secrets: BTreeMap<String, Secret> =
+            [("a".to_string(), secret("team-pull", &[REG], Some("ClusterRegistryCredential/fleet")))].into();
+        let sas: BTreeMap<String, Vec<ServiceAccount>> =
+            [("a".to_string(), vec![account("default", &["team-pull"])])].into();
+        let facts = CredentialFacts {
+            key: "ClusterRegistryCredential/fleet".into(),
+            spec: &fleet.spec.credential,
+            status: fleet.status.as_ref(),
+            targets: vec!["a".into()],
+            secrets: &secrets,
+            service_accounts: &sas,
+        };
+        let r = explain_credential(&facts);
+        let c = r.clusters.as_ref().expect("a fleet report");
+        assert_eq!((c.desired, c.synced, c.namespaces), (2, 1, 3));
+        assert_eq!(c.failed, ["east: ClusterUnreachable: connection refused"]);
+        assert!(!r.complete, "a cluster of the fleet lacks the Secret");
+        assert!(r.summary.contains("1 of 2 other cluster(s) do; first failing: east"), "{}", r.summary);
+        let mut no_fleet = fleet.status.clone().unwrap();
+        no_fleet.clusters = None;
+        let facts = CredentialFacts { status: Some(&no_fleet), ..facts };
+        assert!(explain_credential(&facts).complete, "no fleet: the local targets decide");
     }
 
     #[test]

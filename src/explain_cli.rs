@@ -329,6 +329,15 @@ pub fn credential_text(r: &CredentialReport) -> String {
             t.namespace, t.secret
         ));
     }
+    if let Some(c) = &r.clusters {
+        out.push_str(&format!(
+            "  other clusters: {} of {} hold it ({} namespaces)\n",
+            c.synced, c.desired, c.namespaces
+        ));
+        for f in &c.failed {
+            out.push_str(&format!("    {f}\n"));
+        }
+    }
     out.push_str(&format!("Verdict: {}\n", r.summary));
     out
 }

@@ -130,6 +130,26 @@ async fn one_mint_reaches_every_cluster_and_a_spoke_in_trouble_stays_its_own_pro
     create_namespace(&b, "team-3", &[("fleet", "yes")]).await;
     wait_for_login(&b, "team-3", PULL, REGISTRY, "fleet", "fleet-password-1").await;
 
+    // Spoke A hangs (its apiserver stopped with SIGSTOP: connections are
+    // accepted and never answered): a rotation still reaches the hub and
+    // spoke B at once, and A once it answers again.
+    let pid = spoke_a.pid("kube-apiserver").expect("the spoke's apiserver");
+    let signal = |sig: &str| {
+        assert!(std::process::Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success());
+    };
+    signal("-STOP");
+    put_login(&hub, CLUSTER_NS, "fleet-login", "fleet", "fleet-password-1b").await;
+    let rotated = std::time::Instant::now();
+    wait_for_login(&hub, "hub-1", PULL, REGISTRY, "fleet", "fleet-password-1b").await;
+    for ns in ["team-1", "team-2", "team-3"] {
+        wait_for_login(&b, ns, PULL, REGISTRY, "fleet", "fleet-password-1b").await;
+    }
+    println!("with spoke A hanging, the rotation reached the hub and spoke B in {:?}", rotated.elapsed());
+    signal("-CONT");
+    for ns in ["team-1", "team-2"] {
+        wait_for_login(&a, ns, PULL, REGISTRY, "fleet", "fleet-password-1b").await;
+    }
+
     // Spoke B stops mid-run: a rotation reaches the hub and spoke A at once.
     let stopped = spoke_b.kill_apiserver().unwrap();
     put_login(&hub, CLUSTER_NS, "fleet-login", "fleet", "fleet-password-2").await;
@@ -161,11 +181,15 @@ async fn one_mint_reaches_every_cluster_and_a_spoke_in_trouble_stays_its_own_pro
         clusters_status(&hub).await.filter(|(d, s, f)| (*d, *s) == (2, 2) && f.is_empty())
     })
     .await;
-    assert_eq!(mints(), 2, "one provider call per rotation, whatever the clusters' state");
+    assert_eq!(mints(), 3, "one provider call per rotation, whatever the clusters' state");
 
     // Spoke A revokes the hub's identity (its ServiceAccount is deleted:
     // its tokens stop working): reported, and B is unaffected.
     Api::<ServiceAccount>::namespaced(a.clone(), SPOKE_NS).delete(HUB_SA, &DeleteParams::default()).await.unwrap();
+    // kube-apiserver caches a successful token authentication for 10 s
+    // (k8s.io/kubernetes pkg/kubeapiserver/options/authentication.go,
+    // TokenSuccessCacheTTL): the token works that long after the deletion.
+    tokio::time::sleep(Duration::from_secs(11)).await;
     put_login(&hub, CLUSTER_NS, "fleet-login", "fleet", "fleet-password-3").await;
     wait_for_login(&b, "team-1", PULL, REGISTRY, "fleet", "fleet-password-3").await;
     let failed = wait_for("spoke-a reported unauthorized", Duration::from_secs(60), || async {

@@ -30,6 +30,8 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::{Resource, ResourceExt};
 
 const OWNER_PREFIX: &str = "ClusterRegistryCredential/";
+/// The longest one credential's sync in one cluster may take.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Work for the spoke's worker.
 pub(super) enum Job {
@@ -44,6 +46,9 @@ pub(super) struct Health {
     /// Caches filled.
     pub ready: bool,
     pub problem: Option<(&'static str, String)>,
+    /// The problem is a sync that timed out (a later sync that ends in time
+    /// clears it; otherwise watch events do).
+    timed_out: bool,
 }
 
 /// What the last sync of a credential here came to.
@@ -193,6 +198,7 @@ impl Spoke {
         match seen {
             Ok(()) => {
                 let mut health = self.health.lock();
+                health.timed_out = false;
                 if health.problem.take().is_some() {
                     tracing::info!(cluster = %self.name, "the cluster answers again");
                     self.fleet.metrics.cluster_up.get_or_create(&self.labels()).set(i64::from(health.ready));
@@ -316,7 +322,22 @@ impl Spoke {
                 return;
             }
             for name in pending {
-                self.sync(&cluster, &name).await;
+                // A cluster that accepts connections and never answers
+                // would hold its worker for the client's read timeout
+                // (minutes): give up sooner, say so, and try again later.
+                if tokio::time::timeout(SYNC_TIMEOUT, self.sync(&cluster, &name)).await.is_err() {
+                    let message = format!("the cluster did not answer within {}s", SYNC_TIMEOUT.as_secs());
+                    self.problem(reasons::CLUSTER_UNREACHABLE, message);
+                    self.health.lock().timed_out = true;
+                    self.retry_later(&name);
+                } else {
+                    let mut health = self.health.lock();
+                    if health.timed_out {
+                        health.timed_out = false;
+                        health.problem = None;
+                        self.fleet.metrics.cluster_up.get_or_create(&self.labels()).set(i64::from(health.ready));
+                    }
+                }
             }
         }
     }
