@@ -19,6 +19,15 @@ use crate::reasons;
 
 /// Failures listed per shard.
 const MAX_FAILED_LISTED: usize = 20;
+/// Failures listed over all shards: with many shards each lists fewer, so
+/// the status stays well under etcd's object size limit (1.5 MiB) however
+/// many clusters fail.
+const MAX_FAILED_TOTAL: usize = 320;
+
+/// Failures each shard lists when there are `shards`.
+pub(super) fn failures_per_shard(shards: u32) -> usize {
+    (MAX_FAILED_TOTAL / shards.max(1) as usize).clamp(1, MAX_FAILED_LISTED)
+}
 /// How often the report is made (it writes only what changed).
 const PERIOD: Duration = Duration::from_secs(2);
 /// Field manager of the shards' status writes.
@@ -88,7 +97,11 @@ impl Fleet {
 }
 
 /// The status of one shard for one credential (pure).
-pub(super) fn shard_status(standings: &[(String, Standing)], cleanup_pending: Option<usize>) -> ShardStatus {
+pub(super) fn shard_status(
+    standings: &[(String, Standing)],
+    cleanup_pending: Option<usize>,
+    max_failed: usize,
+) -> ShardStatus {
     let mut status = ShardStatus { desired: standings.len() as i32, ..Default::default() };
     for (cluster, standing) in standings {
         match standing {
@@ -105,7 +118,7 @@ pub(super) fn shard_status(standings: &[(String, Standing)], cleanup_pending: Op
         }
     }
     status.failed.sort_by(|a, b| a.cluster.cmp(&b.cluster));
-    status.failed.truncate(MAX_FAILED_LISTED);
+    status.failed.truncate(max_failed);
     status.cleanup_pending = cleanup_pending.map(|n| n as i32);
     status
 }
@@ -119,6 +132,7 @@ fn truncate(s: &str, max: usize) -> String {
 
 async fn report_once(fleet: &Arc<Fleet>, told: &mut HashMap<(String, String), Option<String>>) {
     let owned = fleet.owned.borrow().clone();
+    let max_failed = failures_per_shard(fleet.settings.shards);
     let spokes: Vec<_> = fleet.spokes.lock().values().cloned().collect();
     for s in &spokes {
         let labels = ClusterLabels { cluster: s.name.clone() };
@@ -151,9 +165,8 @@ async fn report_once(fleet: &Arc<Fleet>, told: &mut HashMap<(String, String), Op
         let mut patch = serde_json::Map::new();
         for shard in &owned {
             let key = shard.to_string();
-            let new = by_shard
-                .get(shard)
-                .map(|s| shard_status(s, cleaning.then(|| pending.get(shard).copied().unwrap_or(0))));
+            let left = cleaning.then(|| pending.get(shard).copied().unwrap_or(0));
+            let new = by_shard.get(shard).map(|s| shard_status(s, left, max_failed));
             if new.as_ref() != current.get(&key) {
                 patch.insert(key, merge_value(new.as_ref()));
             }
@@ -255,13 +268,35 @@ mod tests {
                 Standing::Failed { reason: reasons::CLUSTER_UNREACHABLE.into(), message: "x".repeat(2000) },
             ));
         }
-        let s = shard_status(&standings, None);
+        let s = shard_status(&standings, None, failures_per_shard(16));
         assert_eq!((s.desired, s.synced, s.namespaces), (32, 1, 4));
         assert_eq!(s.failed.len(), MAX_FAILED_LISTED, "bounded");
         assert_eq!(s.failed[0].cluster, "down-00");
         assert!(s.failed[0].message.as_ref().unwrap().len() < 600, "messages are shortened");
         assert_eq!(s.cleanup_pending, None);
-        assert_eq!(shard_status(&standings[..1], Some(0)).cleanup_pending, Some(0));
+        assert_eq!(shard_status(&standings[..1], Some(0), 20).cleanup_pending, Some(0));
+        assert_eq!(failures_per_shard(256), 1, "256 shards list at most 256 failures");
+        assert_eq!(failures_per_shard(1), MAX_FAILED_LISTED);
+    }
+
+    #[test]
+    fn the_status_of_1000_failing_clusters_stays_small() {
+        for shards in [1, 16, 256] {
+            let mut by_shard: BTreeMap<u32, Vec<(String, Standing)>> = BTreeMap::new();
+            for i in 0..1000 {
+                let cluster = format!("cluster-{i:04}-{}", "x".repeat(200));
+                let failed =
+                    Standing::Failed { reason: reasons::CLUSTER_UNREACHABLE.into(), message: "m".repeat(4000) };
+                by_shard.entry(super::super::shard_of(&cluster, shards)).or_default().push((cluster, failed));
+            }
+            let status: BTreeMap<String, ShardStatus> = by_shard
+                .iter()
+                .map(|(s, st)| (s.to_string(), shard_status(st, None, failures_per_shard(shards))))
+                .collect();
+            let bytes = serde_json::to_vec(&status).unwrap().len();
+            assert_eq!(status.values().map(|s| s.desired).sum::<i32>(), 1000);
+            assert!(bytes < 300 * 1024, "{shards} shards: {bytes} bytes");
+        }
     }
 
     #[test]
