@@ -32,7 +32,7 @@ pub const CAPI_CLUSTER_NAME_LABEL: &str = "cluster.x-k8s.io/cluster-name";
 pub const ARGO_SECRET_TYPE_LABEL: &str = "argocd.argoproj.io/secret-type";
 
 /// Where a registration came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Format {
     ClusterApi,
     ArgoCd,

@@ -130,6 +130,16 @@ async fn one_mint_reaches_every_cluster_and_a_spoke_in_trouble_stays_its_own_pro
     create_namespace(&b, "team-3", &[("fleet", "yes")]).await;
     wait_for_login(&b, "team-3", PULL, REGISTRY, "fleet", "fleet-password-1").await;
 
+    // The carrier deleted by hand is written again at once.
+    let carriers = Api::<Secret>::namespaced(hub.clone(), CLUSTER_NS);
+    let before = carriers.get("regcred-fleet-fleet").await.unwrap().metadata.uid;
+    carriers.delete("regcred-fleet-fleet", &DeleteParams::default()).await.unwrap();
+    wait_for("the carrier written again", WAIT, || async {
+        let now = carriers.get_opt("regcred-fleet-fleet").await.unwrap()?;
+        (now.metadata.uid != before).then_some(())
+    })
+    .await;
+
     // Spoke A hangs (its apiserver stopped with SIGSTOP: connections are
     // accepted and never answered): a rotation still reaches the hub and
     // spoke B at once, and A once it answers again.

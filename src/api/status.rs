@@ -54,7 +54,8 @@ pub struct ShardStatus {
     pub synced: i32,
     /// Namespaces holding the current Secret, over those clusters.
     pub namespaces: i32,
-    /// Clusters that could not be synced, and why (at most 20 listed).
+    /// Clusters that could not be synced, and why (at most 20 listed per
+    /// shard, fewer with many shards: 320 over all shards).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed: Vec<ClusterFailure>,
     /// Clusters still holding Secrets of this credential while it is being

@@ -534,8 +534,10 @@ impl Index {
                     if mine && echo {
                         continue;
                     }
-                    let source =
-                        source_ns == Some(namespace.as_str()) && spec.provider.secret_names().contains(&&**name);
+                    let in_source_ns = source_ns == Some(namespace.as_str());
+                    // Its fleet carrier deleted: written again at once.
+                    let carrier = deleted && in_source_ns && *name == super::fleet::carrier_name(&c.name_any());
+                    let source = (in_source_ns && spec.provider.secret_names().contains(&&**name)) || carrier;
                     let target = spec.secret.name == *name && c.targets_namespace(self, namespace);
                     if mine || source || target {
                         routed.credentials.push(cluster_ref(&c));

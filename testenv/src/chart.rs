@@ -58,6 +58,47 @@ pub fn kubeconform() -> Result<Command> {
     Ok(Command::new(tools_dir()?.join("kubeconform")))
 }
 
+/// Starts kube-controller-manager's token controller for `cp`, whose own
+/// controller-manager runs without it. The chart's spoke mode creates a
+/// `kubernetes.io/service-account-token` Secret that only this controller
+/// fills in (`token`, `ca.crt`, `namespace`: kubernetes/kubernetes
+/// `pkg/controller/serviceaccount/tokens_controller.go`), as it does in
+/// every real cluster. It signs with the control plane's ServiceAccount key
+/// (`sa.key`, whose public half kube-apiserver verifies tokens with), puts
+/// the control plane's CA in `ca.crt`, and joins the control plane's
+/// process group, so it stops with it. Its log is
+/// `kube-controller-manager-tokens.log` in the control plane's directory.
+pub fn start_token_controller(cp: &ControlPlane) -> Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    let key = cp.dir().join("sa.key");
+    let ca = cp.dir().join("ca.crt");
+    for file in [&key, &ca] {
+        if !file.exists() {
+            bail!("{} is missing: the control plane keeps its keys elsewhere", file.display());
+        }
+    }
+    let log = fs::File::create(cp.dir().join("kube-controller-manager-tokens.log"))?;
+    let kubeconfig = cp.kubeconfig_path().display().to_string();
+    let mut cmd = Command::new(cp.assets().join("kube-controller-manager"));
+    cmd.args([
+        format!("--kubeconfig={kubeconfig}"),
+        "--controllers=serviceaccount-token".into(),
+        format!("--service-account-private-key-file={}", key.display()),
+        format!("--root-ca-file={}", ca.display()),
+        "--leader-elect=false".into(),
+        "--bind-address=127.0.0.1".into(),
+        format!("--secure-port={}", crate::free_port()?),
+        format!("--authentication-kubeconfig={kubeconfig}"),
+        format!("--authorization-kubeconfig={kubeconfig}"),
+        "--v=1".into(),
+    ])
+    .stdin(std::process::Stdio::null())
+    .stdout(log.try_clone()?)
+    .stderr(log)
+    .process_group(cp.process_group());
+    cmd.spawn().context("starting kube-controller-manager (token controller)")
+}
+
 /// The `-schema-location` template for a directory written by
 /// [`write_kubeconform_schemas`].
 pub fn schema_location(dir: &Path) -> String {

@@ -67,3 +67,36 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "regcred.clusterResourceNamespace" -}}
 {{- default .Release.Namespace .Values.clusterResourceNamespace }}
 {{- end }}
+
+{{/*
+"true" when the chart installs the operator (the hub, or a single
+cluster); empty in spoke-only mode (spoke.enabled), which installs only
+what a hub elsewhere needs in this cluster.
+*/}}
+{{- define "regcred.hub" -}}
+{{- if not .Values.spoke.enabled }}true{{ end }}
+{{- end }}
+
+{{/* "true" when the fleet's shard Leases are used: --fleet with --leader-elect. */}}
+{{- define "regcred.fleetLeases" -}}
+{{- if and (include "regcred.hub" .) .Values.fleet.enabled (include "regcred.leaderElect" .) }}true{{ end }}
+{{- end }}
+
+{{/* The spoke's long-lived token Secret for the hub's ServiceAccount. */}}
+{{- define "regcred.spokeTokenSecretName" -}}
+{{- default (printf "%s-token" (include "regcred.serviceAccountName" .)) .Values.spoke.tokenSecret.name | trunc 253 }}
+{{- end }}
+
+{{/*
+Spoke mode: the admissionregistration.k8s.io version of the spoke's
+injection policy ("v1", "v1beta1"), or empty when it is not installed.
+*/}}
+{{- define "regcred.spokeInjectionVersion" -}}
+{{- if and .Values.spoke.enabled .Values.spoke.injection.install }}
+{{- if .Values.spoke.injection.apiVersion }}
+{{- .Values.spoke.injection.apiVersion }}
+{{- else if .Capabilities.APIVersions.Has "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy" }}v1
+{{- else if .Capabilities.APIVersions.Has "admissionregistration.k8s.io/v1beta1/MutatingAdmissionPolicy" }}v1beta1
+{{- end }}
+{{- end }}
+{{- end }}

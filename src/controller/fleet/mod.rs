@@ -42,7 +42,9 @@ use super::index::{Credentials, Index};
 use super::plan::{DATA_KEY, DesiredSecret, SECRET_TYPE, data_digest};
 use super::{FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::api::{ClusterRegistryCredential, DeletionPolicy, RegistryCredential};
-use crate::clusters::{ARGO_SECRET_TYPE_LABEL, CAPI_CLUSTER_NAME_LABEL, Registration, fingerprint, registration};
+use crate::clusters::{
+    ARGO_SECRET_TYPE_LABEL, CAPI_CLUSTER_NAME_LABEL, Format, Registration, fingerprint, registration,
+};
 use crate::metrics::Metrics;
 use crate::targets::{cluster_selected, selects_spokes};
 use spoke::Spoke;
@@ -166,6 +168,13 @@ struct Known {
     invalid: Option<String>,
 }
 
+/// A kubeconfig Secret, the watch it came from, and the cluster it names.
+struct KubeconfigSecret {
+    secret: Secret,
+    watch: Format,
+    cluster: Option<String>,
+}
+
 /// Shared by every part of the fleet.
 pub(super) struct Fleet {
     hub: Client,
@@ -179,7 +188,11 @@ pub(super) struct Fleet {
     spokes: Mutex<BTreeMap<String, Arc<Spoke>>>,
     owned: watch::Receiver<BTreeSet<u32>>,
     /// The kubeconfig Secrets, by Secret name.
-    secrets: Mutex<HashMap<String, Secret>>,
+    secrets: Mutex<HashMap<String, KubeconfigSecret>>,
+    /// Secrets seen by each kubeconfig watch's relist in progress.
+    relisting: Mutex<HashMap<Format, BTreeSet<String>>>,
+    /// Carriers seen by the carrier watch's relist in progress.
+    carriers_relisting: Mutex<Option<BTreeSet<String>>>,
 }
 
 impl Fleet {
@@ -210,25 +223,33 @@ impl Fleet {
         self.owned.borrow().contains(&shard_of(cluster, self.settings.shards))
     }
 
-    /// A kubeconfig Secret changed or appeared.
+    /// `cluster` is registered by `reg` (the Secret [`Fleet::resolve`] chose).
     fn registered(self: &Arc<Self>, reg: Registration, fingerprint: u64) {
         let name = reg.name.clone();
         let invalid = reg.kubeconfig.as_ref().err().cloned();
-        {
-            let mut known = self.known.lock();
-            if let Some(k) = known.get(&name)
-                && k.secret != reg.secret
-                && k.secret < reg.secret
-            {
-                tracing::warn!(cluster = %name, kept = %k.secret, ignored = %reg.secret, "two kubeconfig Secrets name the same cluster; the first by name is used");
-                return;
-            }
-            known.insert(
-                name.clone(),
-                Known { secret: reg.secret.clone(), labels: reg.labels.clone(), fingerprint, invalid },
-            );
-        }
+        let known = Known { secret: reg.secret.clone(), labels: reg.labels.clone(), fingerprint, invalid };
+        self.known.lock().insert(name.clone(), known);
         self.place(&name, Some(reg));
+    }
+
+    /// Decides which kubeconfig Secret registers `cluster` (the first by
+    /// Secret name among those naming it; the others are ignored, with a
+    /// warning) and connects, reconnects or retires its spoke.
+    fn resolve(self: &Arc<Self>, cluster: &str) {
+        let chosen = {
+            let secrets = self.secrets.lock();
+            let mut naming: Vec<&String> =
+                secrets.iter().filter(|(_, e)| e.cluster.as_deref() == Some(cluster)).map(|(n, _)| n).collect();
+            naming.sort();
+            if naming.len() > 1 {
+                tracing::warn!(cluster, used = %naming[0], ignored = ?&naming[1..], "several kubeconfig Secrets name the same cluster; the first by name is used");
+            }
+            naming.first().and_then(|n| secrets.get(*n)).map(|e| (registration(&e.secret), fingerprint(&e.secret)))
+        };
+        match chosen {
+            Some((Some(reg), fp)) => self.registered(reg, fp),
+            _ => self.unregistered(cluster),
+        }
     }
 
     /// Connects, reconnects, relabels or drops the spoke of `name` as its
@@ -271,25 +292,20 @@ impl Fleet {
     /// The registration of `name` from the kubeconfig Secret cache.
     fn read_registration(&self, name: &str) -> Option<Registration> {
         let secret = self.known.lock().get(name)?.secret.clone();
-        let cached = self.secrets.lock().get(&secret).cloned()?;
+        let cached = self.secrets.lock().get(&secret)?.secret.clone();
         registration(&cached)
     }
 
-    /// A kubeconfig Secret was deleted: the cluster's Secrets go per their
-    /// credential's deletionPolicy while it can still be reached, then the
-    /// spoke is dropped.
-    fn unregistered(self: &Arc<Self>, reg: &Registration) {
-        {
-            let mut known = self.known.lock();
-            match known.get(&reg.name) {
-                Some(k) if k.secret == reg.secret => {
-                    known.remove(&reg.name);
-                }
-                _ => return,
-            }
+    /// No kubeconfig Secret registers `cluster` any more (deleted, or it
+    /// names another cluster now): its Secrets go per their credential's
+    /// deletionPolicy while it can still be reached, then the spoke is
+    /// dropped.
+    fn unregistered(self: &Arc<Self>, cluster: &str) {
+        if self.known.lock().remove(cluster).is_none() {
+            return;
         }
-        if let Some(s) = self.spokes.lock().remove(&reg.name) {
-            tracing::info!(cluster = %reg.name, "kubeconfig Secret deleted; removing regcred's Secrets from the cluster");
+        if let Some(s) = self.spokes.lock().remove(cluster) {
+            tracing::info!(cluster, "kubeconfig Secret gone; removing regcred's Secrets from the cluster");
             tokio::spawn(s.retire(RETIRE_TIMEOUT));
         }
     }
@@ -339,6 +355,8 @@ pub async fn run(hub: Client, settings: FleetSettings, metrics: Arc<Metrics>) ->
         spokes: Mutex::default(),
         owned,
         secrets: Mutex::default(),
+        relisting: Mutex::default(),
+        carriers_relisting: Mutex::default(),
     });
 
     // Credentials: a change of spec, or a deletion, goes to every spoke.
@@ -372,9 +390,21 @@ pub async fn run(hub: Client, settings: FleetSettings, metrics: Arc<Metrics>) ->
         .default_backoff()
         .for_each(move |event| {
             match event {
-                Ok(Event::Apply(s) | Event::InitApply(s)) => f.carrier_changed(&s, false),
+                Ok(Event::Init) => *f.carriers_relisting.lock() = Some(BTreeSet::new()),
+                Ok(Event::InitApply(s)) => {
+                    if let Some(seen) = f.carriers_relisting.lock().as_mut() {
+                        seen.extend(s.annotations().get(CARRIER_OF_ANNOTATION).cloned());
+                    }
+                    f.carrier_changed(&s, false);
+                }
+                // Carriers deleted while the watch was away.
+                Ok(Event::InitDone) => {
+                    if let Some(seen) = f.carriers_relisting.lock().take() {
+                        f.carriers.lock().retain(|owner, _| seen.contains(owner));
+                    }
+                }
+                Ok(Event::Apply(s)) => f.carrier_changed(&s, false),
                 Ok(Event::Delete(s)) => f.carrier_changed(&s, true),
-                Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "watching fleet carrier Secrets failed; retrying"),
             }
             futures::future::ready(())
@@ -382,15 +412,38 @@ pub async fn run(hub: Client, settings: FleetSettings, metrics: Arc<Metrics>) ->
 
     // Kubeconfig Secrets of both formats.
     let registrations = futures::stream::select(
-        kubeconfig_watch(&hub, &settings.namespace, CAPI_CLUSTER_NAME_LABEL),
-        kubeconfig_watch(&hub, &settings.namespace, &format!("{ARGO_SECRET_TYPE_LABEL}=cluster")),
+        kubeconfig_watch(&hub, &settings.namespace, CAPI_CLUSTER_NAME_LABEL, Format::ClusterApi),
+        kubeconfig_watch(&hub, &settings.namespace, &format!("{ARGO_SECRET_TYPE_LABEL}=cluster"), Format::ArgoCd),
     );
     let f = fleet.clone();
-    let registrations = registrations.for_each(move |event| {
+    type Tagged = (Format, Result<Event<Secret>, watcher::Error>);
+    let registrations = registrations.for_each(move |(watch, event): Tagged| {
         match event {
-            Ok(Event::Apply(s) | Event::InitApply(s)) => f.secret_changed(s, false),
-            Ok(Event::Delete(s)) => f.secret_changed(s, true),
-            Ok(_) => {}
+            Ok(Event::Init) => {
+                f.relisting.lock().insert(watch, BTreeSet::new());
+            }
+            Ok(Event::InitApply(s)) => {
+                if let Some(seen) = f.relisting.lock().get_mut(&watch) {
+                    seen.insert(s.name_any());
+                }
+                f.secret_changed(watch, &s.name_any(), Some(s));
+            }
+            // Secrets deleted while the watch was away.
+            Ok(Event::InitDone) => {
+                let seen = f.relisting.lock().remove(&watch).unwrap_or_default();
+                let gone: Vec<String> = f
+                    .secrets
+                    .lock()
+                    .iter()
+                    .filter(|(name, e)| e.watch == watch && !seen.contains(*name))
+                    .map(|(name, _)| name.clone())
+                    .collect();
+                for name in gone {
+                    f.secret_changed(watch, &name, None);
+                }
+            }
+            Ok(Event::Apply(s)) => f.secret_changed(watch, &s.name_any(), Some(s)),
+            Ok(Event::Delete(s)) => f.secret_changed(watch, &s.name_any(), None),
             Err(e) => tracing::warn!(error = %e, "watching kubeconfig Secrets failed; retrying"),
         }
         futures::future::ready(())
@@ -429,13 +482,18 @@ pub async fn run(hub: Client, settings: FleetSettings, metrics: Arc<Metrics>) ->
     Ok(())
 }
 
+/// A watch of kubeconfig Secrets, its events tagged with `watch`.
 fn kubeconfig_watch(
     hub: &Client,
     namespace: &str,
     selector: &str,
-) -> futures::stream::BoxStream<'static, Result<Event<Secret>, watcher::Error>> {
+    watch: Format,
+) -> futures::stream::BoxStream<'static, (Format, Result<Event<Secret>, watcher::Error>)> {
     let api = Api::<Secret>::namespaced(hub.clone(), namespace);
-    watcher::watcher(api, watcher::Config::default().labels(selector)).default_backoff().boxed()
+    watcher::watcher(api, watcher::Config::default().labels(selector))
+        .default_backoff()
+        .map(move |e| (watch, e))
+        .boxed()
 }
 
 impl Fleet {
@@ -460,16 +518,28 @@ impl Fleet {
         }
     }
 
-    fn secret_changed(self: &Arc<Self>, secret: Secret, deleted: bool) {
-        let Some(reg) = registration(&secret) else { return };
-        let name = secret.name_any();
-        if deleted {
-            self.secrets.lock().remove(&name);
-            self.unregistered(&reg);
-        } else {
-            let fp = fingerprint(&secret);
-            self.secrets.lock().insert(name, secret);
-            self.registered(reg, fp);
+    /// A kubeconfig Secret was written (`Some`) or deleted (`None`): the
+    /// cluster it named before and the one it names now are resolved again.
+    fn secret_changed(self: &Arc<Self>, watch: Format, name: &str, secret: Option<Secret>) {
+        let after = secret.as_ref().and_then(registration).map(|r| r.name);
+        let before = {
+            let mut secrets = self.secrets.lock();
+            let before = secrets.get(name).and_then(|e| e.cluster.clone());
+            match secret {
+                Some(secret) => {
+                    secrets.insert(name.to_string(), KubeconfigSecret { secret, watch, cluster: after.clone() });
+                }
+                None => {
+                    secrets.remove(name);
+                }
+            }
+            before
+        };
+        if let Some(b) = before.as_ref().filter(|b| Some(*b) != after.as_ref()) {
+            self.resolve(b);
+        }
+        if let Some(a) = &after {
+            self.resolve(a);
         }
     }
 }

@@ -30,6 +30,8 @@ pub(super) fn failures_per_shard(shards: u32) -> usize {
 }
 /// How often the report is made (it writes only what changed).
 const PERIOD: Duration = Duration::from_secs(2);
+/// How long a cluster may be connecting before it is reported.
+const CONNECTING_FOR: Duration = Duration::from_secs(30);
 /// Field manager of the shards' status writes.
 const FIELD_MANAGER: &str = "regcred-fleet";
 
@@ -74,6 +76,12 @@ impl Fleet {
             return failed(reason, message);
         }
         if !health.ready {
+            // Connecting takes seconds; longer is worth telling.
+            let waited = spoke.started.elapsed();
+            if waited > CONNECTING_FOR {
+                let message = format!("its caches are not filled after {}s", waited.as_secs());
+                return failed(reasons::CLUSTER_CONNECTING, message);
+            }
             return Standing::Pending { namespaces: 0 };
         }
         match spoke.outcome(credential) {
@@ -169,6 +177,13 @@ async fn report_once(fleet: &Arc<Fleet>, told: &mut HashMap<(String, String), Op
             let new = by_shard.get(shard).map(|s| shard_status(s, left, max_failed));
             if new.as_ref() != current.get(&key) {
                 patch.insert(key, merge_value(new.as_ref()));
+            }
+        }
+        // Entries of shards that no longer exist (--fleet-shards lowered):
+        // any replica removes them.
+        for key in current.keys() {
+            if key.parse::<u32>().map_or(true, |s| s >= fleet.settings.shards) {
+                patch.insert(key.clone(), serde_json::Value::Null);
             }
         }
         if patch.is_empty() {

@@ -84,6 +84,8 @@ pub(super) struct Spoke {
     outcomes: Mutex<HashMap<String, Outcome>>,
     retries: Mutex<HashMap<String, u32>>,
     tasks: Mutex<Vec<AbortHandle>>,
+    /// When serving it started.
+    pub started: std::time::Instant,
 }
 
 impl Spoke {
@@ -112,6 +114,7 @@ impl Spoke {
             outcomes: Mutex::default(),
             retries: Mutex::default(),
             tasks: Mutex::default(),
+            started: std::time::Instant::now(),
         });
         spoke.fleet.metrics.cluster_up.get_or_create(&spoke.labels()).set(0);
         let s = spoke.clone();
