@@ -553,11 +553,14 @@ async fn every_query_names_an_exported_metric_and_label() {
     };
     made.pull_quota_remaining.get_or_create(&quota).set(1);
     made.pull_quota_limit.get_or_create(&quota).set(10);
-    const MADE: [&str; 4] = [
+    // A spoke of the fleet (tests/fleet.rs shows the gauge on a live hub).
+    made.cluster_up.get_or_create(&regcred::metrics::ClusterLabels { cluster: "east".into() }).set(0);
+    const MADE: [&str; 5] = [
         "regcred_kube_throttled_total",
         "regcred_pods_recovered_total",
         "regcred_registry_pull_quota_remaining",
         "regcred_registry_pull_quota_limit",
+        "regcred_cluster_up",
     ];
     for (name, labels) in Exported::parse(&made.encode()).metrics {
         if MADE.contains(&name.as_str()) {
