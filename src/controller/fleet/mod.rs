@@ -571,5 +571,7 @@ mod tests {
         let used: BTreeSet<u32> = (0..200).map(|i| shard_of(&format!("cluster-{i}"), 16)).collect();
         assert_eq!(used.len(), 16, "200 clusters reach every one of 16 shards");
         assert_eq!(shard_of("x", 1), 0);
+        // tests/fleet_shards.rs picks spokes by these.
+        assert_eq!([shard_of("east", 8), shard_of("west", 8), shard_of("alpha", 8)], [3, 0, 5]);
     }
 }

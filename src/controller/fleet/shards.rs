@@ -105,11 +105,16 @@ fn member_lease_name(identity: &str) -> String {
     format!("regcred-fleet-member-{hash}")
 }
 
-fn expired(lease: &Lease, now: Timestamp) -> bool {
-    let Some(spec) = lease.spec.as_ref() else { return true };
-    let Some(renewed) = spec.renew_time.as_ref().or(spec.acquire_time.as_ref()) else { return true };
+/// When a Lease expires unless renewed (`None`: never held).
+fn expires_at(lease: &Lease) -> Option<Timestamp> {
+    let spec = lease.spec.as_ref()?;
+    let renewed = spec.renew_time.as_ref().or(spec.acquire_time.as_ref())?;
     let duration = i64::from(spec.lease_duration_seconds.unwrap_or(0));
-    renewed.0.as_second() + duration < now.as_second()
+    renewed.0.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(duration)).ok()
+}
+
+fn expired(lease: &Lease, now: Timestamp) -> bool {
+    expires_at(lease).is_none_or(|t| t <= now)
 }
 
 /// Holds this replica's member Lease and its shard Leases until the
@@ -122,8 +127,13 @@ pub async fn run(client: Client, settings: LeaseSettings, owned: watch::Sender<B
     let safe = settings.duration * 2 / 3;
     loop {
         let started = Instant::now();
-        if let Err(e) = step(&api, &settings, &mut held, started).await {
-            tracing::warn!(error = %e, "renewing the fleet's shard Leases failed");
+        // A Lease another replica stopped renewing is looked at again as
+        // soon as it expires, not at the next tick.
+        let mut next = tick;
+        match step(&api, &settings, &mut held, started).await {
+            Ok(Some(expiry)) => next = next.min(expiry + Duration::from_millis(50)),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "renewing the fleet's shard Leases failed"),
         }
         held.retain(|_, renewed| renewed.elapsed() < safe);
         let now: BTreeSet<u32> = held.keys().copied().collect();
@@ -135,7 +145,7 @@ pub async fn run(client: Client, settings: LeaseSettings, owned: watch::Sender<B
             }
             changed
         });
-        tokio::time::sleep(tick.saturating_sub(started.elapsed())).await;
+        tokio::time::sleep(next.saturating_sub(started.elapsed())).await;
         // Drop what went stale while sleeping before anything else.
         held.retain(|_, renewed| renewed.elapsed() < safe);
     }
@@ -146,7 +156,7 @@ async fn step(
     settings: &LeaseSettings,
     held: &mut BTreeMap<u32, Instant>,
     started: Instant,
-) -> Result<(), kube::Error> {
+) -> Result<Option<Duration>, kube::Error> {
     let now = Timestamp::now();
     let seconds = settings.duration.as_secs() as i32;
     write_lease(api, &member_lease_name(&settings.identity), "member", &settings.identity, seconds, now, None).await?;
@@ -154,8 +164,16 @@ async fn step(
     let mut members = BTreeSet::from([settings.identity.clone()]);
     let mut leases = BTreeMap::new();
     let mut objects = BTreeMap::new();
+    // The soonest another replica's live Lease expires.
+    let mut next_expiry: Option<Duration> = None;
     for lease in all.items {
         let holder = lease.spec.as_ref().and_then(|s| s.holder_identity.clone()).filter(|h| !h.is_empty());
+        if holder.as_ref().is_some_and(|h| *h != settings.identity)
+            && let Some(at) = expires_at(&lease).filter(|at| *at > now)
+        {
+            let left = Duration::try_from(at.duration_since(now)).unwrap_or_default();
+            next_expiry = Some(next_expiry.map_or(left, |n| n.min(left)));
+        }
         match lease.labels().get(LEASE_LABEL).map(String::as_str) {
             Some("member") if !expired(&lease, now) => members.extend(holder),
             Some("shard") => {
@@ -198,7 +216,7 @@ async fn step(
             }
         }
     }
-    Ok(())
+    Ok(next_expiry)
 }
 
 /// Creates or renews a Lease held by `identity`; `current` (as listed)
