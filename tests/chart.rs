@@ -95,23 +95,12 @@ fn kubeconfig() -> String {
 // helm, kubeconform
 
 fn helm(args: &[&str]) -> Output {
-    let home = cp().dir().join("helm-home");
-    let mut cmd = helm_command(&home).unwrap_or_else(|e| panic!("{e:#}"));
-    cmd.args(args).output().unwrap_or_else(|e| panic!("running helm {args:?}: {e}"))
+    regcred_testenv::chart::run_helm(cp(), args)
 }
 
 /// Runs helm and returns its stdout; panics with its stderr on failure.
 fn helm_ok(args: &[&str]) -> String {
-    let out = helm(args);
-    assert!(
-        out.status.success(),
-        "helm {} failed ({}):\n{}\n{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    regcred_testenv::chart::helm_ok(cp(), args)
 }
 
 fn template(extra: &[&str]) -> String {

@@ -22,7 +22,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -51,21 +51,10 @@ const PUSHER: (&str, &str) = ("ci", "chart-node-ci-password");
 /// breadth"` runs 10,000 outside the node; docs/benchmarks.md).
 const BREADTH: usize = 1000;
 
-fn helm(cp: &ControlPlane, args: &[&str]) -> Output {
-    let mut cmd = regcred_testenv::chart::helm(&cp.dir().join("helm-home")).unwrap_or_else(|e| panic!("{e:#}"));
-    cmd.args(args).arg("--kubeconfig").arg(cp.kubeconfig_path()).output().unwrap()
-}
-
 fn helm_ok(cp: &ControlPlane, args: &[&str]) -> String {
-    let out = helm(cp, args);
-    assert!(
-        out.status.success(),
-        "helm {} failed:\n{}\n{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into()
+    let kubeconfig = cp.kubeconfig_path().display().to_string();
+    let args: Vec<&str> = args.iter().copied().chain(["--kubeconfig", kubeconfig.as_str()]).collect();
+    regcred_testenv::chart::helm_ok(cp, &args)
 }
 
 async fn poll<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T

@@ -53,6 +53,26 @@ pub fn helm(home: &Path) -> Result<Command> {
     Ok(cmd)
 }
 
+/// Runs helm (its home in `cp`'s directory) with `args`.
+pub fn run_helm(cp: &ControlPlane, args: &[&str]) -> std::process::Output {
+    let mut cmd = helm(&cp.dir().join("helm-home")).unwrap_or_else(|e| panic!("{e:#}"));
+    cmd.args(args).output().unwrap_or_else(|e| panic!("running helm {args:?}: {e}"))
+}
+
+/// Runs helm and returns its stdout; panics with its output on failure.
+pub fn helm_ok(cp: &ControlPlane, args: &[&str]) -> String {
+    let out = run_helm(cp, args);
+    assert!(
+        out.status.success(),
+        "helm {} failed ({}):\n{}\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A `kubeconform` command.
 pub fn kubeconform() -> Result<Command> {
     Ok(Command::new(tools_dir()?.join("kubeconform")))

@@ -76,7 +76,13 @@ pub struct FleetSettings {
 /// The carrier Secret of a credential: `regcred-fleet-<name>`, shortened
 /// with a hash when that would be too long for a Secret name.
 pub fn carrier_name(credential: &str) -> String {
-    let name = format!("regcred-fleet-{credential}");
+    name_for("regcred-fleet-", credential)
+}
+
+/// `prefix` + `credential`, shortened with a hash of the credential's name
+/// when longer than an object name may be (253).
+fn name_for(prefix: &str, credential: &str) -> String {
+    let name = format!("{prefix}{credential}");
     if name.len() <= 253 {
         return name;
     }
@@ -87,12 +93,7 @@ pub fn carrier_name(credential: &str) -> String {
 /// The injection parameters (a ConfigMap in a spoke) of a credential:
 /// `regcred-inject-<name>`, shortened with a hash when too long.
 pub fn params_name(credential: &str) -> String {
-    let name = format!("regcred-inject-{credential}");
-    if name.len() <= 253 {
-        return name;
-    }
-    let hash: String = Sha256::digest(credential.as_bytes())[..8].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}-{hash}", &name[..253 - 17])
+    name_for("regcred-inject-", credential)
 }
 
 /// The shard of a cluster: a stable hash of its name.
