@@ -104,8 +104,10 @@ test-matrix-ci:
 ## The scale benchmark (docs/benchmarks.md): a real control plane, 2,000
 ## namespaces, 3 ClusterRegistryCredentials, release builds; prints a table.
 ## Flags through ARGS, e.g. `make bench ARGS="--namespaces 5000"`; the other
-## scenarios: `make bench ARGS="--scenario breadth"` (10,000 namespaces) and
-## `make bench ARGS="--scenario tenants"` (2,000 tenants with a credential each).
+## scenarios: `make bench ARGS="--scenario breadth"` (10,000 namespaces),
+## `make bench ARGS="--scenario tenants"` (2,000 tenants with a credential each)
+## and `make bench ARGS="--scenario fleet"` (a hub writing into 4 spoke control
+## planes of 1,000 namespaces each, one spoke killed and restarted).
 .PHONY: bench bench-smoke
 bench: deps
 	$(CARGO) build --release --bin regcred
@@ -118,7 +120,10 @@ bench: deps
 ## assertions. Then the tenants scenario reduced to 100 tenants with 30 s
 ## tokens: fails on extra provider calls or writes, writes to objects that
 ## should not change, a second over the provider call cap, or anything left
-## behind when the credentials are deleted.
+## behind when the credentials are deleted. Then the fleet scenario reduced
+## to 2 spokes of 50 namespaces: fails on more than one provider call per
+## mint or rotation, an idle write, no convergence, or a killed spoke not
+## converging when it is back.
 bench-smoke: deps
 	$(CARGO) build --quiet --bin regcred
 	$(CARGO) build --quiet -p regcred-testenv --bin regcred-bench
@@ -126,3 +131,5 @@ bench-smoke: deps
 		--namespaces 200 --rounds 2 --samples 20 --idle-seconds 10 --lifetime-seconds 45
 	$(TARGET_DIR)/debug/regcred-bench --regcred $(TARGET_DIR)/debug/regcred --scenario tenants \
 		--namespaces 100 --samples 10 --steady-seconds 45 --lifetime-seconds 30
+	$(TARGET_DIR)/debug/regcred-bench --regcred $(TARGET_DIR)/debug/regcred --scenario fleet \
+		--spokes 2 --namespaces 50 --rounds 1 --samples 10 --idle-seconds 10 --down-seconds 3

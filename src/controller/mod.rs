@@ -39,6 +39,7 @@ use kube::api::{Api, ListParams, PartialObjectMeta};
 use kube::runtime::controller::{Action, Config as ControllerConfig};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::utils::Backoff;
 use kube::runtime::utils::Predicate as _;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{Controller, WatchStreamExt, predicates};
@@ -91,6 +92,45 @@ impl Default for Settings {
     }
 }
 
+/// The backoff of a watch after an error: kube's default (0.8 s doubling to
+/// 30 s, client-go's), or for a spoke of the fleet 0.5 s doubling to 5 s, so
+/// a cluster that comes back is served again within seconds (a failed
+/// reconnect to a spoke costs it nothing).
+fn watch_backoff(spoke: bool) -> Box<dyn Backoff> {
+    if spoke { Box::new(SpokeBackoff::default()) } else { Box::new(watcher::DefaultBackoff::default()) }
+}
+
+/// See [`watch_backoff`]; reset by the stream on every event.
+struct SpokeBackoff {
+    next: Duration,
+}
+
+impl SpokeBackoff {
+    const FIRST: Duration = Duration::from_millis(500);
+    const MAX: Duration = Duration::from_secs(5);
+}
+
+impl Default for SpokeBackoff {
+    fn default() -> Self {
+        SpokeBackoff { next: Self::FIRST }
+    }
+}
+
+impl Iterator for SpokeBackoff {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        let now = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        Some(now)
+    }
+}
+
+impl Backoff for SpokeBackoff {
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
 /// Told of every event or error of a cluster's watches (a spoke's health).
 type Observer = Arc<dyn Fn(Result<(), &watcher::Error>) + Send + Sync>;
 
@@ -128,12 +168,13 @@ fn related_stream<K, F>(
     apply: fn(&Index, &Event<K>),
     what: &'static str,
     map: F,
+    backoff: Box<dyn Backoff>,
 ) -> impl Stream<Item = (Related, bool)> + Send
 where
     K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
     F: Fn(&K) -> Related + Send + 'static,
 {
-    stream.default_backoff().filter_map(move |event| {
+    stream.backoff(backoff).filter_map(move |event| {
         let out = match event {
             Ok(event) => {
                 apply(&index, &event);
@@ -236,6 +277,7 @@ fn related_watches(
             None => stream.boxed(),
         }
     }
+    let spoke = observe.is_some();
     let managed_cfg = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
     let others_cfg = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}!={MANAGED_BY}"));
     let namespaces = related_stream(
@@ -247,6 +289,7 @@ fn related_watches(
         Index::apply_namespace,
         "namespaces",
         |_| Related::Namespace,
+        watch_backoff(spoke),
     );
     let service_accounts = related_stream(
         observed(watcher::watcher(Api::<ServiceAccount>::all(client.clone()), watcher::Config::default()), &observe),
@@ -257,6 +300,7 @@ fn related_watches(
             namespace: sa.namespace().unwrap_or_default(),
             name: sa.name_any(),
         },
+        watch_backoff(spoke),
     );
     let managed = related_stream(
         observed(watcher::watcher(Api::<PartialObjectMeta<Secret>>::all(client.clone()), managed_cfg), &observe),
@@ -264,6 +308,7 @@ fn related_watches(
         Index::apply_managed,
         "managed secrets",
         secret_related,
+        watch_backoff(spoke),
     );
     let all_secrets = related_stream(
         observed(watcher::watcher(Api::<PartialObjectMeta<Secret>>::all(client.clone()), others_cfg), &observe),
@@ -271,6 +316,7 @@ fn related_watches(
         Index::apply_other,
         "secrets",
         secret_related,
+        watch_backoff(spoke),
     );
 
     vec![namespaces.boxed(), service_accounts.boxed(), managed.boxed(), all_secrets.boxed()]

@@ -200,11 +200,21 @@ impl Spoke {
     fn observe(&self, seen: Result<(), &watcher::Error>) {
         match seen {
             Ok(()) => {
-                let mut health = self.health.lock();
-                health.timed_out = false;
-                if health.problem.take().is_some() {
-                    tracing::info!(cluster = %self.name, "the cluster answers again");
-                    self.fleet.metrics.cluster_up.get_or_create(&self.labels()).set(i64::from(health.ready));
+                let cleared = {
+                    let mut health = self.health.lock();
+                    health.timed_out = false;
+                    let cleared = health.problem.take().is_some();
+                    if cleared {
+                        tracing::info!(cluster = %self.name, "the cluster answers again");
+                        self.fleet.metrics.cluster_up.get_or_create(&self.labels()).set(i64::from(health.ready));
+                    }
+                    cleared
+                };
+                // What was held back while it did not answer goes now.
+                if cleared {
+                    for name in self.credential_names() {
+                        self.enqueue(&name);
+                    }
                 }
             }
             Err(e) => {
@@ -347,6 +357,12 @@ impl Spoke {
 
     /// Brings one credential's Secrets here to what it wants.
     async fn sync(self: &Arc<Self>, cluster: &Arc<Cluster>, name: &str) {
+        // The watches say the cluster does not answer, or refuses the hub:
+        // every write would fail the same way (and log it), so none is
+        // sent; the watches' recovery sends every credential again.
+        if self.held_back() {
+            return;
+        }
         let owner = format!("{OWNER_PREFIX}{name}");
         let outcome = match self.fleet.credential(name) {
             // Gone (deleted while this cluster was away, or just now).
@@ -409,6 +425,15 @@ impl Spoke {
             Some(o) => outcomes.insert(name.to_string(), o),
             None => outcomes.remove(name),
         };
+    }
+
+    /// Whether writes wait for the cluster's watches to recover.
+    fn held_back(&self) -> bool {
+        let health = self.health.lock();
+        !health.timed_out
+            && health.problem.as_ref().is_some_and(|(reason, _)| {
+                [reasons::CLUSTER_UNREACHABLE, reasons::CLUSTER_UNAUTHORIZED].contains(reason)
+            })
     }
 
     /// Hands the namespaces where the Secret was just created to Pod

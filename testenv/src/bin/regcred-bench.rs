@@ -15,6 +15,10 @@
 //! (exit 1) when regcred does not converge, a new namespace or
 //! ServiceAccount is not served, or the rotation does not roll out; it makes
 //! no assertion about how fast anything is: it prints figures.
+//!
+//! Other scenarios (`--scenario`): `breadth` (10,000 namespaces), `tenants`
+//! (a RegistryCredential per namespace, tenants.rs) and `fleet` (a hub
+//! writing into spoke control planes, fleet.rs).
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -34,6 +38,8 @@ use regcred_testenv::operator::{Operator, record_secret};
 use regcred_testenv::{ControlPlane, Options};
 use serde_json::json;
 
+#[path = "regcred-bench/fleet.rs"]
+mod fleet;
 #[path = "regcred-bench/tenants.rs"]
 mod tenants;
 
@@ -58,6 +64,9 @@ enum Scenario {
     Breadth,
     /// N namespaces, each with a RegistryCredential of its own (tenants.rs).
     Tenants,
+    /// A hub and `--spokes` spoke control planes with N namespaces each
+    /// (fleet.rs).
+    Fleet,
 }
 
 #[derive(Debug, Clone)]
@@ -78,13 +87,20 @@ struct Args {
     /// Passed to regcred as `--provider-calls-per-second` (its default when
     /// unset); the tenants limit's minimal client keeps to the same cap.
     provider_calls_per_second: Option<u32>,
+    /// fleet: spoke control planes.
+    spokes: usize,
+    /// fleet: how long the killed spoke stays down (at least).
+    down: Duration,
 }
 
 fn usage() -> &'static str {
-    "regcred-bench --regcred PATH [--scenario default|breadth|tenants] [--namespaces 2000 (breadth: 10000)] \
-     [--credentials 3] [--samples 200] [--idle-seconds 60] [--lifetime-seconds 240 (tenants: 120)] \
+    "regcred-bench --regcred PATH [--scenario default|breadth|tenants|fleet] \
+     [--namespaces 2000 (breadth: 10000; fleet: 1000 per spoke)] [--spokes 4 (fleet)] [--down-seconds 10 (fleet)] \
+     [--credentials 3] [--samples 200 (fleet: 50)] [--idle-seconds 60 (fleet: 30)] \
+     [--lifetime-seconds 240 (tenants: 120)] \
      [--write-concurrency 32] [--concurrency 16] \
-     [--limit-concurrency N (default: min(credentials, concurrency) x write-concurrency)] [--rounds 3] \
+     [--limit-concurrency N (default: min(credentials, concurrency) x write-concurrency; fleet: write-concurrency)] \
+     [--rounds 3] \
      [--steady-seconds 300 (tenants)] \
      [--provider-calls-per-second N (default: regcred's; tenants: max(10, N/72))]"
 }
@@ -104,9 +120,12 @@ fn parse_args() -> Result<Args> {
         rounds: 3,
         steady: Duration::from_secs(300),
         provider_calls_per_second: None,
+        spokes: 4,
+        down: Duration::from_secs(10),
     };
     let mut regcred = None;
     let (mut namespaces_given, mut lifetime_given) = (false, false);
+    let (mut samples_given, mut idle_given) = (false, false);
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value; usage: {}", usage()));
@@ -118,6 +137,7 @@ fn parse_args() -> Result<Args> {
                     "default" => Scenario::Default,
                     "breadth" => Scenario::Breadth,
                     "tenants" => Scenario::Tenants,
+                    "fleet" => Scenario::Fleet,
                     other => bail!("unknown scenario {other}; usage: {}", usage()),
                 }
             }
@@ -128,8 +148,16 @@ fn parse_args() -> Result<Args> {
             "--steady-seconds" => a.steady = Duration::from_secs(number(value()?)? as u64),
             "--provider-calls-per-second" => a.provider_calls_per_second = Some(number(value()?)? as u32),
             "--credentials" => a.credentials = number(value()?)?,
-            "--samples" => a.samples = number(value()?)?,
-            "--idle-seconds" => a.idle = Duration::from_secs(number(value()?)? as u64),
+            "--samples" => {
+                a.samples = number(value()?)?;
+                samples_given = true;
+            }
+            "--idle-seconds" => {
+                a.idle = Duration::from_secs(number(value()?)? as u64);
+                idle_given = true;
+            }
+            "--spokes" => a.spokes = number(value()?)?,
+            "--down-seconds" => a.down = Duration::from_secs(number(value()?)? as u64),
             "--lifetime-seconds" => {
                 a.lifetime = Duration::from_secs(number(value()?)? as u64);
                 lifetime_given = true;
@@ -148,6 +176,21 @@ fn parse_args() -> Result<Args> {
     if a.scenario == Scenario::Breadth && !namespaces_given {
         a.namespaces = 10_000;
     }
+    if a.scenario == Scenario::Fleet {
+        // Per spoke; a new namespace's latency is sampled across the spokes.
+        if !namespaces_given {
+            a.namespaces = 1000;
+        }
+        if !samples_given {
+            a.samples = 50;
+        }
+        if !idle_given {
+            a.idle = Duration::from_secs(30);
+        }
+        if a.spokes < 2 {
+            bail!("--spokes must be at least 2 (one is killed while the others are measured)");
+        }
+    }
     if a.scenario == Scenario::Tenants && !lifetime_given {
         a.lifetime = Duration::from_secs(120);
     }
@@ -165,7 +208,7 @@ fn parse_args() -> Result<Args> {
     if a.namespaces == 0 || a.credentials == 0 || a.samples == 0 || a.rounds == 0 {
         bail!("--namespaces, --credentials, --samples and --rounds must be at least 1");
     }
-    if a.samples > a.namespaces {
+    if a.samples > a.namespaces && a.scenario != Scenario::Fleet {
         bail!("--samples must not exceed --namespaces (new ServiceAccounts go into distinct namespaces)");
     }
     Ok(a)
@@ -729,6 +772,9 @@ async fn run() -> Result<()> {
     let args = parse_args()?;
     if args.scenario == Scenario::Tenants {
         return tenants::run(args).await;
+    }
+    if args.scenario == Scenario::Fleet {
+        return fleet::run(args).await;
     }
     let breadth = args.scenario == Scenario::Breadth;
     let n = args.namespaces;
