@@ -169,6 +169,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             };
             regcred::controller::fleet::run(client.clone(), fleet, metrics.clone()).boxed()
         }
+        (None, true) => {
+            tracing::warn!(
+                "no cluster resource namespace: the fleet (kubeconfig Secrets of other clusters) is off; set --cluster-resource-namespace or POD_NAMESPACE"
+            );
+            futures::future::pending().boxed()
+        }
         _ => futures::future::pending().boxed(),
     };
     let election = if args.leader.leader_elect {
