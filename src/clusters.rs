@@ -72,7 +72,7 @@ pub fn registration(secret: &Secret) -> Option<Registration> {
         None => Err("the Secret has no key `value`".to_string()),
         Some(v) => std::str::from_utf8(v)
             .map_err(|_| "the key `value` is not UTF-8 text".to_string())
-            .and_then(|t| Kubeconfig::from_yaml(t).map_err(|e| format!("the key `value` is no kubeconfig: {e}")))
+            .and_then(|t| Kubeconfig::from_yaml(t).map_err(|e| shape_error("the key `value` is no kubeconfig", &e)))
             .and_then(checked),
     };
     Some(Registration { name: cluster.clone(), secret: secret_name, format: Format::ClusterApi, labels, kubeconfig })
@@ -106,7 +106,9 @@ struct ArgoTls {
 fn argo_kubeconfig(name: &str, server: Option<&str>, config: Option<&[u8]>) -> Result<Kubeconfig, String> {
     let server = server.ok_or("the Secret has no key `server`")?;
     let config: ArgoConfig = match config {
-        Some(c) => serde_json::from_slice(c).map_err(|e| format!("the key `config` is not Argo CD's JSON: {e}"))?,
+        Some(c) => serde_json::from_slice(c).map_err(|e| {
+            format!("the key `config` is not Argo CD's JSON (line {}, column {})", e.line(), e.column())
+        })?,
         None => ArgoConfig::default(),
     };
     if config.aws_auth_config.is_some() || config.exec_provider_config.is_some() {
@@ -136,8 +138,25 @@ fn argo_kubeconfig(name: &str, server: Option<&str>, config: Option<&[u8]>) -> R
     });
     let text = serde_json::to_string(&strip_nulls(document)).expect("JSON serialises");
     Kubeconfig::from_yaml(&text)
-        .map_err(|e| format!("the Argo CD cluster Secret makes no kubeconfig: {e}"))
+        .map_err(|e| shape_error("the Argo CD cluster Secret makes no kubeconfig", &e))
         .and_then(checked)
+}
+
+/// `what`, without the parser's message: serde's messages quote the value
+/// they choke on ("invalid type: string \"...\""), which in a kubeconfig
+/// can be a token or a key. Only where, if the error says.
+fn shape_error(what: &str, e: &kube::config::KubeconfigError) -> String {
+    use std::error::Error as _;
+    let mut source = e.source();
+    while let Some(s) = source {
+        if let Some(yaml) = s.downcast_ref::<serde_yaml::Error>()
+            && let Some(at) = yaml.location()
+        {
+            return format!("{what} (line {}, column {})", at.line(), at.column());
+        }
+        source = s.source();
+    }
+    what.to_string()
 }
 
 fn strip_nulls(v: serde_json::Value) -> serde_json::Value {
@@ -261,6 +280,22 @@ mod tests {
         assert!(registration(&exec).unwrap().kubeconfig.unwrap_err().contains("run commands"));
         // Repository Secrets of Argo CD are not clusters.
         assert!(registration(&secret("repo", &[(ARGO_SECRET_TYPE_LABEL, "repository")], &[])).is_none());
+    }
+
+    #[test]
+    fn a_malformed_kubeconfig_is_refused_without_quoting_it() {
+        let leaky = "apiVersion: v1\nclusters: s3cr3t-token-value\nusers: []\ncontexts: []\n";
+        let s = secret("x-kubeconfig", &[(CAPI_CLUSTER_NAME_LABEL, "x")], &[("value", leaky)]);
+        let Err(err) = registration(&s).unwrap().kubeconfig else { panic!("accepted") };
+        assert!(err.starts_with("the key `value` is no kubeconfig"), "{err}");
+        assert!(!err.contains("s3cr3t"), "the error quotes the Secret: {err}");
+        let argo = secret(
+            "c",
+            &[(ARGO_SECRET_TYPE_LABEL, "cluster")],
+            &[("server", "https://h"), ("config", r#"{"bearerToken": 12, "tlsClientConfig": "s3cr3t-key"}"#)],
+        );
+        let Err(err) = registration(&argo).unwrap().kubeconfig else { panic!("accepted") };
+        assert!(!err.contains("s3cr3t"), "the error quotes the Secret: {err}");
     }
 
     #[test]

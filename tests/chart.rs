@@ -29,11 +29,13 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, Resource, ResourceExt};
 use regcred::api::{ClusterRegistryCredential, CredentialStatus, RegistryCredential};
-use regcred_testenv::chart::{helm as helm_command, kubeconform, schema_location, write_kubeconform_schemas};
+use regcred_testenv::chart::{
+    Grant, grants, helm as helm_command, kubeconform, manifest_objects, refusal, refused_by_guardrail, rules_of,
+    schema_location, write_kubeconform_schemas,
+};
 use regcred_testenv::google_standin::GoogleStandIn;
 use regcred_testenv::operator::{Operator, record_secret};
 use regcred_testenv::{ControlPlane, repo_root};
-use serde::Deserialize as _;
 use serde_json::{Value, json};
 
 const RELEASE: &str = "regcred";
@@ -109,15 +111,6 @@ fn template(extra: &[&str]) -> String {
     args.extend_from_slice(extra);
     helm_ok(&args)
 }
-
-/// Every object of a multi-document manifest.
-fn objects(manifest: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(manifest)
-        .map(|doc| Value::deserialize(doc).expect("helm rendered valid YAML"))
-        .filter(|v| !v.is_null())
-        .collect()
-}
-
 fn object<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
     objects.iter().find(|o| o["kind"] == kind).unwrap_or_else(|| panic!("no {kind} rendered"))
 }
@@ -191,7 +184,7 @@ fn lint_and_validate(name: &str, values: Option<&Path>) -> Vec<Value> {
     let lint_out = helm_ok(&lint);
     assert!(lint_out.contains("0 chart(s) failed"), "{lint_out}");
     let manifest = template(&tmpl);
-    let objs = objects(&manifest);
+    let objs = manifest_objects(&manifest);
     let (summary, text) = kubeconform_check(name, &manifest);
     eprintln!("kubeconform ({name}): {summary:?}");
     assert_eq!(summary, Summary { valid: objs.len() as u64, ..Default::default() }, "kubeconform ({name}):\n{text}");
@@ -214,31 +207,6 @@ fn normalized(v: &Value) -> Value {
 
 // ---------------------------------------------------------------------------
 // RBAC
-
-type Grant = (String, String, String, Option<String>);
-
-/// Rules flattened to `(apiGroup, resource, verb, resourceName)`, so that
-/// comparisons ignore order and grouping.
-fn grants(rules: &[PolicyRule]) -> BTreeSet<Grant> {
-    let mut out = BTreeSet::new();
-    for r in rules {
-        assert!(r.non_resource_urls.as_ref().is_none_or(Vec::is_empty), "nonResourceURLs in {r:?}");
-        let names: Vec<Option<String>> = match r.resource_names.as_deref() {
-            Some(n) if !n.is_empty() => n.iter().cloned().map(Some).collect(),
-            _ => vec![None],
-        };
-        for g in r.api_groups.as_deref().unwrap_or_default() {
-            for res in r.resources.as_deref().unwrap_or_default() {
-                for v in &r.verbs {
-                    for n in &names {
-                        out.insert((g.clone(), res.clone(), v.clone(), n.clone()));
-                    }
-                }
-            }
-        }
-    }
-    out
-}
 
 fn expected_cluster_grants() -> BTreeSet<Grant> {
     let rules: Vec<PolicyRule> = CLUSTER_ROLE_RULES
@@ -268,11 +236,6 @@ fn expected_role_grants(lease: &str) -> BTreeSet<Grant> {
         .collect();
     grants(&rules)
 }
-
-fn rules_of(obj: &Value) -> Vec<PolicyRule> {
-    serde_json::from_value(obj["rules"].clone()).expect("rules")
-}
-
 // ---------------------------------------------------------------------------
 // Tests without a cluster write
 
@@ -475,7 +438,7 @@ fn values_schema_rejects_bad_values() {
 
 #[test]
 fn rendered_rbac_is_exactly_the_documented_set() {
-    let objs = objects(&template(&["--set", "replicas=2"]));
+    let objs = manifest_objects(&template(&["--set", "replicas=2"]));
     assert_eq!(grants(&rules_of(object(&objs, "ClusterRole"))), expected_cluster_grants());
     assert_eq!(grants(&rules_of(object(&objs, "Role"))), expected_role_grants(RELEASE));
     for kind in ["ClusterRoleBinding", "RoleBinding"] {
@@ -500,7 +463,7 @@ fn rendered_admission_policies_are_the_tested_files() {
     let files: Vec<_> = fs::read_dir(chart_dir().join("files/admission")).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(files.len(), 4, "a policy and its binding per credential kind: {files:?}");
     for version in ["v1", "v1beta1"] {
-        let objs = objects(&template(&["--set", &format!("admissionPolicies.apiVersion={version}")]));
+        let objs = manifest_objects(&template(&["--set", &format!("admissionPolicies.apiVersion={version}")]));
         let rendered: Vec<&Value> = objs.iter().filter(is_admission).collect();
         assert_eq!(rendered.len(), files.len());
         for path in &files {
@@ -526,10 +489,14 @@ fn rendered_admission_policies_are_the_tested_files() {
             );
         }
     }
-    let objs = objects(&template(&[]));
+    let objs = manifest_objects(&template(&[]));
     assert!(!objs.iter().any(|o| is_admission(&o)), "no policy for a cluster without the API");
-    let objs =
-        objects(&template(&["--set", "admissionPolicies.install=false", "--set", "admissionPolicies.apiVersion=v1"]));
+    let objs = manifest_objects(&template(&[
+        "--set",
+        "admissionPolicies.install=false",
+        "--set",
+        "admissionPolicies.apiVersion=v1",
+    ]));
     assert!(!objs.iter().any(|o| is_admission(&o)));
 }
 
@@ -543,7 +510,12 @@ fn rendered_alerts_and_dashboard_are_the_files() {
         serde_yaml::from_str(&fs::read_to_string(chart_dir().join("files/alerts/regcred.rules.yaml")).unwrap())
             .unwrap();
     let dashboard = fs::read_to_string(chart_dir().join("files/dashboards/regcred.json")).unwrap();
-    let objs = objects(&template(&["--set", "prometheusRule.enabled=true", "--set", "grafanaDashboard.enabled=true"]));
+    let objs = manifest_objects(&template(&[
+        "--set",
+        "prometheusRule.enabled=true",
+        "--set",
+        "grafanaDashboard.enabled=true",
+    ]));
     let rule = object(&objs, "PrometheusRule");
     assert_eq!(rule["metadata"]["namespace"], NS);
     assert_eq!(rule["metadata"]["labels"]["app.kubernetes.io/instance"], RELEASE);
@@ -553,7 +525,7 @@ fn rendered_alerts_and_dashboard_are_the_files() {
     assert_eq!(map["data"]["regcred.json"].as_str(), Some(dashboard.as_str()), "the ConfigMap is the dashboard file");
 
     // Per-alert overrides, from the all-options values.
-    let objs = objects(&template(&["--values", &all_options_values().display().to_string()]));
+    let objs = manifest_objects(&template(&["--values", &all_options_values().display().to_string()]));
     let rule = object(&objs, "PrometheusRule");
     assert_eq!(rule["metadata"]["namespace"], "monitoring");
     assert_eq!(rule["metadata"]["labels"]["release"], "prometheus");
@@ -581,7 +553,7 @@ fn rendered_alerts_and_dashboard_are_the_files() {
     assert_eq!(map["metadata"]["annotations"]["grafana_folder"], "Platform");
     assert_eq!(map["data"]["regcred.json"].as_str(), Some(dashboard.as_str()));
 
-    let objs = objects(&template(&[]));
+    let objs = manifest_objects(&template(&[]));
     assert!(!objs.iter().any(|o| o["kind"] == "PrometheusRule" || o["kind"] == "ConfigMap"), "off by default");
 }
 
@@ -593,7 +565,8 @@ fn rendered_alerts_and_dashboard_are_the_files() {
 #[test]
 fn rendered_guardrails_are_the_tested_files() {
     const VAP: &str = "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy";
-    let objs = objects(&template(&["--api-versions", VAP, "--set", "guardrails.apiAudiences={https://api.example}"]));
+    let objs =
+        manifest_objects(&template(&["--api-versions", VAP, "--set", "guardrails.apiAudiences={https://api.example}"]));
     let identity = format!("system:serviceaccount:{NS}:{RELEASE}");
     let want =
         regcred_testenv::guardrails::policies(std::slice::from_ref(&identity), &["https://api.example"]).unwrap();
@@ -618,7 +591,7 @@ fn rendered_guardrails_are_the_tested_files() {
     let tokens = serde_json::to_string(&objs).unwrap();
     assert!(tokens.contains("'https://api.example'"), "the API audiences are filled in");
     for off in [template(&[]), template(&["--api-versions", VAP, "--set", "guardrails.enabled=false"])] {
-        assert!(objects(&off).iter().all(|o| o["kind"] != "ValidatingAdmissionPolicy"), "{off}");
+        assert!(manifest_objects(&off).iter().all(|o| o["kind"] != "ValidatingAdmissionPolicy"), "{off}");
     }
 }
 
@@ -1232,7 +1205,6 @@ fn authorization_failures_are_found_and_resource_versions_ignored() {
                2026-01-01T00:00:00.403Z INFO ok";
     assert_eq!(authorization_failures(log).len(), 2, "{:?}", authorization_failures(log));
 }
-
 /// The chart's `kubeVersion` admits every supported minor (hack/versions.env,
 /// docs/compatibility.md), cloud-suffixed versions included, and Helm
 /// refuses to install on the minor before the oldest.
@@ -1251,29 +1223,6 @@ fn the_chart_installs_on_the_supported_minors_only() {
     let out = helm(&["template", RELEASE, &chart, "--namespace", NS, "--kube-version", &older]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("requires kubeVersion"), "{older}: {stderr}");
-}
-
-/// What a request by the thief came to: `Ok` or the apiserver's refusal.
-fn refusal<T>(what: &str, result: Result<T, kube::Error>) -> String {
-    match result {
-        Ok(_) => panic!("{what}: the apiserver allowed it"),
-        Err(kube::Error::Api(e)) => {
-            assert_eq!(e.code, 403, "{what}: {e:?}");
-            e.message
-        }
-        Err(e) => panic!("{what}: {e}"),
-    }
-}
-
-/// Asserts that the guardrails (not only RBAC) refused `what`: the message
-/// names the chart's policy and says what regcred may do.
-fn refused_by_guardrail(what: &str, policy: &str, result: Result<impl Sized, kube::Error>) {
-    let message = refusal(what, result);
-    assert!(
-        message.contains(&format!("'{policy}'")) && message.contains("regcred may"),
-        "{what}: not refused by {policy}: {message}"
-    );
-    eprintln!("{what}: refused: {message}");
 }
 
 /// Asserts that RBAC refused `what` (regcred's role has no such verb).

@@ -38,10 +38,12 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, P
 use kube::{Client, Resource, ResourceExt};
 use regcred::clusters::{Format, Registration, registration};
 use regcred::controller::fleet::shards::{self, LeaseSettings};
-use regcred_testenv::chart::{kubeconform, schema_location, start_token_controller, write_kubeconform_schemas};
+use regcred_testenv::chart::{
+    Grant, grants, kubeconform, manifest_objects, refusal, refused_by_guardrail, rules_of, schema_location,
+    start_token_controller, write_kubeconform_schemas,
+};
 use regcred_testenv::operator::record_secret;
 use regcred_testenv::{ControlPlane, repo_root};
-use serde::Deserialize as _;
 use serde_json::{Value, json};
 
 const RELEASE: &str = "regcred";
@@ -135,20 +137,12 @@ fn template_in(namespace: &str, extra: &[&str]) -> Vec<Value> {
     let chart = chart_dir().display().to_string();
     let mut args = vec!["template", RELEASE, &chart, "--namespace", namespace];
     args.extend_from_slice(extra);
-    objects(&helm_ok(&args))
+    manifest_objects(&helm_ok(&args))
 }
 
 fn template(extra: &[&str]) -> Vec<Value> {
     template_in(NS, extra)
 }
-
-fn objects(manifest: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(manifest)
-        .map(|doc| Value::deserialize(doc).expect("valid YAML"))
-        .filter(|v| !v.is_null())
-        .collect()
-}
-
 fn kinds(objs: &[Value]) -> BTreeSet<String> {
     objs.iter().filter_map(|o| o["kind"].as_str().map(String::from)).collect()
 }
@@ -224,9 +218,7 @@ fn kubeconform_valid(name: &str, objs: &[Value]) {
 // ---------------------------------------------------------------------------
 // RBAC as sets of grants
 
-/// `(apiGroup, resource, verb, resourceName)`.
-type Grant = (String, String, String, Option<String>);
-
+/// Expected rules as grants.
 fn grants_of(rules: &[(&str, &[&str], &[&str])]) -> BTreeSet<Grant> {
     let mut out = BTreeSet::new();
     for (group, resources, verbs) in rules {
@@ -256,34 +248,6 @@ fn spoke_grants(recovery: bool, injection: bool) -> BTreeSet<Grant> {
     }
     out
 }
-
-/// Rules flattened to grants, so that comparisons ignore order and
-/// grouping; no rule may name non-resource URLs.
-fn grants(rules: &[PolicyRule]) -> BTreeSet<Grant> {
-    let mut out = BTreeSet::new();
-    for r in rules {
-        assert!(r.non_resource_urls.as_ref().is_none_or(Vec::is_empty), "nonResourceURLs in {r:?}");
-        let names: Vec<Option<String>> = match r.resource_names.as_deref() {
-            Some(n) if !n.is_empty() => n.iter().cloned().map(Some).collect(),
-            _ => vec![None],
-        };
-        for g in r.api_groups.iter().flatten() {
-            for res in r.resources.iter().flatten() {
-                for v in &r.verbs {
-                    for n in &names {
-                        out.insert((g.clone(), res.clone(), v.clone(), n.clone()));
-                    }
-                }
-            }
-        }
-    }
-    out
-}
-
-fn rules_of(obj: &Value) -> Vec<PolicyRule> {
-    serde_json::from_value(obj["rules"].clone()).expect("rules")
-}
-
 // ---------------------------------------------------------------------------
 // Rendering
 
@@ -649,35 +613,12 @@ where
     let obj: K = serde_json::from_value(obj).unwrap();
     api.create(&PostParams::default(), &obj).await.unwrap_or_else(|e| panic!("creating {}: {e}", obj.name_any()))
 }
-
-fn refusal<T>(what: &str, result: Result<T, kube::Error>) -> String {
-    match result {
-        Ok(_) => panic!("{what}: the apiserver allowed it"),
-        Err(kube::Error::Api(e)) => {
-            assert_eq!(e.code, 403, "{what}: {e:?}");
-            e.message
-        }
-        Err(e) => panic!("{what}: {e}"),
-    }
-}
-
 /// RBAC refused `what`: the hub's ClusterRole has no such verb.
 fn refused_by_rbac(what: &str, result: Result<impl Sized, kube::Error>) {
     let message = refusal(what, result);
     assert!(message.contains(HUB_USER) && message.contains("cannot"), "{what}: not refused by RBAC: {message}");
     eprintln!("{what}: refused: {message}");
 }
-
-/// The chart's guardrail `policy` refused `what`.
-fn refused_by_guardrail(what: &str, policy: &str, result: Result<impl Sized, kube::Error>) {
-    let message = refusal(what, result);
-    assert!(
-        message.contains(&format!("'{policy}'")) && message.contains("regcred may"),
-        "{what}: not refused by {policy}: {message}"
-    );
-    eprintln!("{what}: refused: {message}");
-}
-
 // ---------------------------------------------------------------------------
 // Install in spoke mode, register, act as the hub
 
@@ -710,7 +651,7 @@ async fn spoke_install_then_the_hub_token_does_what_the_hub_does_and_nothing_els
     // does).
     let served = regcred_testenv::version::k8s().admission_api();
     let manifest = helm_ok(&["get", "manifest", RELEASE, "--namespace", NS, "--kubeconfig", &kc]);
-    assert_eq!(kinds(&objects(&manifest)), spoke_kinds(served), "installed kinds");
+    assert_eq!(kinds(&manifest_objects(&manifest)), spoke_kinds(served), "installed kinds");
     if let Some(version) = served {
         assert!(out.contains(&format!("inject-pull-secret.fleet.regcred.dev ({version})")), "NOTES:\n{out}");
     }

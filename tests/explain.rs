@@ -25,25 +25,7 @@ async fn create_pod(client: &Client, ns: &str, name: &str, sa: Option<&str>, own
 }
 
 async fn create_pod_with(client: &Client, ns: &str, name: &str, image: &str, sa: Option<&str>, own: &[&str]) {
-    let mut spec = json!({"containers": [{"name": "app", "image": image}],
-        "automountServiceAccountToken": false});
-    if let Some(sa) = sa {
-        spec["serviceAccountName"] = json!(sa);
-    }
-    if !own.is_empty() {
-        spec["imagePullSecrets"] = json!(own.iter().map(|n| json!({"name": n})).collect::<Vec<_>>());
-    }
-    let pod: Pod = serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap();
-    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
-    wait_for(&format!("Pod {ns}/{name} admitted"), WAIT, || async {
-        match api.create(&PostParams::default(), &pod).await {
-            Ok(_) => Some(()),
-            // A new namespace's default ServiceAccount may not exist yet.
-            Err(kube::Error::Api(e)) if e.message.contains("serviceaccount") => None,
-            Err(e) => panic!("creating Pod {ns}/{name}: {e}"),
-        }
-    })
-    .await;
+    common::create_pod(client, ns, name, pod_spec(image, sa, own)).await
 }
 
 fn reason(report: &Value) -> String {

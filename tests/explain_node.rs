@@ -46,21 +46,10 @@ fn reason(report: &Value) -> &str {
 /// A bare Pod pulling the test image (`Always`), as `sa`, with `own` pull
 /// Secrets.
 async fn create_pod(client: &Client, ns: &str, name: &str, sa: &str, own: &[&str]) {
-    let mut spec = json!({"containers": [{"name": "app", "image": image(), "imagePullPolicy": "Always"}],
-        "serviceAccountName": sa, "terminationGracePeriodSeconds": 0, "automountServiceAccountToken": false});
-    if !own.is_empty() {
-        spec["imagePullSecrets"] = json!(own.iter().map(|n| json!({"name": n})).collect::<Vec<_>>());
-    }
-    let pod: Pod = serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap();
-    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
-    wait_for(&format!("Pod {ns}/{name} admitted"), WAIT, || async {
-        match api.create(&PostParams::default(), &pod).await {
-            Ok(_) => Some(()),
-            Err(kube::Error::Api(e)) if e.message.contains("serviceaccount") => None,
-            Err(e) => panic!("creating Pod {ns}/{name}: {e}"),
-        }
-    })
-    .await;
+    let mut spec = pod_spec(&image(), Some(sa), own);
+    spec["containers"][0]["imagePullPolicy"] = json!("Always");
+    spec["terminationGracePeriodSeconds"] = json!(0);
+    common::create_pod(client, ns, name, spec).await
 }
 
 /// Waits until the kubelet has failed to pull the Pod's image (the

@@ -502,6 +502,71 @@ fn prometheus_rule_schema() -> Value {
     )
 }
 
+// ---------------------------------------------------------------------------
+// Rendered manifests, RBAC rules and refusals, shared by the chart tests
+
+/// The documents of a rendered manifest, empty ones skipped.
+pub fn manifest_objects(manifest: &str) -> Vec<serde_json::Value> {
+    use serde::Deserialize as _;
+    serde_yaml::Deserializer::from_str(manifest)
+        .map(|doc| serde_json::Value::deserialize(doc).expect("valid YAML"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// The `rules` of a rendered Role or ClusterRole.
+pub fn rules_of(obj: &serde_json::Value) -> Vec<k8s_openapi::api::rbac::v1::PolicyRule> {
+    serde_json::from_value(obj["rules"].clone()).expect("rules")
+}
+
+/// One permission: `(apiGroup, resource, verb, resourceName)`.
+pub type Grant = (String, String, String, Option<String>);
+
+/// Rules flattened to grants, so that comparisons ignore order and
+/// grouping; no rule may name non-resource URLs.
+pub fn grants(rules: &[k8s_openapi::api::rbac::v1::PolicyRule]) -> std::collections::BTreeSet<Grant> {
+    let mut out = std::collections::BTreeSet::new();
+    for r in rules {
+        assert!(r.non_resource_urls.as_ref().is_none_or(Vec::is_empty), "nonResourceURLs in {r:?}");
+        let names: Vec<Option<String>> = match r.resource_names.as_deref() {
+            Some(n) if !n.is_empty() => n.iter().cloned().map(Some).collect(),
+            _ => vec![None],
+        };
+        for g in r.api_groups.as_deref().unwrap_or_default() {
+            for res in r.resources.as_deref().unwrap_or_default() {
+                for v in &r.verbs {
+                    for n in &names {
+                        out.insert((g.clone(), res.clone(), v.clone(), n.clone()));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The apiserver's message for a request it must have refused with 403.
+pub fn refusal<T>(what: &str, result: Result<T, kube::Error>) -> String {
+    match result {
+        Ok(_) => panic!("{what}: the apiserver allowed it"),
+        Err(kube::Error::Api(e)) => {
+            assert_eq!(e.code, 403, "{what}: {e:?}");
+            e.message
+        }
+        Err(e) => panic!("{what}: {e}"),
+    }
+}
+
+/// Asserts that guardrail `policy` refused the request.
+pub fn refused_by_guardrail(what: &str, policy: &str, result: Result<impl Sized, kube::Error>) {
+    let message = refusal(what, result);
+    assert!(
+        message.contains(&format!("'{policy}'")) && message.contains("regcred may"),
+        "{what}: not refused by {policy}: {message}"
+    );
+    eprintln!("{what}: refused: {message}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

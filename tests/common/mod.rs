@@ -355,3 +355,32 @@ pub fn explain_pod_json(pod: &str) -> (i32, Value) {
         .unwrap_or_else(|e| panic!("explain {pod}: {e}: {}", String::from_utf8_lossy(&out.stderr)));
     (out.status.code().unwrap(), report)
 }
+
+/// A bare Pod's spec: one container of `image`, running as `sa` (the
+/// namespace's `default` when `None`), listing `own` pull Secrets.
+pub fn pod_spec(image: &str, sa: Option<&str>, own: &[&str]) -> Value {
+    let mut spec = json!({"containers": [{"name": "app", "image": image}], "automountServiceAccountToken": false});
+    if let Some(sa) = sa {
+        spec["serviceAccountName"] = json!(sa);
+    }
+    if !own.is_empty() {
+        spec["imagePullSecrets"] = json!(own.iter().map(|n| json!({"name": n})).collect::<Vec<_>>());
+    }
+    spec
+}
+
+/// Creates Pod `ns/name` with `spec`, again while the namespace's
+/// ServiceAccount does not exist yet (a new namespace's `default`).
+pub async fn create_pod(client: &Client, ns: &str, name: &str, spec: Value) {
+    let pod: k8s_openapi::api::core::v1::Pod =
+        serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap();
+    let api = Api::namespaced(client.clone(), ns);
+    wait_for(&format!("Pod {ns}/{name} admitted"), WAIT, || async {
+        match api.create(&PostParams::default(), &pod).await {
+            Ok(_) => Some(()),
+            Err(kube::Error::Api(e)) if e.message.contains("serviceaccount") => None,
+            Err(e) => panic!("creating Pod {ns}/{name}: {e}"),
+        }
+    })
+    .await;
+}

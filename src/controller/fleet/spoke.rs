@@ -30,6 +30,8 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::{Resource, ResourceExt};
 
 const OWNER_PREFIX: &str = "ClusterRegistryCredential/";
+/// Why a kubeconfig that parsed cannot make a client.
+const UNUSABLE: &str = "the kubeconfig cannot be used: its certificate, key or CA data cannot be read";
 /// The longest one credential's sync in one cluster may take.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -232,7 +234,8 @@ impl Spoke {
         };
         let mut config = match kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await {
             Ok(c) => c,
-            Err(e) => return self.problem(reasons::KUBECONFIG_INVALID, format!("the kubeconfig cannot be used: {e}")),
+            // Its message may quote what it could not read: not shown.
+            Err(_) => return self.problem(reasons::KUBECONFIG_INVALID, UNUSABLE.into()),
         };
         // A spoke that does not answer fails its own requests soon; the
         // watches' long polls keep the default read timeout.
@@ -240,7 +243,7 @@ impl Spoke {
         config.write_timeout = Some(Duration::from_secs(30));
         let client = match crate::metrics::counted_client(config, &self.fleet.metrics) {
             Ok(c) => c,
-            Err(e) => return self.problem(reasons::KUBECONFIG_INVALID, format!("the kubeconfig cannot be used: {e}")),
+            Err(_) => return self.problem(reasons::KUBECONFIG_INVALID, UNUSABLE.into()),
         };
         let index = Arc::new(Index::spoke(self.fleet.credential_stores(), self.identity.clone()));
         let jobs = self.jobs.clone();

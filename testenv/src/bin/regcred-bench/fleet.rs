@@ -21,9 +21,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-use kube::config::Kubeconfig;
-use secrecy::ExposeSecret;
+use regcred_testenv::fleet;
 
 const REGISTRY: &str = "fleet.registry.example";
 const CREDENTIAL: &str = "bench-fleet";
@@ -33,8 +31,6 @@ const USERNAME: &str = "bench-fleet";
 /// Label on the kubeconfig Secrets the credential selects the spokes by.
 const FLEET_LABEL: &str = "regcred-bench/fleet";
 /// Where the hub's identity lives in each spoke.
-const SPOKE_NS: &str = "regcred-spoke";
-const HUB_SA: &str = "regcred-hub";
 /// The limit's Secret in each namespace.
 const LIMIT_PULL: &str = "bench-limit-0";
 /// The longest the bench waits for regcred to serve the spokes once they
@@ -202,69 +198,16 @@ fn all_removed(spokes: &[Spoke]) -> bool {
     })
 }
 
-/// The hub's identity in a spoke: a ServiceAccount bound to a ClusterRole
-/// with only what regcred does there (as in tests/fleet.rs). Returns a
-/// kubeconfig for it.
-async fn hub_identity(spoke: &ControlPlane) -> Result<String> {
-    let client = spoke.client().await?;
-    async fn create<K>(api: &Api<K>, obj: serde_json::Value) -> Result<()>
-    where
-        K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + serde::Serialize,
-    {
-        let obj: K = serde_json::from_value(obj)?;
-        match api.create(&PostParams::default(), &obj).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("creating {}", obj.name_any())),
-        }
-    }
-    create(&Api::<Namespace>::all(client.clone()), json!({"metadata": {"name": SPOKE_NS}})).await?;
-    create(&Api::<ServiceAccount>::namespaced(client.clone(), SPOKE_NS), json!({"metadata": {"name": HUB_SA}})).await?;
-    create(
-        &Api::<ClusterRole>::all(client.clone()),
-        json!({"metadata": {"name": "regcred-spoke"}, "rules": [
-            {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
-            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["list", "watch", "create", "patch", "delete"]},
-            {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get", "list", "watch", "patch"]}
-        ]}),
-    )
-    .await?;
-    create(
-        &Api::<ClusterRoleBinding>::all(client.clone()),
-        json!({"metadata": {"name": "regcred-spoke"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "regcred-spoke"},
-            "subjects": [{"kind": "ServiceAccount", "name": HUB_SA, "namespace": SPOKE_NS}]}),
-    )
-    .await?;
-    let kubeconfig = spoke.service_account_kubeconfig(SPOKE_NS, HUB_SA).await?;
-    record_secret(token_of(&kubeconfig)?.as_str());
-    Ok(kubeconfig)
-}
-
-fn token_of(kubeconfig: &str) -> Result<String> {
-    let kc = Kubeconfig::from_yaml(kubeconfig)?;
-    let auth = kc.auth_infos.first().and_then(|a| a.auth_info.as_ref()).context("no user in the kubeconfig")?;
-    Ok(auth.token.as_ref().context("no token in the kubeconfig")?.expose_secret().to_string())
-}
-
-/// Registers spoke `i` in the hub: even ones in Cluster API's format
-/// (`<cluster>-kubeconfig`, key `value`), odd ones in Argo CD's (keys
-/// `name`, `server`, `config` with `bearerToken` and `tlsClientConfig.caData`).
+/// Registers spoke `i` in the hub: even ones in Cluster API's format, odd
+/// ones in Argo CD's (`regcred_testenv::fleet`).
 async fn register(hub: &Client, i: usize, cluster: &str, kubeconfig: &str) -> Result<()> {
+    let labels = json!({FLEET_LABEL: "yes"});
     let secret = if i.is_multiple_of(2) {
-        json!({"metadata": {"name": format!("{cluster}-kubeconfig"), "namespace": CLUSTER_NS,
-                "labels": {"cluster.x-k8s.io/cluster-name": cluster, (FLEET_LABEL): "yes"}},
-               "type": "cluster.x-k8s.io/secret", "stringData": {"value": kubeconfig}})
+        fleet::capi_secret(CLUSTER_NS, cluster, kubeconfig, &labels)
     } else {
-        let kc = Kubeconfig::from_yaml(kubeconfig)?;
-        let c = kc.clusters.first().and_then(|c| c.cluster.as_ref()).context("no cluster in the kubeconfig")?;
-        let config = json!({"bearerToken": token_of(kubeconfig)?,
-                            "tlsClientConfig": {"insecure": false, "caData": c.certificate_authority_data}});
-        json!({"metadata": {"name": format!("cluster-{cluster}"), "namespace": CLUSTER_NS,
-                "labels": {"argocd.argoproj.io/secret-type": "cluster", (FLEET_LABEL): "yes"}},
-               "stringData": {"name": cluster, "server": c.server, "config": config.to_string()}})
+        fleet::argo_secret(CLUSTER_NS, cluster, kubeconfig, &labels)?
     };
-    apply_hub_secret(hub, secret).await
+    fleet::apply_secret(hub, &secret).await.map(drop)
 }
 
 async fn apply_hub_secret(hub: &Client, mut s: serde_json::Value) -> Result<()> {
@@ -718,7 +661,7 @@ pub(super) async fn run(args: Args) -> Result<()> {
     .await?;
     let mut kubeconfigs = Vec::new();
     for spoke in &spokes {
-        kubeconfigs.push(hub_identity(&spoke.cp).await?);
+        kubeconfigs.push(fleet::hub_identity(&spoke.cp).await?);
     }
 
     phase("starting regcred in the hub");
